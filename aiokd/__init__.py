@@ -1,0 +1,8 @@
+"""aiokd: All-In-One Knowledge Distillation for neural machine translation.
+
+One training run gives a Transformer teacher and every depth student ``l_e-l_d`` of it (the first
+``l_e`` encoder and ``l_d`` decoder layers), trained jointly with knowledge distillation, dynamic
+gradient detaching and mutual learning (Miao et al., EMNLP 2023).
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,4 @@
+from aiokd.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""The ``aiokd`` command: one verb per step of the workflow.
+
+    prepare -> train -> evaluate -> select -> extract / export -> translate
+                                   distill-data (sequence-level KD training data)
+
+Each verb parses its options here and calls one function of the module that owns the step; heavy
+modules are imported only when their verb runs.  Bad input raises :class:`UserError`, which is
+printed as one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import importlib
+import sys
+
+from aiokd.errors import UserError
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="raw parallel text -> cleaned, SentencePiece-encoded data directory",
+        description="Prepare a data directory. Either a recipe (multi30k, iwslt14) or your own "
+        "files: --train/--valid/--test PREFIX, where PREFIX.<src-lang> and PREFIX.<tgt-lang> "
+        "(optionally .gz) are the two sides.",
+    )
+    p.add_argument("recipe", nargs="?", choices=["multi30k", "iwslt14"], help="built-in recipe")
+    p.add_argument("--out", required=True, help="output data directory")
+    p.add_argument("--src-lang", default=None, help="source language suffix (default: de)")
+    p.add_argument("--tgt-lang", default=None, help="target language suffix (default: en)")
+    p.add_argument("--train", help="training PREFIX")
+    p.add_argument("--valid", help="validation PREFIX")
+    p.add_argument("--test", action="append", default=[], metavar="NAME=PREFIX",
+                   help="a named test set (repeatable)")
+    p.add_argument("--raw-dir", help="iwslt14: folder with train.tags.de-en.* and the XML files")
+    p.add_argument("--vocab-size", type=int, default=None,
+                   help="joint SentencePiece vocabulary size (default: 8000; iwslt14: 10000)")
+    p.add_argument("--max-len", type=int, default=None,
+                   help="drop training pairs with more tokens than this on either side")
+    p.add_argument("--max-ratio", type=float, default=None,
+                   help="drop training pairs whose length ratio exceeds this")
+    p.add_argument("--force", action="store_true", help="overwrite an existing data directory")
+    p.set_defaults(handler="aiokd.prepare:main")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train an AIO-KD family (or a baseline) and keep the best checkpoint",
+        description="Train. Running the same command again resumes an interrupted run. Settings "
+        "come from --preset, then --config YAML, then key=value overrides "
+        "(e.g. train.lr=7e-4 distill.alpha=4.5 model.dropout=0.1).",
+    )
+    p.add_argument("--data", required=True, help="data directory made by `aiokd prepare`")
+    p.add_argument("--out", required=True, help="run directory (created, or resumed)")
+    p.add_argument("--preset", default="tiny", help="tiny | iwslt | base (default: tiny)")
+    p.add_argument("--config", help="YAML file with overrides of the preset")
+    p.add_argument("--max-updates", type=int, help="cap the number of updates of each stage")
+    p.add_argument("--stage", choices=["1", "2", "both"], default=None,
+                   help="run only stage 1, only stage 2, or both (default: both for aiokd)")
+    p.add_argument("--method", choices=["aiokd", "scratch", "word-kd", "selective-kd"],
+                   default=None, help="AIO-KD (default) or a single-student baseline")
+    p.add_argument("--student", help="baselines: the student l_e-l_d to train, e.g. 4-2")
+    p.add_argument("--teacher", help="word-kd / selective-kd: teacher run directory or checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.set_defaults(handler="aiokd.train:main")
+
+
+def _add_translate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("translate", help="translate text with any student of a model")
+    p.add_argument("--model", required=True,
+                   help="run directory, checkpoint, extracted student or exported model")
+    p.add_argument("--student", default=None, help="l_e-l_d (default: the full model)")
+    p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--engine", choices=["torch", "ctranslate2"], default="torch")
+    p.add_argument("-i", "--input", default="-", help="input file (default: stdin)")
+    p.add_argument("-o", "--output", default="-", help="output file (default: stdout)")
+    p.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch")
+    p.add_argument("--lenpen", type=float, default=1.0, help="length penalty")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.set_defaults(handler="aiokd.translate:main")
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="BLEU, chrF, size and latency of every student")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", help="prepared data directory")
+    p.add_argument("--split", default="test", help="split of --data (default: test)")
+    p.add_argument("--src", help="raw source file (instead of --data)")
+    p.add_argument("--ref", help="raw reference file (with --src)")
+    p.add_argument("--students", default="all", help="all, or a list like 6-2,4-4")
+    p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--engine", choices=["torch", "ctranslate2"], default="torch")
+    p.add_argument("--tok-bleu", action="store_true",
+                   help="also report the paper's tokenized BLEU")
+    p.add_argument("--no-latency", action="store_true", help="skip latency measurement")
+    p.add_argument("--out", required=True, help="results.json (CSV and PNGs are written beside)")
+    p.add_argument("--device", default=None)
+    p.set_defaults(handler="aiokd.evaluate:main")
+
+
+def _add_select(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("select", help="pick the best student that meets a device budget")
+    p.add_argument("--results", required=True, help="results.json from `aiokd evaluate`")
+    p.add_argument("--max-latency-ms", type=float)
+    p.add_argument("--max-params", type=float)
+    p.add_argument("--max-size-mb", type=float)
+    p.add_argument("--min-bleu", type=float)
+    p.set_defaults(handler="aiokd.select:main")
+
+
+def _add_extract(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("extract", help="save one student as a standalone small model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--student", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(handler="aiokd.export:extract_main")
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export one student for deployment (CTranslate2)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--student", default=None)
+    p.add_argument("--format", choices=["ctranslate2"], default="ctranslate2")
+    p.add_argument("--quantization", choices=["none", "int8", "int8_float32", "float16"],
+                   default="none")
+    p.add_argument("--out", required=True)
+    p.set_defaults(handler="aiokd.export:export_main")
+
+
+def _add_distill_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("distill-data",
+                       help="translate the training source to make sequence-level KD data")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--student", default=None)
+    p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--device", default=None)
+    p.set_defaults(handler="aiokd.distill_data:main")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aiokd",
+        description="All-In-One Knowledge Distillation for NMT: one run, every depth student.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_prepare, _add_train, _add_translate, _add_evaluate, _add_select,
+                _add_extract, _add_export, _add_distill_data):
+        add(sub)
+    return parser
+
+
+def _run_handler(spec: str, args: argparse.Namespace) -> int:
+    module_name, function_name = spec.split(":")
+    function = getattr(importlib.import_module(module_name), function_name)
+    return function(args) or 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        status = _run_handler(args.handler, args)
+    except UserError as error:
+        print(f"aiokd: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("aiokd: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            print(f"aiokd: error: disk full while writing {error.filename or ''}".rstrip(),
+                  file=sys.stderr)
+            sys.exit(1)
+        raise
+    sys.exit(status)
