@@ -1,0 +1,274 @@
+"""Reading a data directory made by ``aiokd prepare``.
+
+Layout (all files of one directory)::
+
+    manifest.json                  what is here (see :func:`load_manifest`)
+    spm.model, spm.vocab           the joint SentencePiece model
+    {split}.{lang}.ids.npy         token ids of all lines of one side, concatenated (no BOS/EOS)
+    {split}.{lang}.offsets.npy     int64, n + 1 entries: line i is ids[offsets[i]:offsets[i + 1]]
+    {split}.{lang}.txt             the cleaned raw text, one line per pair
+
+Token ids are stored as ``uint16`` when the vocabulary fits, else ``int32``.  Arrays are
+memory-mapped, so opening a split costs little memory whatever its size.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sentencepiece as spm
+
+from aiokd.errors import UserError
+from aiokd.text import read_lines
+
+FORMAT = "aiokd-data"
+VERSION = 1
+MANIFEST = "manifest.json"
+_REQUIRED_KEYS = ("src_lang", "tgt_lang", "spm_model", "vocab_size", "pad_id", "unk_id",
+                  "bos_id", "eos_id", "splits")
+
+
+def ids_dtype(vocab_size: int) -> np.dtype:
+    """The smallest stored id type: ``uint16`` for vocabularies up to 65,536 pieces, else int32."""
+    return np.dtype(np.uint16 if vocab_size <= 2**16 else np.int32)
+
+
+def side_files(split: str, lang: str) -> dict[str, str]:
+    """File names of one side of one split: ``ids``, ``offsets`` and ``text``."""
+    return {
+        "ids": f"{split}.{lang}.ids.npy",
+        "offsets": f"{split}.{lang}.offsets.npy",
+        "text": f"{split}.{lang}.txt",
+    }
+
+
+def load_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
+    """The parsed ``manifest.json`` of a prepared data directory.
+
+    Raises:
+        UserError: the directory or its manifest is missing, the manifest is not valid JSON, or
+            it does not describe an ``aiokd-data`` directory of a supported version.
+    """
+    data_dir = Path(data_dir)
+    path = data_dir / MANIFEST
+    if not data_dir.is_dir():
+        raise UserError(f"{data_dir}: no such data directory")
+    if not path.is_file():
+        raise UserError(f"{data_dir}: not a prepared data directory (no {MANIFEST}); "
+                        "make one with `aiokd prepare`")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{path}: damaged manifest ({error})") from error
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise UserError(f"{path}: not an {FORMAT} manifest")
+    if manifest.get("version") != VERSION:
+        raise UserError(f"{path}: unsupported {FORMAT} version {manifest.get('version')!r} "
+                        f"(this aiokd reads version {VERSION})")
+    missing = [key for key in _REQUIRED_KEYS if key not in manifest]
+    if missing:
+        raise UserError(f"{path}: damaged manifest (missing {', '.join(missing)})")
+    if not isinstance(manifest["splits"], dict):
+        raise UserError(f"{path}: damaged manifest (splits is not a mapping)")
+    return manifest
+
+
+class Tokenizer:
+    """The joint SentencePiece model of a data directory."""
+
+    def __init__(self, processor: spm.SentencePieceProcessor, path: Path):
+        self._sp = processor
+        self.path = path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Tokenizer:
+        """Load a SentencePiece ``.model`` file.
+
+        Raises:
+            UserError: the file is missing or not a SentencePiece model.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"{path}: no such SentencePiece model")
+        processor = spm.SentencePieceProcessor()
+        try:
+            processor.LoadFromSerializedProto(path.read_bytes())
+        except (RuntimeError, OSError) as error:
+            raise UserError(f"{path}: not a SentencePiece model ({error})") from error
+        return cls(processor, path)
+
+    @classmethod
+    def from_data_dir(cls, data_dir: str | os.PathLike) -> Tokenizer:
+        """The model named by the manifest of ``data_dir``, checked against it.
+
+        Raises:
+            UserError: the manifest or the model is missing or they disagree.
+        """
+        manifest = load_manifest(data_dir)
+        tokenizer = cls.load(Path(data_dir) / manifest["spm_model"])
+        for key in ("vocab_size", "pad_id", "unk_id", "bos_id", "eos_id"):
+            if getattr(tokenizer, key) != manifest[key]:
+                raise UserError(f"{tokenizer.path}: {key} is {getattr(tokenizer, key)} but "
+                                f"{Path(data_dir) / MANIFEST} says {manifest[key]}")
+        return tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.get_piece_size()
+
+    @property
+    def pad_id(self) -> int:
+        return self._sp.pad_id()
+
+    @property
+    def unk_id(self) -> int:
+        return self._sp.unk_id()
+
+    @property
+    def bos_id(self) -> int:
+        return self._sp.bos_id()
+
+    @property
+    def eos_id(self) -> int:
+        return self._sp.eos_id()
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of one line, without BOS/EOS."""
+        return self._sp.encode(text)
+
+    def encode_batch(self, lines: list[str], num_threads: int = 1) -> list[list[int]]:
+        """Token ids of many lines at once (much faster than one :meth:`encode` per line)."""
+        return self._sp.encode(lines, num_threads=num_threads)
+
+    def decode(self, ids) -> str:
+        """Text of a sequence of ids; pad, BOS and EOS ids are ignored."""
+        return self._sp.decode([int(token) for token in ids])
+
+
+def _load_array(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise UserError(f"{path}: missing from the data directory; run `aiokd prepare` again")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise UserError(f"{path}: truncated or not a .npy array ({error})") from error
+    if array.ndim != 1 or array.dtype.kind not in "iu":
+        raise UserError(f"{path}: expected a 1-D integer array, found {array.dtype} "
+                        f"with shape {array.shape}")
+    return array
+
+
+def _check_offsets(path: Path, offsets: np.ndarray, pairs: int, num_ids: int) -> None:
+    if len(offsets) != pairs + 1:
+        raise UserError(f"{path}: {len(offsets) - 1} lines but the manifest says {pairs}")
+    if offsets[0] != 0 or offsets[-1] != num_ids or np.any(np.diff(offsets) < 0):
+        raise UserError(f"{path}: offsets inconsistent with the ids file "
+                        f"({num_ids} ids); the data directory is damaged")
+
+
+def _check_ids(path: Path, ids: np.ndarray, vocab_size: int, expected: int | None) -> None:
+    if expected is not None and len(ids) != expected:
+        raise UserError(f"{path}: {len(ids)} ids but the manifest says {expected}")
+    if len(ids) and (int(ids.max()) >= vocab_size or int(ids.min()) < 0):
+        raise UserError(f"{path}: ids outside the vocabulary of {vocab_size}")
+
+
+class _Side:
+    """The ids, offsets and text file of one language of one split, validated."""
+
+    def __init__(self, data_dir: Path, split: str, side: str, manifest: dict):
+        entry = manifest["splits"][split]
+        files = side_files(split, manifest[f"{side}_lang"])
+        ids_path, offsets_path = data_dir / files["ids"], data_dir / files["offsets"]
+        self.ids = _load_array(ids_path)
+        self.offsets = _load_array(offsets_path)
+        _check_ids(ids_path, self.ids, manifest["vocab_size"], entry.get(f"{side}_tokens"))
+        _check_offsets(offsets_path, self.offsets, entry["pairs"], len(self.ids))
+        self.lengths = np.diff(self.offsets).astype(np.int64)
+        self.text_path = data_dir / files["text"]
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return np.asarray(self.ids[self.offsets[index]:self.offsets[index + 1]], dtype=np.int64)
+
+    def lines(self) -> list[str]:
+        lines = read_lines(self.text_path)
+        if len(lines) != len(self.lengths):
+            raise UserError(f"{self.text_path}: {len(lines)} lines but the split has "
+                            f"{len(self.lengths)} pairs; the data directory is damaged")
+        return lines
+
+
+class ParallelSplit:
+    """One split (``train``, ``valid`` or a test set) of a prepared data directory.
+
+    ``src(i)`` / ``tgt(i)`` are the token ids of pair ``i`` as int64 arrays without BOS/EOS;
+    ``src_lengths`` / ``tgt_lengths`` their lengths for all pairs.
+    """
+
+    def __init__(self, data_dir: Path, name: str, manifest: dict, src: _Side, tgt: _Side):
+        self.data_dir = data_dir
+        self.name = name
+        self.manifest = manifest
+        self._src = src
+        self._tgt = tgt
+
+    @classmethod
+    def load(cls, data_dir: str | os.PathLike, split: str) -> ParallelSplit:
+        """Open ``split`` of ``data_dir`` (memory-mapped) after checking its files.
+
+        Raises:
+            UserError: unknown split (the message lists the available ones), or a missing,
+                truncated or inconsistent file (the message names it).
+        """
+        data_dir = Path(data_dir)
+        manifest = load_manifest(data_dir)
+        splits = manifest["splits"]
+        if split not in splits:
+            raise UserError(f"{data_dir}: no split {split!r}; available: {', '.join(splits)}")
+        if not isinstance(splits[split], dict) or not isinstance(splits[split].get("pairs"), int):
+            raise UserError(f"{data_dir / MANIFEST}: damaged manifest (split {split!r})")
+        src = _Side(data_dir, split, "src", manifest)
+        tgt = _Side(data_dir, split, "tgt", manifest)
+        return cls(data_dir, split, manifest, src, tgt)
+
+    def __len__(self) -> int:
+        return len(self._src.lengths)
+
+    @property
+    def src_lengths(self) -> np.ndarray:
+        """Source token counts (without EOS) of all pairs, int64."""
+        return self._src.lengths
+
+    @property
+    def tgt_lengths(self) -> np.ndarray:
+        """Target token counts (without EOS) of all pairs, int64."""
+        return self._tgt.lengths
+
+    def _index(self, i: int) -> int:
+        index = operator.index(i)
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"pair {i} out of range for split {self.name!r} of {len(self)} pairs")
+        return index
+
+    def src(self, i: int) -> np.ndarray:
+        """Source token ids of pair ``i`` (int64, no BOS/EOS)."""
+        return self._src[self._index(i)]
+
+    def tgt(self, i: int) -> np.ndarray:
+        """Target token ids of pair ``i`` (int64, no BOS/EOS)."""
+        return self._tgt[self._index(i)]
+
+    def source_lines(self) -> list[str]:
+        """The cleaned raw source text of the split, one string per pair."""
+        return self._src.lines()
+
+    def target_lines(self) -> list[str]:
+        """The cleaned raw target text (the references of a test set), one string per pair."""
+        return self._tgt.lines()

@@ -1,0 +1,322 @@
+"""The encoder-decoder Transformer whose prefixes are the students.
+
+Vaswani et al. (2017), as in the AIO-KD paper: post-norm by default (pre-norm as an option),
+sinusoidal positions, one joint vocabulary whose embedding matrix serves the encoder input, the
+decoder input and the output projection.  Attention runs through
+``F.scaled_dot_product_attention``.
+
+A student ``(l_e, l_d)`` is the bottom ``l_e`` encoder and bottom ``l_d`` decoder layers:
+
+    logits = model(src, prev_tgt, enc_layers=l_e, dec_layers=l_d)
+
+Because every student is a prefix, one encoder pass yields the memory of every student
+(``encode``), and one decoder pass over memory ``l_e`` yields the output of
+every student ``(l_e, 1..l_d)`` (``forward_students``).
+
+Shapes: ``B`` batch, ``S`` source length, ``T`` target length, ``C`` model width, ``H`` heads,
+``V`` vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from aiokd.config import ModelConfig
+from aiokd.students import Student
+
+
+def sinusoidal_positions(max_positions: int, dim: int) -> Tensor:
+    """``PE[p, i] = sin(p / 10000^(i / (C/2 - 1)))`` for the first half of the channels and the
+    matching cosine for the second half (tensor2tensor layout). Returns ``(max_positions, C)``."""
+    half = dim // 2
+    scale = math.log(10000.0) / max(half - 1, 1)
+    frequencies = torch.exp(torch.arange(half, dtype=torch.float32) * -scale)
+    angles = torch.arange(max_positions, dtype=torch.float32)[:, None] * frequencies[None, :]
+    table = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    if dim % 2:
+        table = torch.cat([table, torch.zeros(max_positions, 1)], dim=1)
+    return table
+
+
+def _split_heads(x: Tensor, heads: int) -> Tensor:
+    """``(B, T, C)`` -> ``(B, H, T, C/H)``."""
+    b, t, c = x.shape
+    return x.view(b, t, heads, c // heads).transpose(1, 2)
+
+
+def _merge_heads(x: Tensor) -> Tensor:
+    """``(B, H, T, C/H)`` -> ``(B, T, C)``."""
+    b, h, t, d = x.shape
+    return x.transpose(1, 2).reshape(b, t, h * d)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused query/key/value projection."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, causal: bool = False,
+                cache: dict[str, Tensor] | None = None) -> Tensor:
+        """``x (B, T, C)``; ``mask (B, 1, 1, T)`` True where a key may be attended to.
+
+        With ``cache`` (incremental decoding, ``T = 1``) the new key and value are appended to
+        ``cache["k"], cache["v"]`` of shape ``(B, H, t, C/H)`` and the query attends to all of them.
+        """
+        q, k, v = (_split_heads(part, self.heads) for part in self.qkv(x).chunk(3, dim=-1))
+        if cache is not None:
+            if "k" in cache:
+                k = torch.cat([cache["k"], k], dim=2)
+                v = torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+            causal = False
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        return self.out(_merge_heads(y))
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from the decoder to the encoder memory."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values of the memory ``(B, S, C)``, each ``(B, H, S, C/H)``."""
+        k, v = self.kv(memory).chunk(2, dim=-1)
+        return _split_heads(k, self.heads), _split_heads(v, self.heads)
+
+    def forward(self, x: Tensor, keys_values: tuple[Tensor, Tensor], mask: Tensor) -> Tensor:
+        q = _split_heads(self.q(x), self.heads)
+        y = F.scaled_dot_product_attention(
+            q, *keys_values, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out(_merge_heads(y))
+
+
+class FeedForward(nn.Module):
+    """``FFN(x) = W_2 dropout(ReLU(W_1 x + b_1)) + b_2``."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.dropout = dropout
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.dropout(F.relu(self.fc1(x)), self.dropout, self.training))
+
+
+class Residual(nn.Module):
+    """One sub-layer with its residual connection and layer norm.
+
+    post-norm: ``x = LN(x + dropout(f(x)))``;  pre-norm: ``x = x + dropout(f(LN(x)))``.
+    """
+
+    def __init__(self, dim: int, dropout: float, pre_norm: bool):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.dropout, self.pre_norm = dropout, pre_norm
+
+    def forward(self, x: Tensor, sublayer, *args, **kwargs) -> Tensor:
+        if self.pre_norm:
+            return x + F.dropout(sublayer(self.norm(x), *args, **kwargs), self.dropout,
+                                 self.training)
+        return self.norm(x + F.dropout(sublayer(x, *args, **kwargs), self.dropout, self.training))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.self_attn = SelfAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
+        self.self_attn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.activation_dropout)
+        self.ffn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        x = self.self_attn_block(x, self.self_attn, mask)
+        return self.ffn_block(x, self.ffn)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.self_attn = SelfAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
+        self.self_attn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
+        self.cross_attn = CrossAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
+        self.cross_attn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.activation_dropout)
+        self.ffn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
+
+    def forward(self, x: Tensor, memory_kv: tuple[Tensor, Tensor], memory_mask: Tensor,
+                cache: dict[str, Tensor] | None = None) -> Tensor:
+        x = self.self_attn_block(x, self.self_attn, None, cache is None, cache)
+        x = self.cross_attn_block(x, self.cross_attn, memory_kv, memory_mask)
+        return self.ffn_block(x, self.ffn)
+
+
+def _select(hidden: Tensor, select: Tensor | None) -> Tensor:
+    return hidden if select is None else hidden[select]
+
+
+@dataclass
+class Encoded:
+    """Encoder output for one batch.
+
+    Attributes:
+        states: output of every encoder layer run, ``states[l-1]`` is layer ``l``, each (B, S, C).
+        mask: ``(B, 1, 1, S)``, True at real source tokens.
+    """
+
+    states: list[Tensor]
+    mask: Tensor
+
+
+class Transformer(nn.Module):
+    """Teacher and students in one module; see the module docstring."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
+        self.register_buffer("positions", sinusoidal_positions(cfg.max_positions, cfg.d_model),
+                             persistent=False)
+        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.enc_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.dec_layers))
+        self.encoder_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else None
+        self.decoder_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform projections, zero biases, ``N(0, C^-1/2)`` embeddings (as fairseq)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.embed.weight, mean=0.0, std=self.cfg.d_model**-0.5)
+        with torch.no_grad():
+            self.embed.weight[self.cfg.pad_id].zero_()
+
+    @property
+    def teacher(self) -> Student:
+        return (self.cfg.enc_layers, self.cfg.dec_layers)
+
+    def embed_tokens(self, tokens: Tensor, offset: int = 0) -> Tensor:
+        """``sqrt(C) * E[tokens] + PE[offset + t]``, then dropout. ``(B, T)`` -> ``(B, T, C)``."""
+        t = tokens.shape[1]
+        if offset + t > self.cfg.max_positions:
+            raise ValueError(f"sequence of {offset + t} tokens exceeds model.max_positions")
+        x = self.embed(tokens) * math.sqrt(self.cfg.d_model) + self.positions[offset:offset + t]
+        return F.dropout(x, self.cfg.dropout, self.training)
+
+    def encode(self, src: Tensor, layers: int | None = None) -> Encoded:
+        """Run the bottom ``layers`` encoder layers over ``src (B, S)``.
+
+        Every layer's output is kept, so every shallower student's memory comes from this pass.
+        """
+        layers = self.cfg.enc_layers if layers is None else layers
+        mask = (src != self.cfg.pad_id)[:, None, None, :]
+        x = self.embed_tokens(src)
+        states = []
+        for layer in self.encoder[:layers]:
+            x = layer(x, mask)
+            states.append(x)
+        return Encoded(states, mask)
+
+    def memory(self, encoded: Encoded, layers: int) -> Tensor:
+        """The memory of a student with ``layers`` encoder layers, ``(B, S, C)``."""
+        x = encoded.states[layers - 1]
+        return self.encoder_norm(x) if self.encoder_norm is not None else x
+
+    def decode(self, prev_tgt: Tensor, memory: Tensor, memory_mask: Tensor,
+               layers: int | None = None) -> list[Tensor]:
+        """Run the bottom ``layers`` decoder layers (teacher-forced) over ``prev_tgt (B, T)``.
+
+        Returns the hidden states ``(B, T, C)`` of every layer, ``[l-1]`` for layer ``l``.
+        """
+        layers = self.cfg.dec_layers if layers is None else layers
+        x = self.embed_tokens(prev_tgt)
+        states = []
+        for layer in self.decoder[:layers]:
+            x = layer(x, layer.cross_attn.memory(memory), memory_mask)
+            states.append(x)
+        return states
+
+    def project(self, hidden: Tensor) -> Tensor:
+        """Output logits through the shared embedding: ``(B, T, C)`` -> ``(B, T, V)``."""
+        if self.decoder_norm is not None:
+            hidden = self.decoder_norm(hidden)
+        return F.linear(hidden, self.embed.weight)
+
+    def forward(self, src: Tensor, prev_tgt: Tensor, enc_layers: int | None = None,
+                dec_layers: int | None = None, select: Tensor | None = None) -> Tensor:
+        """Logits ``(B, T, V)`` of student ``(enc_layers, dec_layers)`` (default: the teacher), or
+        ``(N, V)`` at the positions where ``select (B, T)`` is True."""
+        encoded = self.encode(src, enc_layers)
+        memory = self.memory(encoded, len(encoded.states))
+        hidden = self.decode(prev_tgt, memory, encoded.mask, dec_layers)[-1]
+        return self.project(_select(hidden, select))
+
+    def forward_students(self, src: Tensor, prev_tgt: Tensor, students: list[Student],
+                         reuse_prefix: bool = True,
+                         select: Tensor | None = None) -> dict[Student, Tensor]:
+        """Logits ``(B, T, V)`` of each distinct student in ``students``; with a boolean ``select
+        (B, T)`` only the ``N`` selected positions are projected, giving ``(N, V)``.
+
+        ``reuse_prefix``: one encoder pass keeps every layer's output; then one decoder pass per
+        distinct ``l_e``, as deep as the deepest ``l_d`` asked for with that ``l_e``, yields every
+        student sharing that memory.  Otherwise each student runs on its own, as in the reference
+        implementation (every sampled student then gets its own dropout noise).
+        """
+        wanted = list(dict.fromkeys(students))
+        if not reuse_prefix:
+            return {s: self(src, prev_tgt, *s, select=select) for s in wanted}
+        encoded = self.encode(src, max(le for le, _ in wanted))
+        logits = {}
+        for le in sorted({le for le, _ in wanted}, reverse=True):
+            depth = max(ld for e, ld in wanted if e == le)
+            states = self.decode(prev_tgt, self.memory(encoded, le), encoded.mask, depth)
+            for e, ld in wanted:
+                if e == le:
+                    logits[(e, ld)] = self.project(_select(states[ld - 1], select))
+        return {s: logits[s] for s in wanted}
+
+    def decode_step(self, tokens: Tensor, memory_kv: list[tuple[Tensor, Tensor]],
+                    memory_mask: Tensor, caches: list[dict[str, Tensor]], step: int) -> Tensor:
+        """Incremental decoding of one position for the student with ``len(memory_kv)`` decoder
+        layers.
+
+        ``tokens (B, 1)`` is the previous output token; ``memory_kv[l]`` the keys and values of the
+        memory for layer ``l`` (from :meth:`memory_keys_values`); ``caches[l]`` holds that layer's
+        past self-attention keys and values and grows by one position.  Returns log-probabilities
+        ``(B, V)`` in float32.
+        """
+        x = self.embed_tokens(tokens, offset=step)
+        for layer, kv, cache in zip(self.decoder, memory_kv, caches, strict=True):
+            x = layer(x, kv, memory_mask, cache)
+        return F.log_softmax(self.project(x[:, -1]).float(), dim=-1)
+
+    def memory_keys_values(self, memory: Tensor, dec_layers: int) -> list[tuple[Tensor, Tensor]]:
+        """Cross-attention keys and values of the memory for each of the bottom ``dec_layers``."""
+        return [layer.cross_attn.memory(memory) for layer in self.decoder[:dec_layers]]
+
+    def num_parameters(self, student: Student | None = None, embeddings: bool = True) -> int:
+        """Parameters a student uses (default: the teacher), with or without the embeddings."""
+        le, ld = student or self.teacher
+        modules = [*self.encoder[:le], *self.decoder[:ld], self.encoder_norm, self.decoder_norm]
+        count = sum(p.numel() for m in modules if m is not None for p in m.parameters())
+        return count + (self.embed.weight.numel() if embeddings else 0)

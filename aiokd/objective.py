@@ -1,0 +1,125 @@
+"""The training objective of one batch, for AIO-KD and for the single-student baselines.
+
+AIO-KD (Miao et al. 2023), with ``K`` students ``S_1..S_K`` sampled for the update:
+
+    L    = L_ce + alpha * L_kd + beta * L_ml                          (L_ml in stage 2 only)
+    L_ce = CE(T) + sum_k CE(S_k)                                      (label-smoothed)
+    L_kd = (1/K) sum_k KL(P_T || P_Sk),  teacher side detached when CE(S_k)/CE(T) > eta
+    L_ml = mean over pairs of KL(P_better || P_worse)
+
+Baselines train one fixed student ``S`` (the model *is* that student):
+
+    scratch:       L = CE(S)
+    word-kd:       L = CE(S) + alpha * KL(P_T || P_S)                 (frozen teacher)
+    selective-kd:  as word-kd, KL only on the tokens where CE(S) is highest
+
+Every loss is a sum over non-pad target tokens; the training loop divides by the token count.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from aiokd.config import Config
+from aiokd.losses import (
+    detaching_gates,
+    kl_divergence,
+    label_smoothed_nll,
+    mutual_learning,
+    selective_kd_mask,
+    token_nll,
+    word_kd,
+)
+from aiokd.model import Transformer
+from aiokd.students import Student
+
+
+def log_probs(logits: Tensor) -> Tensor:
+    """float32 log-softmax over the vocabulary, whatever the autocast dtype of ``logits``."""
+    return F.log_softmax(logits.float(), dim=-1)
+
+
+class Objective(nn.Module):
+    """Wraps the model (and a frozen teacher for KD baselines) so that one ``forward`` computes the
+    whole loss of a batch; this is the module that ``DistributedDataParallel`` wraps."""
+
+    def __init__(self, model: Transformer, cfg: Config, frozen_teacher: Transformer | None = None):
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.frozen_teacher = frozen_teacher
+        if frozen_teacher is not None:
+            frozen_teacher.requires_grad_(False).eval()
+
+    def forward(self, src: Tensor, prev_tgt: Tensor, target: Tensor, students: list[Student],
+                stage: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """Loss of one batch and detached statistics.
+
+        Args:
+            src: ``(B, S)`` source ids, ``prev_tgt``/``target``: ``(B, T)`` decoder input and
+                reference (shifted by one).
+            students: the sampled students (AIO-KD; ignored by the baselines).
+            stage: 1 or 2; mutual learning only in stage 2.
+        Returns:
+            ``(loss, stats)``: the loss summed over tokens; ``stats`` holds sums of the teacher's
+            (or the baseline student's) ``nll`` and label-smoothed ``ce``, ``kd``, ``ml`` and the
+            number of ``detached`` students.
+        """
+        mask = target != self.model.cfg.pad_id
+        gold = target[mask]
+        if self.cfg.distill.method == "aiokd":
+            return self._aiokd(src, prev_tgt, mask, gold, students, stage)
+        return self._single_student(src, prev_tgt, mask, gold)
+
+    def _aiokd(self, src, prev_tgt, mask, gold, students, stage):
+        d, eps = self.cfg.distill, self.cfg.train.label_smoothing
+        teacher = self.model.teacher
+        logits = self.model.forward_students(src, prev_tgt, [teacher, *students],
+                                             reuse_prefix=d.reuse_prefix, select=mask)
+        lprobs = {s: log_probs(x) for s, x in logits.items()}
+        teacher_ce, teacher_nll = label_smoothed_nll(lprobs[teacher], gold, eps)
+        student_lprobs = [lprobs[s] for s in students]
+        student_ce = torch.stack([label_smoothed_nll(lp, gold, eps)[0] for lp in student_lprobs])
+        if d.detach:
+            gates = detaching_gates(student_ce.detach(), teacher_ce.detach(), d.eta)
+        else:
+            gates = torch.ones_like(student_ce)
+        kd = word_kd(lprobs[teacher], student_lprobs, gates)
+        loss = teacher_ce + student_ce.sum() + d.alpha * kd
+        ml = torch.zeros((), device=loss.device)
+        if stage == 2 and d.beta > 0:
+            ml = mutual_learning(student_lprobs, student_ce.detach(), d.ml_mode, d.eta)
+            loss = loss + d.beta * ml
+        stats = {"nll": teacher_nll, "ce": teacher_ce, "student_ce": student_ce.sum(), "kd": kd,
+                 "ml": ml, "detached": (1.0 - gates).sum()}
+        return loss, {key: value.detach() for key, value in stats.items()}
+
+    def _single_student(self, src, prev_tgt, mask, gold):
+        d, eps = self.cfg.distill, self.cfg.train.label_smoothing
+        lprobs = log_probs(self.model(src, prev_tgt, select=mask))
+        ce, nll = label_smoothed_nll(lprobs, gold, eps)
+        loss, kd = ce, torch.zeros((), device=ce.device)
+        if self.frozen_teacher is not None:
+            with torch.no_grad():
+                teacher_lprobs = log_probs(self.frozen_teacher(src, prev_tgt, select=mask))
+            if d.method == "selective-kd":
+                chosen = selective_kd_mask(token_nll(lprobs, gold), d.selective_ratio)
+                kd = kl_divergence(teacher_lprobs[chosen], lprobs[chosen])
+            else:
+                kd = kl_divergence(teacher_lprobs, lprobs)
+            loss = loss + d.alpha * kd
+        stats = {"nll": nll, "ce": ce, "kd": kd}
+        return loss, {key: value.detach() for key, value in stats.items()}
+
+
+@torch.no_grad()
+def validation_nll(model: Transformer, src: Tensor, prev_tgt: Tensor, target: Tensor,
+                   students: list[Student], reuse_prefix: bool = True) -> Tensor:
+    """Summed token NLL of every student on one batch, ``(len(students),)``, in one shared pass."""
+    mask = target != model.cfg.pad_id
+    gold = target[mask]
+    logits = model.forward_students(src, prev_tgt, students, reuse_prefix=reuse_prefix,
+                                    select=mask)
+    return torch.stack([token_nll(log_probs(logits[s]), gold).sum() for s in students])

@@ -1,0 +1,434 @@
+"""``aiokd prepare``: raw parallel text -> a cleaned, SentencePiece-encoded data directory.
+
+Every line is stripped of surrounding whitespace.  Training and validation pairs with an empty side
+are dropped, and so are pairs with more than ``max_len`` subword tokens on either side; training
+pairs whose token counts differ by more than the factor ``max_ratio`` are dropped as well (the
+validation set is a curated reference and keeps them).  Test sets are never reordered or filtered:
+an empty source line stays, with its reference.
+
+One joint SentencePiece model is trained on both sides of the training text, every split is
+encoded with it, and the result is written as described in :mod:`aiokd.data`, together with
+``manifest.json``.  The directory is built under a temporary name and appears only when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sentencepiece as spm
+
+import aiokd
+from aiokd import iwslt14
+from aiokd.data import FORMAT, MANIFEST, VERSION, Tokenizer, ids_dtype, side_files
+from aiokd.errors import UserError
+from aiokd.io import atomic_directory, atomic_write_json, check_new_directory
+from aiokd.text import find_side, read_parallel
+
+Pair = tuple[list[str], list[str]]
+
+DEFAULT_SRC_LANG = "de"
+DEFAULT_TGT_LANG = "en"
+DEFAULT_TEST_NAME = "test"
+SPM_MODEL = "spm.model"
+SPECIAL_IDS = {"pad_id": 0, "unk_id": 1, "bos_id": 2, "eos_id": 3}
+SPM_INPUT_SENTENCE_SIZE = 2_000_000
+SPM_SEED = 1
+MULTI30K_DIR = Path(aiokd.__file__).parent / "datasets" / "multi30k"
+_THREADS = min(4, os.cpu_count() or 1)
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_RESERVED_SPLITS = ("train", "valid")
+_VOCAB_TOO_HIGH = re.compile(r"Please set it to a value <= (\d+)")
+_VOCAB_TOO_LOW = re.compile(r"smaller than required_chars\. \d+ vs (\d+)")
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Cleaning and vocabulary settings of a recipe, used where the user gives none."""
+
+    vocab_size: int = 8000
+    max_len: int | None = 250
+    max_ratio: float | None = 2.0
+
+
+# IWSLT'14 is already cleaned by the fairseq script (clean-corpus-n), whose split sizes are the
+# standard ones; no further filtering by default.
+RECIPE_DEFAULTS = {
+    None: Defaults(),
+    "multi30k": Defaults(),
+    "iwslt14": Defaults(vocab_size=10000, max_len=None, max_ratio=None),
+}
+
+
+@dataclass
+class _Split:
+    """One split on its way to disk: text, ids and what cleaning removed."""
+
+    kind: str
+    src: list[str]
+    tgt: list[str]
+    source_files: list[str] = field(default_factory=list)
+    dropped: dict[str, int] = field(default_factory=dict)
+    src_ids: list[list[int]] = field(default_factory=list)
+    tgt_ids: list[list[int]] = field(default_factory=list)
+
+    def keep(self, mask: list[bool], reason: str) -> None:
+        """Keep only the pairs where ``mask`` is true; count the others under ``reason``."""
+        self.dropped[reason] = mask.count(False)
+        if all(mask):
+            return
+        for column in (self.src, self.tgt, self.src_ids, self.tgt_ids):
+            if column:  # the ids are empty until the split is encoded
+                column[:] = itertools.compress(column, mask)
+
+
+def _log(message: str) -> None:
+    print(f"aiokd prepare: {message}", file=sys.stderr, flush=True)
+
+
+def _check_name(value: str, what: str) -> None:
+    if not _NAME.fullmatch(value):
+        raise UserError(f"{what} {value!r}: use letters, digits, '_', '.' and '-' only")
+
+
+def _check_options(
+    src_lang: str, tgt_lang: str, tests: dict[str, Pair], vocab_size: int,
+    max_len: int | None, max_ratio: float | None,
+) -> None:
+    _check_name(src_lang, "--src-lang")
+    _check_name(tgt_lang, "--tgt-lang")
+    if src_lang == tgt_lang:
+        raise UserError(f"--src-lang and --tgt-lang are both {src_lang!r}")
+    for name in tests:
+        _check_name(name, "--test name")
+        if name in _RESERVED_SPLITS:
+            raise UserError(f"--test name {name!r} is reserved; choose another name")
+    if vocab_size <= len(SPECIAL_IDS):
+        raise UserError(f"--vocab-size {vocab_size}: must be more than {len(SPECIAL_IDS)}")
+    if max_len is not None and max_len < 1:
+        raise UserError(f"--max-len {max_len}: must be at least 1")
+    if max_ratio is not None and max_ratio < 1:
+        raise UserError(f"--max-ratio {max_ratio}: must be at least 1")
+
+
+def _stripped(name: str, side: str, lines: list[str]) -> list[str]:
+    """Lines without surrounding whitespace; a line may not hold a newline."""
+    for number, line in enumerate(lines, 1):
+        if "\n" in line:
+            raise UserError(f"split {name!r}, {side} line {number}: holds a line break")
+    return [line.strip() for line in lines]
+
+
+def _new_split(name: str, kind: str, pair: Pair, source_files: list[str]) -> _Split:
+    src, tgt = pair
+    if len(src) != len(tgt):
+        raise UserError(f"split {name!r}: {len(src)} source lines but {len(tgt)} target lines")
+    return _Split(kind, _stripped(name, "source", src), _stripped(name, "target", tgt),
+                  source_files=list(source_files))
+
+
+def train_sentencepiece(
+    lines: list[str], vocab_size: int, prefix: Path, model_type: str = "unigram"
+) -> Tokenizer:
+    """Train the joint SentencePiece model ``PREFIX.model`` (and ``.vocab``) on ``lines``.
+
+    Raises:
+        UserError: ``vocab_size`` does not suit the data (naming ``--vocab-size`` and the bound
+            SentencePiece reports).
+    """
+    spm.set_random_generator_seed(SPM_SEED)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines),
+            model_prefix=str(prefix),
+            model_type=model_type,
+            vocab_size=vocab_size,
+            character_coverage=1.0,
+            input_sentence_size=SPM_INPUT_SENTENCE_SIZE,
+            shuffle_input_sentence=True,
+            num_threads=_THREADS,
+            minloglevel=2,
+            **SPECIAL_IDS,
+        )
+    except RuntimeError as error:
+        raise _vocab_error(vocab_size, str(error)) from error
+    return Tokenizer.load(prefix.with_suffix(".model"))
+
+
+def _vocab_error(vocab_size: int, message: str) -> UserError:
+    """A one-line explanation of a failed SentencePiece training."""
+    too_high, too_low = _VOCAB_TOO_HIGH.search(message), _VOCAB_TOO_LOW.search(message)
+    if too_high:
+        return UserError(f"--vocab-size {vocab_size} is too large for this training data; "
+                         f"SentencePiece allows at most {too_high.group(1)}")
+    if too_low:
+        return UserError(f"--vocab-size {vocab_size} is too small for this training data: it "
+                         f"has {too_low.group(1)} distinct characters and special pieces")
+    return UserError(f"SentencePiece training failed with --vocab-size {vocab_size}: "
+                     f"{message.splitlines()[0] if message else 'no reason given'}")
+
+
+def _token_counts(split: _Split) -> list[tuple[int, int]]:
+    return list(zip(map(len, split.src_ids), map(len, split.tgt_ids), strict=True))
+
+
+def _filter_lengths(split: _Split, max_len: int | None, max_ratio: float | None) -> None:
+    """Drop the pairs that are too long, and (for training data) too unequal in length."""
+    if max_len is not None:
+        split.keep([max(a, b) <= max_len for a, b in _token_counts(split)], "too_long")
+    if max_ratio is not None and split.kind == "train":
+        split.keep([max(a, b) <= max_ratio * min(a, b) for a, b in _token_counts(split)],
+                   "ratio")
+
+
+def _write_side(directory: Path, name: str, lang: str, lines: list[str],
+                ids: list[list[int]], dtype: np.dtype) -> int:
+    """Write ids, offsets and text of one side of a split; return its number of tokens."""
+    files = side_files(name, lang)
+    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)), out=offsets[1:])
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(offsets[-1]))
+    np.save(directory / files["ids"], flat)
+    np.save(directory / files["offsets"], offsets)
+    with open(directory / files["text"], "w", encoding="utf-8", newline="\n") as handle:
+        handle.writelines(line + "\n" for line in lines)
+    return int(offsets[-1])
+
+
+def _collect_splits(train: Pair, valid: Pair, tests: dict[str, Pair],
+                    source_files: dict[str, list[str]]) -> dict[str, _Split]:
+    """All splits, stripped; training and validation pairs with an empty side are dropped."""
+    named = {"train": ("train", train), "valid": ("valid", valid)}
+    named.update({name: ("test", pair) for name, pair in tests.items()})
+    splits = {name: _new_split(name, kind, pair, source_files.get(name, []))
+              for name, (kind, pair) in named.items()}
+    for name in _RESERVED_SPLITS:
+        split = splits[name]
+        split.keep([bool(a and b) for a, b in zip(split.src, split.tgt, strict=True)], "empty")
+        if not split.src:
+            raise UserError(f"the {name} set has no pair with text on both sides")
+    return splits
+
+
+def _encode_and_write(directory: Path, name: str, split: _Split, tokenizer: Tokenizer,
+                      langs: tuple[str, str], max_len: int | None,
+                      max_ratio: float | None) -> dict[str, Any]:
+    """Encode a split, filter it by length unless it is a test set, write it; its manifest entry."""
+    _log(f"encoding {name} ({len(split.src):,} pairs)")
+    split.src_ids = tokenizer.encode_batch(split.src, num_threads=_THREADS)
+    split.tgt_ids = tokenizer.encode_batch(split.tgt, num_threads=_THREADS)
+    if split.kind != "test":
+        _filter_lengths(split, max_len, max_ratio)
+        if not split.src:
+            raise UserError(f"no {name} pair is left after the --max-len/--max-ratio filters")
+    dtype = ids_dtype(tokenizer.vocab_size)
+    src_tokens = _write_side(directory, name, langs[0], split.src, split.src_ids, dtype)
+    tgt_tokens = _write_side(directory, name, langs[1], split.tgt, split.tgt_ids, dtype)
+    return {
+        "kind": split.kind,
+        "pairs": len(split.src),
+        "src_tokens": src_tokens,
+        "tgt_tokens": tgt_tokens,
+        "dropped": dict(split.dropped),
+        "source_files": split.source_files,
+    }
+
+
+def _print_summary(out: Path, manifest: dict[str, Any]) -> None:
+    rows = [("split", "pairs", "src tokens", "tgt tokens", "dropped")]
+    for name, entry in manifest["splits"].items():
+        dropped = ", ".join(f"{count} {why}" for why, count in entry["dropped"].items() if count)
+        rows.append((name, f"{entry['pairs']:,}", f"{entry['src_tokens']:,}",
+                     f"{entry['tgt_tokens']:,}", dropped or "-"))
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    for row in rows:
+        numbers = [cell.rjust(width) for cell, width in zip(row[1:4], widths[1:], strict=True)]
+        print("  ".join([row[0].ljust(widths[0]), *numbers, row[4]]).rstrip())
+    print(f"wrote {out} (vocabulary {manifest['vocab_size']:,})")
+
+
+def prepare(
+    out: str | os.PathLike,
+    src_lang: str,
+    tgt_lang: str,
+    train: Pair,
+    valid: Pair,
+    tests: dict[str, Pair],
+    vocab_size: int,
+    max_len: int | None = 250,
+    max_ratio: float | None = 2.0,
+    *,
+    model_type: str = "unigram",
+    overwrite: bool = False,
+    recipe: dict[str, Any] | None = None,
+    source_files: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """Clean, encode and write a data directory; return its manifest.
+
+    Args:
+        out: the data directory to create (atomically: on error nothing is left there).
+        src_lang, tgt_lang: language suffixes, used in file names and the manifest.
+        train, valid: (source lines, target lines); cleaned as the module describes.
+        tests: test name -> (source lines, target lines); kept line for line.
+        vocab_size: size of the joint SentencePiece vocabulary.
+        max_len: longest pair kept (subword tokens on either side); None for no limit.
+        max_ratio: largest token-count ratio of a kept training pair; None for no limit.
+        model_type: ``unigram`` or ``bpe``.
+        overwrite: replace an existing ``out``.
+        recipe: recorded in the manifest (name and recipe-specific facts).
+        source_files: split name -> the files it was read from, recorded in the manifest.
+
+    Raises:
+        UserError: bad options, unequal sides, nothing left to train on, or a vocabulary size
+            SentencePiece cannot build from the data.
+    """
+    _check_options(src_lang, tgt_lang, tests, vocab_size, max_len, max_ratio)
+    splits = _collect_splits(train, valid, tests, source_files or {})
+    langs = (src_lang, tgt_lang)
+    with atomic_directory(out, overwrite=overwrite) as directory:
+        train_text = splits["train"].src + splits["train"].tgt
+        _log(f"training SentencePiece ({model_type}, {vocab_size:,} pieces) on "
+             f"{len(train_text):,} lines")
+        tokenizer = train_sentencepiece(train_text, vocab_size, directory / Path(SPM_MODEL).stem,
+                                        model_type)
+        entries = {name: _encode_and_write(directory, name, split, tokenizer, langs,
+                                           max_len, max_ratio)
+                   for name, split in splits.items()}
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "src_lang": src_lang,
+            "tgt_lang": tgt_lang,
+            "spm_model": SPM_MODEL,
+            "spm_type": model_type,
+            "vocab_size": tokenizer.vocab_size,
+            **SPECIAL_IDS,
+            "ids_dtype": ids_dtype(tokenizer.vocab_size).name,
+            "cleaning": {"strip": True, "max_len": max_len, "max_ratio": max_ratio},
+            "splits": entries,
+            "recipe": recipe,
+            "created_with": f"aiokd {aiokd.__version__}",
+        }
+        atomic_write_json(directory / MANIFEST, manifest)
+    _print_summary(Path(out), manifest)
+    return manifest
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+@dataclass
+class _Inputs:
+    """What a recipe or the user's files provide to :func:`prepare`."""
+
+    train: Pair
+    valid: Pair
+    tests: dict[str, Pair]
+    source_files: dict[str, list[str]]
+    recipe: dict[str, Any] | None = None
+
+
+def _parse_test(spec: str) -> tuple[str, str]:
+    """``NAME=PREFIX`` -> (NAME, PREFIX); a bare ``PREFIX`` is named ``test``."""
+    name, sep, prefix = spec.partition("=")
+    if sep and _NAME.fullmatch(name):
+        return name, prefix
+    return DEFAULT_TEST_NAME, spec
+
+
+def _read_split(prefix: str, src_lang: str, tgt_lang: str) -> tuple[Pair, list[str]]:
+    """Both sides of ``PREFIX`` and the two files they came from."""
+    pair = read_parallel(prefix, src_lang, tgt_lang)
+    return pair, [str(find_side(prefix, lang)) for lang in (src_lang, tgt_lang)]
+
+
+def _user_tests(specs: list[str], src_lang: str, tgt_lang: str,
+                taken: tuple[str, ...]) -> tuple[dict[str, Pair], dict[str, list[str]]]:
+    """The ``--test`` sets and their files; names must differ from each other and from ``taken``."""
+    tests, files = {}, {}
+    for spec in specs:
+        name, prefix = _parse_test(spec)
+        if name in tests or name in taken:
+            raise UserError(f"--test {spec}: a split named {name!r} is given twice")
+        tests[name], files[name] = _read_split(prefix, src_lang, tgt_lang)
+    return tests, files
+
+
+def _custom_inputs(args: argparse.Namespace, src_lang: str, tgt_lang: str) -> _Inputs:
+    if not args.train or not args.valid:
+        raise UserError("give a recipe (multi30k or iwslt14) or both --train and --valid PREFIX")
+    if args.raw_dir:
+        raise UserError("--raw-dir is only used by the iwslt14 recipe")
+    tests, files = _user_tests(args.test, src_lang, tgt_lang, taken=_RESERVED_SPLITS)
+    train, files["train"] = _read_split(args.train, src_lang, tgt_lang)
+    valid, files["valid"] = _read_split(args.valid, src_lang, tgt_lang)
+    return _Inputs(train, valid, tests, files)
+
+
+def _multi30k_inputs(src_lang: str, tgt_lang: str) -> _Inputs:
+    """The shipped Multi30k task 1: train, valid = val, test = test_2016_flickr."""
+    if {src_lang, tgt_lang} != {"de", "en"}:
+        raise UserError(f"--src-lang {src_lang} --tgt-lang {tgt_lang}: the shipped multi30k "
+                        "data is German-English; use de and en (either direction)")
+    pairs, files = {}, {}
+    for split, stem in (("train", "train"), ("valid", "val"), ("test", "test_2016_flickr")):
+        pairs[split], files[split] = _read_split(str(MULTI30K_DIR / stem), src_lang, tgt_lang)
+    return _Inputs(pairs["train"], pairs["valid"], {"test": pairs["test"]}, files,
+                   recipe={"name": "multi30k", "test": "test_2016_flickr"})
+
+
+def _iwslt14_inputs(raw_dir: str | None, src_lang: str, tgt_lang: str) -> _Inputs:
+    if not raw_dir:
+        raise UserError("the iwslt14 recipe needs --raw-dir, the folder extracted from the "
+                        "IWSLT'14 release de-en.tgz")
+    _log(f"reading IWSLT'14 from {raw_dir} (fairseq prepare-iwslt14.sh steps)")
+    corpus = iwslt14.load(raw_dir, src_lang, tgt_lang)
+    recipe = {"name": "iwslt14", "steps": "fairseq examples/translation/prepare-iwslt14.sh",
+              **corpus.stats}
+    return _Inputs(corpus.splits["train"], corpus.splits["valid"],
+                   {"test": corpus.splits["test"]}, corpus.source_files, recipe=recipe)
+
+
+def _recipe_inputs(args: argparse.Namespace, src_lang: str, tgt_lang: str) -> _Inputs:
+    """A recipe's splits, plus any ``--test`` sets of the user (read first: they fail fast)."""
+    if args.train or args.valid:
+        raise UserError(f"--train/--valid cannot be combined with the {args.recipe} recipe")
+    if args.recipe == "multi30k" and args.raw_dir:
+        raise UserError("--raw-dir is only used by the iwslt14 recipe")
+    tests, files = _user_tests(args.test, src_lang, tgt_lang,
+                               taken=(*_RESERVED_SPLITS, DEFAULT_TEST_NAME))
+    if args.recipe == "multi30k":
+        inputs = _multi30k_inputs(src_lang, tgt_lang)
+    else:
+        inputs = _iwslt14_inputs(args.raw_dir, src_lang, tgt_lang)
+    inputs.tests.update(tests)
+    inputs.source_files.update(files)
+    return inputs
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``aiokd prepare`` with parsed command-line options."""
+    src_lang = args.src_lang or DEFAULT_SRC_LANG
+    tgt_lang = args.tgt_lang or DEFAULT_TGT_LANG
+    defaults = RECIPE_DEFAULTS[args.recipe]
+    vocab_size = args.vocab_size if args.vocab_size is not None else defaults.vocab_size
+    max_len = args.max_len if args.max_len is not None else defaults.max_len
+    max_ratio = args.max_ratio if args.max_ratio is not None else defaults.max_ratio
+    _check_options(src_lang, tgt_lang, {}, vocab_size, max_len, max_ratio)
+    check_new_directory(args.out, overwrite=args.force)
+    if args.recipe is None:
+        inputs = _custom_inputs(args, src_lang, tgt_lang)
+    else:
+        inputs = _recipe_inputs(args, src_lang, tgt_lang)
+    prepare(args.out, src_lang, tgt_lang, inputs.train, inputs.valid, inputs.tests, vocab_size,
+            max_len, max_ratio, overwrite=args.force, recipe=inputs.recipe,
+            source_files=inputs.source_files)
+    return 0

@@ -1,0 +1,595 @@
+"""The training loop: AIO-KD's two stages and the single-student baselines, in one loop.
+
+    for stage in (1, 2):                      # stage 2 starts from stage 1's best checkpoint
+        for update in range(max_updates):
+            students = sample K from C        # seeded by (seed, stage, update): same on every rank
+            loss = Objective(batch, students) # teacher CE + students' CE + alpha KD (+ beta ML)
+            step Adam on grad / target_tokens
+            every validate_every: mean valid CE over all candidates -> keep best, patience
+            every save_every: resumable checkpoint (atomic)
+
+Everything random in an update (students, dropout) is a function of (seed, stage, update, rank) and
+the data order a function of (seed, epoch), so a checkpoint holds only weights, Adam's moments, the
+update counter and the data position; a resumed run continues bit for bit as if never stopped.
+Multi-process training goes through ``torchrun``: each process reads its share of every update's
+batches and ``DistributedDataParallel`` averages the gradients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from aiokd import __version__
+from aiokd.batching import Batch, collate, token_batches
+from aiokd.checkpoint import (
+    load_model_files,
+    model_config_json,
+    read_checkpoint,
+    save_checkpoint,
+    save_model_dir,
+    sha256,
+)
+from aiokd.config import Config, load_config
+from aiokd.data import ParallelSplit, load_manifest
+from aiokd.errors import UserError
+from aiokd.io import atomic_write_json
+from aiokd.model import Transformer
+from aiokd.objective import Objective, validation_nll
+from aiokd.students import Student, parse_student, sample_students, student_name
+
+RESUMABLE_CHANGES = {"max_updates", "max_epochs", "patience", "validate_every", "save_every",
+                     "log_every", "threads", "max_bad_steps"}
+"""Training options that may differ when a run is resumed; any other change needs a new run."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Processes and devices
+
+
+@dataclass
+class Distributed:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def all_sum(self, values: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            dist.all_reduce(values)
+        return values
+
+
+def setup_distributed() -> Distributed:
+    """One process, or one of ``torchrun``'s (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(rank, world, device)
+
+
+def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
+    amp = cfg.train.amp
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def inverse_sqrt_lr(cfg: Config, update: int) -> float:
+    """Linear warm-up from ``warmup_init_lr`` to ``lr`` over ``warmup_updates``, then
+    ``lr * sqrt(warmup_updates / update)`` (Vaswani et al. 2017, as fairseq's inverse_sqrt)."""
+    t = cfg.train
+    if update < t.warmup_updates:
+        return t.warmup_init_lr + (t.lr - t.warmup_init_lr) * update / t.warmup_updates
+    return t.lr * math.sqrt(max(t.warmup_updates, 1) / max(update, 1))
+
+
+# ----------------------------------------------------------------------------------------------
+# The run directory
+
+
+@dataclass
+class Run:
+    """Paths of a run directory and what stays fixed across its stages."""
+
+    root: Path
+    cfg: Config
+    data_dir: Path
+    spm_bytes: bytes
+    languages: dict[str, str]
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def last(self, stage: int) -> Path:
+        return self.checkpoints / f"stage{stage}-last.safetensors"
+
+    def best(self, stage: int) -> Path:
+        return self.checkpoints / f"stage{stage}-best.safetensors"
+
+    @property
+    def stages(self) -> list[int]:
+        if self.cfg.distill.method != "aiokd":
+            return [1]
+        return {"1": [1], "2": [2], "both": [1, 2]}[self.cfg.train.stages]
+
+
+def open_run(root: Path, cfg: Config, data_dir: Path, main: bool) -> Run:
+    """Create ``root`` or check that it was made with the same settings and vocabulary."""
+    manifest = load_manifest(data_dir)
+    spm_bytes = (data_dir / manifest["spm_model"]).read_bytes()
+    if manifest["vocab_size"] != cfg.model.vocab_size:
+        raise UserError(f"{data_dir}: vocabulary of {manifest['vocab_size']} does not match "
+                        f"model.vocab_size={cfg.model.vocab_size}")
+    languages = {"src_lang": manifest["src_lang"], "tgt_lang": manifest["tgt_lang"]}
+    run_file = root / "run.json"
+    if run_file.is_file():
+        try:
+            saved = json.loads(run_file.read_text(encoding="utf-8"))
+            saved_cfg = Config.from_dict(saved["config"], where=str(run_file))
+        except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
+            raise UserError(f"{run_file}: damaged run description") from None
+        if saved.get("spm_sha256") != sha256(spm_bytes):
+            raise UserError(f"{root} was trained with another vocabulary than {data_dir}; "
+                            "use a new --out")
+        _check_same_settings(saved_cfg, cfg, root)
+    elif root.exists() and any(root.iterdir()) and not (root / "checkpoints").exists():
+        raise UserError(f"{root}: exists and is not an aiokd run directory; use a new --out")
+    if main:
+        atomic_write_json(run_file, {
+            "aiokd_version": __version__, "config": cfg.to_dict(), "data": str(data_dir),
+            "spm_sha256": sha256(spm_bytes), **languages,
+        })
+    return Run(root, cfg, data_dir, spm_bytes, languages)
+
+
+def _check_same_settings(saved: Config, new: Config, root: Path) -> None:
+    old_values, new_values = saved.to_dict(), new.to_dict()
+    for section, values in new_values.items():
+        for key, value in values.items():
+            if section == "train" and key in RESUMABLE_CHANGES:
+                continue
+            old = old_values[section][key]
+            if (list(old) if isinstance(old, tuple) else old) != (
+                    list(value) if isinstance(value, tuple) else value):
+                raise UserError(f"{root} was started with {section}.{key}={old!r}, now "
+                                f"{value!r}; resume with the same settings or use a new --out")
+
+
+# ----------------------------------------------------------------------------------------------
+# Data stream
+
+
+class BatchStream:
+    """The training batches of one process as a resumable stream at position ``(epoch, index)``.
+
+    Each update takes ``world * update_freq`` consecutive batches of the epoch; process ``r``
+    computes batches ``r, r + world, ...`` of them.  The tail of an epoch too short for a whole
+    update is skipped, so every process always does the same number of forward passes.
+    """
+
+    def __init__(self, split: ParallelSplit, cfg: Config, dist_: Distributed):
+        self.split, self.cfg, self.dist = split, cfg, dist_
+        self.per_update = dist_.world * cfg.train.update_freq
+        self._epoch_batches: tuple[int, list[np.ndarray]] | None = None
+
+    def batches(self, epoch: int) -> list[np.ndarray]:
+        if self._epoch_batches is None or self._epoch_batches[0] != epoch:
+            found = token_batches(self.split.src_lengths, self.split.tgt_lengths,
+                                  self.cfg.train.max_tokens, self.cfg.train.seed, epoch)
+            self._epoch_batches = (epoch, found)
+        return self._epoch_batches[1]
+
+    def next_update(self, epoch: int, index: int) -> tuple[list[np.ndarray], int, int]:
+        """This process's batches for one update, and the position after it."""
+        if index + self.per_update > len(self.batches(epoch)):
+            epoch, index = epoch + 1, 0
+            if self.per_update > len(self.batches(epoch)):
+                raise UserError(f"{self.split.data_dir}: the training set has fewer batches "
+                                f"({len(self.batches(epoch))}) than one update needs "
+                                f"({self.per_update}); lower train.update_freq")
+        chosen = self.batches(epoch)[index:index + self.per_update]
+        return chosen[self.dist.rank::self.dist.world], epoch, index + self.per_update
+
+    def collate(self, indices: np.ndarray) -> Batch:
+        return make_batch(self.split, indices, self.dist.device)
+
+
+def make_batch(split: ParallelSplit, indices: np.ndarray, device: torch.device) -> Batch:
+    m = split.manifest
+    batch = collate([split.src(i) for i in indices], [split.tgt(i) for i in indices],
+                    m["pad_id"], m["bos_id"], m["eos_id"])
+    return batch.to(device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+
+
+def validate(model: Transformer, split: ParallelSplit, students: list[Student], cfg: Config,
+             dist_: Distributed) -> dict[str, float]:
+    """Per-token validation cross-entropy (nats) of every student, and their ``mean``."""
+    was_training = model.training
+    model.eval()
+    max_tokens = cfg.train.valid_max_tokens or cfg.train.max_tokens
+    batches = token_batches(split.src_lengths, split.tgt_lengths, max_tokens, shuffle=False)
+    sums = torch.zeros(len(students) + 1, dtype=torch.float64, device=dist_.device)
+    dtype = amp_dtype(cfg, dist_.device)
+    for indices in batches[dist_.rank::dist_.world]:
+        batch = make_batch(split, indices, dist_.device)
+        with torch.autocast(dist_.device.type, dtype=dtype, enabled=dtype is not None):
+            nll = validation_nll(model, batch.src, batch.prev_tgt, batch.target, students,
+                                 cfg.distill.reuse_prefix)
+        sums[:-1] += nll.double()
+        sums[-1] += batch.tokens
+    sums = dist_.all_sum(sums).tolist()
+    model.train(was_training)
+    losses = {student_name(s): total / sums[-1] for s, total in zip(students, sums[:-1])}
+    losses["mean"] = sum(sums[:-1]) / sums[-1] / len(students)
+    return losses
+
+
+def format_losses(losses: dict[str, float], students: list[Student]) -> str:
+    """A grid of per-student losses: one row per ``l_d``, one column per ``l_e``."""
+    encs = sorted({le for le, _ in students})
+    decs = sorted({ld for _, ld in students})
+    lines = ["valid CE  " + "".join(f"{'l_e=' + str(le):>9}" for le in encs)]
+    for ld in decs:
+        cells = [f"{losses[student_name((le, ld))]:9.3f}" if (le, ld) in students else " " * 9
+                 for le in encs]
+        lines.append(f"l_d={ld:<6}" + "".join(cells))
+    lines.append(f"mean over {len(students)} students: {losses['mean']:.4f}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Logging
+
+
+class Logger:
+    """JSON lines (``log.jsonl``), TensorBoard (``tensorboard/``) and stdout, on the main process."""
+
+    def __init__(self, run: Run, enabled: bool):
+        self.enabled = enabled
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.file = open(run.root / "log.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+            self.writer = SummaryWriter(str(run.root / "tensorboard"))
+
+    def record(self, kind: str, stage: int, update: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        entry = {"kind": kind, "stage": stage, "update": update, "time": round(time.time(), 3),
+                 **values}
+        self.file.write(json.dumps(entry) + "\n")
+        self.file.flush()
+        for key, value in values.items():
+            if isinstance(value, (int, float)):
+                self.writer.add_scalar(f"stage{stage}/{kind}/{key}", value, update)
+
+    def say(self, message: str) -> None:
+        if self.enabled:
+            tqdm.write(message)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.file.close()
+            self.writer.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# One stage
+
+
+@dataclass
+class StageState:
+    """Everything besides tensors that a resumed stage needs."""
+
+    update: int = 0
+    epoch: int = 0
+    index: int = 0
+    best: float = math.inf
+    best_update: int = 0
+    stale_validations: int = 0
+    bad_steps: int = 0
+    finished: str = ""
+    best_losses: dict[str, float] | None = None
+
+
+def _seed_update(cfg: Config, stage: int, update: int, rank: int) -> None:
+    """Dropout noise of an update as a function of (seed, stage, update, rank)."""
+    torch.manual_seed((cfg.train.seed * 1_000_003 + stage * 7_919 + update) * 64 + rank)
+
+
+def build_model(cfg: Config, device: torch.device) -> Transformer:
+    torch.manual_seed(cfg.train.seed)
+    return Transformer(cfg.model).to(device)
+
+
+def make_optimizer(model: Transformer, cfg: Config, device: torch.device) -> torch.optim.AdamW:
+    """Adam with decoupled weight decay (as fairseq's Adam); fused kernels on GPU."""
+    t = cfg.train
+    return torch.optim.AdamW(model.parameters(), lr=t.warmup_init_lr, betas=t.adam_betas,
+                             eps=t.adam_eps, weight_decay=t.weight_decay,
+                             fused=device.type == "cuda")
+
+
+class Stage:
+    """Trains one stage to its end, resuming from its ``last`` checkpoint if there is one."""
+
+    def __init__(self, run: Run, stage: int, dist_: Distributed, train_split: ParallelSplit,
+                 valid_split: ParallelSplit, logger: Logger):
+        self.run, self.stage, self.dist, self.logger = run, stage, dist_, logger
+        self.cfg = cfg = run.cfg
+        self.space = cfg.distill.space(cfg.model)
+        self.model = build_model(cfg, dist_.device)
+        self.optimizer = make_optimizer(self.model, cfg, dist_.device)
+        self.state = StageState()
+        self.train_split, self.valid_split = train_split, valid_split
+        self.stream = BatchStream(train_split, cfg, dist_)
+        self.dtype = amp_dtype(cfg, dist_.device)
+        self.scaler = torch.amp.GradScaler(dist_.device.type, enabled=self.dtype == torch.float16)
+        objective = Objective(self.model, cfg, self._frozen_teacher())
+        self.objective = objective
+        if dist_.world > 1:
+            self.objective = torch.nn.parallel.DistributedDataParallel(
+                objective, device_ids=[dist_.device.index] if dist_.device.type == "cuda" else None)
+
+    def _frozen_teacher(self) -> Transformer | None:
+        if self.cfg.distill.method not in ("word-kd", "selective-kd"):
+            return None
+        files = load_model_files(self.cfg.distill.teacher)
+        if sha256(files.spm_bytes) != sha256(self.run.spm_bytes):
+            raise UserError(f"{self.cfg.distill.teacher}: the teacher's vocabulary does not match "
+                            f"{self.run.data_dir}")
+        return files.model.to(self.dist.device)
+
+    def start(self) -> None:
+        """Resume from ``last``, or start stage 2 from stage 1's best, or start afresh."""
+        last = self.run.last(self.stage)
+        if last.is_file():
+            checkpoint = read_checkpoint(last)
+            checkpoint.restore(self.model, self.optimizer)
+            self.state = StageState(**checkpoint.meta["state"])
+            if not self.state.finished:
+                self.logger.say(f"resuming stage {self.stage} at update {self.state.update} "
+                                f"from {last}")
+        elif self.stage == 2:
+            best = self.run.best(1)
+            if not best.is_file():
+                raise UserError(f"stage 2 starts from stage 1's best checkpoint, and {best} does "
+                                "not exist; run stage 1 first (train.stages=1 or both)")
+            read_checkpoint(best).restore(self.model)
+            self.logger.say(f"stage 2 starts from {best} with a fresh optimizer and warm-up")
+
+    def save(self, path: Path, with_optimizer: bool = True) -> None:
+        if not self.dist.main:
+            return
+        meta = {"config": self.cfg.to_dict(), "stage": self.stage, "languages": self.run.languages,
+                "state": self.state.__dict__, "aiokd_version": __version__}
+        save_checkpoint(path, self.model, meta, self.run.spm_bytes,
+                        self.optimizer if with_optimizer else None)
+
+    def _students(self) -> list[Student]:
+        if self.cfg.distill.method != "aiokd":
+            return []
+        d = self.cfg.distill
+        return sample_students(self.space.candidates, d.k, self.cfg.train.seed, self.stage,
+                               self.state.update, d.replacement)
+
+    def _validate(self) -> None:
+        students = self.space.evaluated
+        losses = validate(self.model, self.valid_split, students, self.cfg, self.dist)
+        s = self.state
+        improved = losses["mean"] < s.best
+        if improved:
+            s.best, s.best_update, s.stale_validations, s.best_losses = (
+                losses["mean"], s.update, 0, losses)
+        else:
+            s.stale_validations += 1
+        self.logger.record("valid", self.stage, s.update, losses)
+        mark = " (best)" if improved else f" (best {s.best:.4f} at update {s.best_update})"
+        self.logger.say(f"stage {self.stage} update {s.update}: validation{mark}\n"
+                        + format_losses(losses, students))
+        if improved:
+            self.save(self.run.best(self.stage), with_optimizer=False)
+
+    def train_update(self, batches: list[np.ndarray]) -> dict[str, float]:
+        """Forward and backward over this process's batches of one update; returns ``tokens``,
+        ``loss``, ``nll``... summed over all processes (the update's one synchronisation)."""
+        students = self._students()
+        _seed_update(self.cfg, self.stage, self.state.update, self.dist.rank)
+        totals, names = None, []
+        for i, indices in enumerate(batches):
+            batch = self.stream.collate(indices)
+            last = i == len(batches) - 1
+            sync = contextlib.nullcontext() if last or self.dist.world == 1 else (
+                self.objective.no_sync())
+            with sync:
+                with torch.autocast(self.dist.device.type, dtype=self.dtype,
+                                    enabled=self.dtype is not None):
+                    loss, stats = self.objective(batch.src, batch.prev_tgt, batch.target,
+                                                 students, self.stage)
+                self.scaler.scale(loss).backward()
+            values = torch.stack([torch.tensor(float(batch.tokens), device=loss.device),
+                                  loss.detach().float(), *(v.float() for v in stats.values())])
+            totals = values if totals is None else totals + values
+            names = ["tokens", "loss", *stats]
+        return dict(zip(names, self.dist.all_sum(totals.double()).tolist()))
+
+    def step(self, total_tokens: float) -> None:
+        """Adam step on the gradient of ``loss_sum / total_tokens`` (over all processes)."""
+        self.scaler.unscale_(self.optimizer)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        torch._foreach_mul_(grads, self.dist.world / total_tokens)
+        if self.cfg.train.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_norm)
+        for group in self.optimizer.param_groups:
+            group["lr"] = inverse_sqrt_lr(self.cfg, self.state.update + 1)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    def run_to_end(self, max_updates: int) -> StageState:
+        s, t = self.state, self.cfg.train
+        if s.finished:
+            return s
+        self.model.train()
+        bar = tqdm(total=max_updates, initial=s.update, desc=f"stage {self.stage}",
+                   unit="upd", disable=not self.dist.main, dynamic_ncols=True,
+                   mininterval=1.0 if sys.stderr.isatty() else 30.0)
+        started, tokens_done = time.perf_counter(), 0.0
+        while s.update < max_updates and not s.finished:
+            batches, epoch, index = self.stream.next_update(s.epoch, s.index)
+            if t.max_epochs and epoch >= t.max_epochs:
+                s.finished = "max_epochs"
+                break
+            totals = self.train_update(batches)
+            s.epoch, s.index = epoch, index
+            tokens = totals["tokens"]
+            if not math.isfinite(totals["loss"]):
+                self._skip_bad_update(totals)
+                continue
+            s.bad_steps = 0
+            self.step(tokens)
+            self.optimizer.zero_grad(set_to_none=True)
+            s.update += 1
+            tokens_done += tokens
+            speed = tokens_done / (time.perf_counter() - started)
+            bar.update(1)
+            bar.set_postfix(loss=f"{totals['loss'] / tokens:.3f}",
+                            nll=f"{totals['nll'] / tokens:.3f}", tok_s=f"{speed:.0f}")
+            if s.update % t.log_every == 0:
+                self.logger.record("train", self.stage, s.update, {
+                    "lr": self.optimizer.param_groups[0]["lr"], "tokens_per_s": speed,
+                    **{k: v / tokens for k, v in totals.items() if k != "tokens"},
+                    "tokens": tokens})
+            at_end = s.update == max_updates
+            if s.update % t.validate_every == 0 or at_end:
+                self._validate()
+                if t.patience and s.stale_validations >= t.patience:
+                    s.finished = "patience"
+            if s.update % t.save_every == 0 or s.update % t.validate_every == 0 or at_end:
+                self.save(self.run.last(self.stage))
+        bar.close()
+        if not s.finished:
+            s.finished = "max_updates"
+        if s.best_losses is None:
+            self._validate()
+        self.save(self.run.last(self.stage))
+        return s
+
+    def _skip_bad_update(self, totals: dict[str, float]) -> None:
+        s = self.state
+        self.optimizer.zero_grad(set_to_none=True)
+        s.bad_steps += 1
+        self.logger.record("skip", self.stage, s.update, {"loss": totals["loss"]})
+        self.logger.say(f"stage {self.stage} update {s.update}: non-finite loss, update skipped "
+                        f"({s.bad_steps} in a row)")
+        if s.bad_steps >= self.cfg.train.max_bad_steps:
+            raise UserError(
+                f"training stopped: {s.bad_steps} consecutive updates with a non-finite loss at "
+                f"stage {self.stage} update {s.update} (train.max_bad_steps); the last good "
+                f"checkpoint is {self.run.last(self.stage)}; try a lower train.lr")
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry points
+
+
+def train(data_dir: str | Path, out: str | Path, cfg: Config) -> dict[str, Any]:
+    """Train every stage of ``cfg`` into run directory ``out``; returns the final validation
+    losses of the best model. Resumes whatever an earlier call left unfinished."""
+    dist_ = setup_distributed()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    run = open_run(Path(out), cfg, Path(data_dir), dist_.main)
+    if dist_.main:
+        run.checkpoints.mkdir(parents=True, exist_ok=True)
+    train_split = ParallelSplit.load(data_dir, "train")
+    valid_split = ParallelSplit.load(data_dir, "valid")
+    logger = Logger(run, dist_.main)
+    try:
+        for stage_number in run.stages:
+            stage = Stage(run, stage_number, dist_, train_split, valid_split, logger)
+            stage.start()
+            if stage.state.finished:
+                logger.say(f"stage {stage_number} already finished ({stage.state.finished})")
+            state = stage.run_to_end(cfg.train.max_updates)
+            logger.say(f"stage {stage_number} finished ({state.finished}); best mean valid CE "
+                       f"{state.best:.4f} at update {state.best_update}")
+        final = read_checkpoint(run.best(run.stages[-1]))
+        best_losses = final.meta["state"]["best_losses"]
+        if dist_.main:
+            model = Transformer(cfg.model)
+            final.restore(model)
+            config_json = model_config_json(cfg, cfg.distill.space(cfg.model), run.languages,
+                                            {"valid_ce": best_losses})
+            save_model_dir(run.root, model, config_json, run.spm_bytes)
+            space = cfg.distill.space(cfg.model)
+            logger.say(f"best model written to {run.root} (model.safetensors, config.json, "
+                       "spm.model)\n" + format_losses(best_losses, space.evaluated))
+    finally:
+        logger.close()
+    return best_losses
+
+
+def build_config(args) -> Config:
+    """The run's config from the CLI: preset, YAML, flags, then ``key=value`` overrides."""
+    extra: dict[str, dict[str, Any]] = {"distill": {}, "train": {}, "model": {}}
+    if args.method:
+        extra["distill"]["method"] = args.method
+    if args.teacher:
+        extra["distill"]["teacher"] = str(Path(args.teacher).resolve())
+    if args.student:
+        le, ld = parse_student(args.student)
+        if le < 1 or ld < 1:
+            raise UserError(f"option --student: {args.student} needs at least one layer on each "
+                            "side")
+        extra["distill"]["student"] = args.student
+        extra["model"].update(enc_layers=le, dec_layers=ld)
+    if args.max_updates is not None:
+        extra["train"]["max_updates"] = args.max_updates
+    if args.stage:
+        extra["train"]["stages"] = args.stage
+    cfg = load_config(args.preset, args.config, args.overrides, extra)
+    if cfg.distill.method != "aiokd" and cfg.distill.student is None:
+        raise UserError(f"option --student: --method {cfg.distill.method} trains one student; "
+                        "name it, e.g. --student 4-2")
+    return cfg
+
+
+def main(args) -> int:
+    cfg = build_config(args)
+    manifest = load_manifest(args.data)
+    if cfg.model.vocab_size != manifest["vocab_size"]:
+        cfg.model.vocab_size = manifest["vocab_size"]
+    for key in ("pad_id", "bos_id", "eos_id"):
+        setattr(cfg.model, key, manifest[key])
+    cfg.distill.space(cfg.model)
+    train(args.data, args.out, cfg)
+    return 0
