@@ -16,28 +16,6 @@ import torch
 from torch import Tensor
 
 
-class _ScaleGradient(torch.autograd.Function):
-    """Identity forward; backward multiplies the incoming gradient by ``scale``."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, scale: Tensor) -> Tensor:
-        ctx.save_for_backward(scale)
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        (scale,) = ctx.saved_tensors
-        return grad * scale.to(grad.dtype), None
-
-
-def scale_gradient(x: Tensor, scale: Tensor) -> Tensor:
-    """``x`` unchanged in value, its gradient multiplied by the 0-dim tensor ``scale``.
-
-    With ``scale`` 0 or 1 this is a detach decided on the device: no copy, no synchronisation.
-    """
-    return _ScaleGradient.apply(x, scale)
-
-
 def label_smoothed_nll(lprobs: Tensor, target: Tensor, epsilon: float) -> tuple[Tensor, Tensor]:
     """Label-smoothed cross-entropy (Szegedy et al. 2016), as fairseq computes it.
 
@@ -84,27 +62,93 @@ def detaching_gates(student_ce: Tensor, teacher_ce: Tensor, eta: float) -> Tenso
     return (student_ce <= eta * teacher_ce).float()
 
 
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """``sum(a * b)`` over all elements without building ``a * b``."""
+    return torch.dot(a.reshape(-1), b.reshape(-1))
+
+
+class _WordKD(torch.autograd.Function):
+    """``(1/K) sum_k KL(P_T || P_k)`` with the teacher's gradient of term ``k`` scaled by
+    ``gates[k]``; the backward pass is written out so that no ``(N, V)`` tensor is built per
+    term in the forward pass.
+
+    With ``p = exp(t)`` the teacher's probabilities and ``s_k`` the students' log-probabilities:
+
+        L        = <p, t> - (1/K) sum_k <p, s_k>
+        dL/ds_k  = -(1/K) p
+        dL/dt    = p * (g_mean * (t + 1) - (1/K) sum_k g_k s_k)       (gated teacher side)
+    """
+
+    @staticmethod
+    def forward(ctx, gates: Tensor, teacher: Tensor, *students: Tensor) -> Tensor:
+        probs = teacher.exp()
+        k = len(students)
+        value = _dot(probs, teacher) - sum(_dot(probs, s) for s in students) / k
+        ctx.save_for_backward(gates, teacher, probs, *students)
+        return value
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        gates, teacher, probs, *students = ctx.saved_tensors
+        k = len(students)
+        student_grads = [None] * k
+        student_grad = probs * (-grad / k)
+        for i in range(k):
+            if ctx.needs_input_grad[2 + i]:
+                student_grads[i] = student_grad
+        teacher_grad = None
+        if ctx.needs_input_grad[1]:
+            weights = gates * (grad / k)
+            teacher_grad = (teacher + 1.0).mul_(gates.mean() * grad)
+            for i, s in enumerate(students):
+                teacher_grad.addcmul_(s, weights[i], value=-1.0)
+            teacher_grad.mul_(probs)
+        return None, teacher_grad, *student_grads
+
+
 def word_kd(teacher_lprobs: Tensor, student_lprobs: list[Tensor], gates: Tensor) -> Tensor:
     """``L_kd = (1/K) sum_k KL(P_T || P_Sk)``, the teacher's side gated by ``gates (K,)``.
 
     The student side always receives gradient; the teacher side of term ``k`` receives
-    ``gates[k]`` times its gradient (0: detached).  Computed as
-
-        KL(P_T || P_S) = sum P_T log P_T  -  sum P_T log P_S,
-
-    the first term once for all students (its teacher gradient scaled by the mean gate), the
-    second as a dot product per student, so no ``(N, V)`` difference tensor is built per student.
+    ``gates[k]`` times its gradient (0: detached, as dynamic gradient detaching decides).
+    Args: ``teacher_lprobs (N, V)``, each of ``student_lprobs (N, V)``. Returns the sum over the
+    ``N`` tokens.
     """
-    k = len(student_lprobs)
-    teacher_probs = teacher_lprobs.exp()
-    negative_entropy = torch.einsum(
-        "nv,nv->", scale_gradient(teacher_probs, gates.mean()), teacher_lprobs
-    )
-    cross = sum(
-        torch.einsum("nv,nv->", scale_gradient(teacher_probs, gates[i]), student_lprobs[i])
-        for i in range(k)
-    )
-    return negative_entropy - cross / k
+    return _WordKD.apply(gates, teacher_lprobs, *student_lprobs)
+
+
+class _PairKL(torch.autograd.Function):
+    """``w_ij KL(P_i || P_j) + w_ji KL(P_j || P_i)``, the target side of each term's gradient
+    scaled by ``g_i`` / ``g_j``.  With ``d = log P_i - log P_j``:
+
+        L      = <w_ij p_i - w_ji p_j, d>
+        dL/dlog P_i = w_ij g_i p_i (d + 1) - w_ji p_j
+        dL/dlog P_j = w_ji g_j p_j (1 - d) - w_ij p_i
+    """
+
+    @staticmethod
+    def forward(ctx, weights: Tensor, lp_i: Tensor, lp_j: Tensor) -> Tensor:
+        w_ij, w_ji = weights[0], weights[1]
+        p_i, p_j, d = lp_i.exp(), lp_j.exp(), lp_i - lp_j
+        ctx.save_for_backward(weights, p_i, p_j, d)
+        return w_ij * _dot(p_i, d) - w_ji * _dot(p_j, d)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        weights, p_i, p_j, d = ctx.saved_tensors
+        w_ij, w_ji, g_i, g_j = weights
+        w_ij, w_ji = w_ij * grad, w_ji * grad
+        grad_i = (d + 1.0).mul_(p_i).mul_(w_ij * g_i).addcmul_(p_j, w_ji, value=-1.0)
+        grad_j = (1.0 - d).mul_(p_j).mul_(w_ji * g_j).addcmul_(p_i, w_ij, value=-1.0)
+        return None, grad_i, grad_j
+
+
+def pair_kl(lp_i: Tensor, lp_j: Tensor, w_ij: Tensor, w_ji: Tensor, g_i: Tensor,
+            g_j: Tensor) -> Tensor:
+    """``w_ij KL(P_i || P_j) + w_ji KL(P_j || P_i)`` summed over tokens; ``g_i``/``g_j`` scale the
+    gradient that reaches the target side of each term (1: kept, 0: detached). All weights are
+    0-dim tensors."""
+    return _PairKL.apply(torch.stack([w_ij, w_ji, g_i, g_j]).float(), lp_i, lp_j)
 
 
 def mutual_learning(student_lprobs: list[Tensor], student_ce: Tensor, mode: str,
@@ -119,32 +163,25 @@ def mutual_learning(student_lprobs: list[Tensor], student_ce: Tensor, mode: str,
             ``CE_worse / CE_better >= eta``.
         ``none``: 0.
 
-    Which student is better is a 0-dim weight ``w = 1[CE_i <= CE_j]`` in the graph:
-    ``w KL(P_i || P_j) + (1 - w) KL(P_j || P_i)``.
+    Which student is better is a 0-dim weight ``w = 1[CE_i <= CE_j]`` in the graph, so the step
+    does not wait on the device: ``w KL(P_i || P_j) + (1 - w) KL(P_j || P_i)``.
     """
     k = len(student_lprobs)
-    zero = student_ce.new_zeros(())
+    total = student_ce.new_zeros(())
     if mode == "none" or k < 2:
-        return zero
-    total = zero
+        return total
+    one = student_ce.new_ones(())
     for i in range(k):
         for j in range(i + 1, k):
-            lp_i, lp_j = student_lprobs[i], student_lprobs[j]
             ce_i, ce_j = student_ce[i], student_ce[j]
             if mode == "full":
-                total = total + kl_divergence(lp_i, lp_j) + kl_divergence(lp_j, lp_i)
-                continue
-            i_better = (ce_i <= ce_j).float()
-            if mode == "detaching":
-                # The better side keeps its gradient only while the worse is within eta of it.
-                gate_i = (ce_j < eta * ce_i).float()
-                gate_j = (ce_i < eta * ce_j).float()
-                lp_i_target, lp_j_target = scale_gradient(lp_i, gate_i), scale_gradient(lp_j, gate_j)
+                weights = (one, one, one, one)
             else:
-                lp_i_target, lp_j_target = lp_i, lp_j
-            total = total + i_better * kl_divergence(lp_i_target, lp_j) + (
-                1.0 - i_better
-            ) * kl_divergence(lp_j_target, lp_i)
+                i_better = (ce_i <= ce_j).float()
+                gate_i = (ce_j < eta * ce_i).float() if mode == "detaching" else one
+                gate_j = (ce_i < eta * ce_j).float() if mode == "detaching" else one
+                weights = (i_better, 1.0 - i_better, gate_i, gate_j)
+            total = total + pair_kl(student_lprobs[i], student_lprobs[j], *weights)
     return total / (k * (k - 1) / 2)
 
 

@@ -1,0 +1,214 @@
+"""Each term of the AIO-KD objective against a direct computation on tiny tensors."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from aiokd.config import load_config
+from aiokd.losses import (
+    detaching_gates,
+    kl_divergence,
+    label_smoothed_nll,
+    mutual_learning,
+    pair_kl,
+    selective_kd_mask,
+    word_kd,
+)
+from aiokd.model import Transformer
+from aiokd.objective import Objective
+
+torch.set_default_dtype(torch.float64)
+
+
+def direct_kl(p_logits, q_logits):
+    """KL(P || Q) summed over tokens, straight from the definition."""
+    p = F.softmax(p_logits, -1)
+    return (p * (F.log_softmax(p_logits, -1) - F.log_softmax(q_logits, -1))).sum()
+
+
+def test_label_smoothed_nll_matches_definition():
+    torch.manual_seed(0)
+    logits = torch.randn(5, 7)
+    target = torch.tensor([0, 3, 6, 2, 2])
+    lprobs = F.log_softmax(logits, -1)
+    loss, nll = label_smoothed_nll(lprobs, target, 0.1)
+    v = logits.shape[-1]
+    expected_nll = -lprobs[torch.arange(5), target].sum()
+    # fairseq: the target gets 1 - eps + eps/(V-1) in total... written out per class:
+    q = torch.full((5, v), 0.1 / (v - 1))
+    q[torch.arange(5), target] += 1 - 0.1 - 0.1 / (v - 1)
+    expected = -(q * lprobs).sum()
+    assert torch.allclose(nll, expected_nll)
+    assert torch.allclose(loss, expected)
+
+
+def test_label_smoothing_zero_is_cross_entropy():
+    logits = torch.randn(4, 6)
+    target = torch.tensor([1, 2, 3, 4])
+    loss, nll = label_smoothed_nll(F.log_softmax(logits, -1), target, 0.0)
+    assert torch.allclose(loss, F.cross_entropy(logits, target, reduction="sum"))
+    assert torch.allclose(loss, nll)
+
+
+def test_kl_divergence_matches_definition():
+    p, q = torch.randn(4, 9), torch.randn(4, 9)
+    got = kl_divergence(F.log_softmax(p, -1), F.log_softmax(q, -1))
+    assert torch.allclose(got, direct_kl(p, q))
+
+
+def _grads(fn, *tensors):
+    tensors = [t.clone().requires_grad_(True) for t in tensors]
+    value = fn(*tensors)
+    if value.requires_grad:
+        value.backward()
+    return [torch.zeros_like(t) if t.grad is None else t.grad for t in tensors]
+
+
+@pytest.mark.parametrize("gates", [(1.0, 1.0), (0.0, 1.0), (1.0, 0.0), (0.0, 0.0)])
+def test_word_kd_value_and_gated_gradients(gates):
+    torch.manual_seed(1)
+    t, s1, s2 = torch.randn(6, 11), torch.randn(6, 11), torch.randn(6, 11)
+    g = torch.tensor(gates)
+
+    def ours(t, s1, s2):
+        lp = [F.log_softmax(x, -1) for x in (t, s1, s2)]
+        return word_kd(lp[0], lp[1:], g)
+
+    def direct(t, s1, s2):
+        # Detaching = the teacher side of term k is a constant when gate k is 0.
+        t1 = t if gates[0] else t.detach()
+        t2 = t if gates[1] else t.detach()
+        return (direct_kl(t1, s1) + direct_kl(t2, s2)) / 2
+
+    assert torch.allclose(ours(t, s1, s2), direct(t, s1, s2))
+    for a, b in zip(_grads(ours, t, s1, s2), _grads(direct, t, s1, s2), strict=True):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_teacher_gets_kd_gradient_exactly_when_ratio_at_most_eta():
+    eta = 1.1
+    teacher_ce = torch.tensor(10.0)
+    for student_ce, expect_gradient in [(10.9, True), (11.0, True), (11.2, False), (30.0, False),
+                                        (5.0, True)]:
+        gates = detaching_gates(torch.tensor([student_ce]), teacher_ce, eta)
+        t = torch.randn(3, 5, requires_grad=True)
+        s = torch.randn(3, 5, requires_grad=True)
+        word_kd(F.log_softmax(t, -1), [F.log_softmax(s, -1)], gates).backward()
+        assert (t.grad.abs().sum() > 0) == expect_gradient, student_ce
+        assert s.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("weights", list(itertools.product([0.0, 1.0], repeat=4)))
+def test_pair_kl_value_and_gradients(weights):
+    torch.manual_seed(2)
+    a, b = torch.randn(4, 8), torch.randn(4, 8)
+    w_ij, w_ji, g_i, g_j = (torch.tensor(w) for w in weights)
+
+    def ours(a, b):
+        return pair_kl(F.log_softmax(a, -1), F.log_softmax(b, -1), w_ij, w_ji, g_i, g_j)
+
+    def direct(a, b):
+        a_target = a if weights[2] else a.detach()
+        b_target = b if weights[3] else b.detach()
+        return weights[0] * direct_kl(a_target, b) + weights[1] * direct_kl(b_target, a)
+
+    assert torch.allclose(ours(a, b), direct(a, b))
+    for x, y in zip(_grads(ours, a, b), _grads(direct, a, b), strict=True):
+        assert torch.allclose(x, y, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["none", "no_weight", "full", "detaching"])
+def test_mutual_learning_modes(mode):
+    torch.manual_seed(3)
+    logits = [torch.randn(5, 6) for _ in range(3)]
+    ce = torch.tensor([4.0, 3.0, 5.0])
+    eta = 1.3
+
+    def ours(*xs):
+        return mutual_learning([F.log_softmax(x, -1) for x in xs], ce, mode, eta)
+
+    def direct(*xs):
+        if mode == "none":
+            return torch.zeros(())
+        total = 0
+        for i, j in itertools.combinations(range(3), 2):
+            if mode == "full":
+                total = total + direct_kl(xs[i], xs[j]) + direct_kl(xs[j], xs[i])
+                continue
+            better, worse = (i, j) if ce[i] <= ce[j] else (j, i)
+            target = xs[better]
+            if mode == "detaching" and ce[worse] / ce[better] >= eta:
+                target = target.detach()
+            total = total + direct_kl(target, xs[worse])
+        return total / 3
+
+    assert torch.allclose(ours(*logits), direct(*logits))
+    for x, y in zip(_grads(ours, *logits), _grads(direct, *logits), strict=True):
+        assert torch.allclose(x, y, atol=1e-10)
+
+
+def test_selective_kd_mask_keeps_hardest_tokens():
+    nll = torch.tensor([0.1, 3.0, 0.5, 2.0])
+    assert selective_kd_mask(nll, 0.5).tolist() == [False, True, False, True]
+
+
+def tiny_setup(**overrides):
+    values = {"model.vocab_size": 30, "model.d_model": 16, "model.ffn_dim": 32, "model.heads": 2,
+              "model.enc_layers": 3, "model.dec_layers": 3, "model.dropout": 0.0,
+              "distill.min_enc": 1, "distill.min_dec": 1, **overrides}
+    cfg = load_config("tiny", overrides=[f"{k}={v}" for k, v in values.items()])
+    torch.manual_seed(0)
+    model = Transformer(cfg.model).double()
+    src = torch.randint(4, 30, (3, 5))
+    target = torch.randint(4, 30, (3, 4))
+    target[0, 3] = 0
+    prev = torch.cat([torch.full((3, 1), 2), target[:, :-1]], dim=1)
+    return cfg, model, src, prev, target
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_objective_is_the_sum_of_its_terms(stage):
+    cfg, model, src, prev, target = tiny_setup()
+    students = [(1, 1), (3, 2)]
+    loss, stats = Objective(model, cfg)(src, prev, target, students, stage)
+    mask = target != 0
+    gold = target[mask]
+    lp = {s: F.log_softmax(model(src, prev, *s)[mask], -1) for s in [(3, 3), *students]}
+    ce = {s: label_smoothed_nll(lp[s], gold, 0.1)[0] for s in lp}
+    kd = sum(kl_divergence(lp[(3, 3)], lp[s]) for s in students) / 2
+    expected = ce[(3, 3)] + ce[(1, 1)] + ce[(3, 2)] + cfg.distill.alpha * kd
+    if stage == 2:
+        better, worse = sorted(students, key=lambda s: ce[s].item())
+        expected = expected + cfg.distill.beta * kl_divergence(lp[better], lp[worse])
+    assert torch.allclose(loss.double(), expected.double(), rtol=1e-5)
+
+
+def test_prefix_reuse_equals_separate_passes_in_gradient():
+    cfg, model, src, prev, target = tiny_setup()
+    students = [(1, 1), (3, 2), (2, 2)]
+    grads = []
+    for reuse in (True, False):
+        cfg.distill.reuse_prefix = reuse
+        model.zero_grad()
+        loss, _ = Objective(model, cfg)(src, prev, target, students, 2)
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-10)
+
+
+def test_detached_student_sends_no_kd_gradient_to_teacher_only_layers():
+    """With every student detached and alpha large, the teacher-only top layers' gradient is the
+    teacher CE gradient alone."""
+    cfg, model, src, prev, target = tiny_setup(**{"distill.eta": 1e-6})
+    top = model.decoder[2]
+    students = [(3, 1)]
+    model.zero_grad()
+    Objective(model, cfg)(src, prev, target, students, 1)[0].backward()
+    with_kd = [p.grad.clone() for p in top.parameters()]
+    cfg.distill.alpha = 0.0
+    model.zero_grad()
+    Objective(model, cfg)(src, prev, target, students, 1)[0].backward()
+    for a, b in zip(with_kd, [p.grad for p in top.parameters()], strict=True):
+        assert torch.allclose(a, b, atol=1e-12)
