@@ -21,6 +21,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -42,10 +43,10 @@ from aiokd.checkpoint import (
     save_model_dir,
     sha256,
 )
-from aiokd.config import Config, load_config
+from aiokd.config import Config, ModelConfig, load_config
 from aiokd.data import ParallelSplit, load_manifest
 from aiokd.errors import UserError
-from aiokd.io import atomic_write_json
+from aiokd.io import atomic_write_json, remove_temporaries
 from aiokd.model import Transformer
 from aiokd.objective import Objective, validation_nll
 from aiokd.students import Student, parse_student, sample_students, student_name
@@ -137,6 +138,16 @@ class Run:
         return {"1": [1], "2": [2], "both": [1, 2]}[self.cfg.train.stages]
 
 
+def check_lengths(model: ModelConfig, *splits: ParallelSplit) -> None:
+    """UserError if a sentence of ``splits`` (with its BOS or EOS) exceeds the model's positions."""
+    for split in splits:
+        longest = int(max(split.src_lengths.max(initial=0), split.tgt_lengths.max(initial=0)))
+        if longest + 1 > model.max_positions:
+            raise UserError(f"{split.data_dir}: the {split.name} split has a sentence of {longest} "
+                            f"tokens, more than model.max_positions={model.max_positions} allows; "
+                            "prepare the data with a lower --max-len")
+
+
 def open_run(root: Path, cfg: Config, data_dir: Path, main: bool) -> Run:
     """Create ``root`` or check that it was made with the same settings and vocabulary."""
     manifest = load_manifest(data_dir)
@@ -156,7 +167,7 @@ def open_run(root: Path, cfg: Config, data_dir: Path, main: bool) -> Run:
             raise UserError(f"{root} was trained with another vocabulary than {data_dir}; "
                             "use a new --out")
         _check_same_settings(saved_cfg, cfg, root)
-    elif root.exists() and any(root.iterdir()) and not (root / "checkpoints").exists():
+    elif main and root.exists() and any(root.iterdir()) and not (root / "checkpoints").exists():
         raise UserError(f"{root}: exists and is not an aiokd run directory; use a new --out")
     if main:
         atomic_write_json(run_file, {
@@ -253,14 +264,15 @@ def validate(model: Transformer, split: ParallelSplit, students: list[Student], 
 
 
 def format_losses(losses: dict[str, float], students: list[Student]) -> str:
-    """A grid of per-student losses: one row per ``l_d``, one column per ``l_e``."""
+    """Per-student losses by name, laid out as a grid: one row per ``l_d``, one column per
+    ``l_e``; then their mean."""
     encs = sorted({le for le, _ in students})
     decs = sorted({ld for _, ld in students})
-    lines = ["valid CE  " + "".join(f"{'l_e=' + str(le):>9}" for le in encs)]
+    lines = ["valid CE (nats/token) by student l_e-l_d:"]
     for ld in decs:
-        cells = [f"{losses[student_name((le, ld))]:9.3f}" if (le, ld) in students else " " * 9
-                 for le in encs]
-        lines.append(f"l_d={ld:<6}" + "".join(cells))
+        cells = [f"{student_name((le, ld)):>5} {losses[student_name((le, ld))]:6.3f}"
+                 if (le, ld) in students else " " * 12 for le in encs]
+        lines.append("  ".join(cells).rstrip())
     lines.append(f"mean over {len(students)} students: {losses['mean']:.4f}")
     return "\n".join(lines)
 
@@ -274,16 +286,17 @@ class Logger:
 
     def __init__(self, run: Run, enabled: bool):
         self.enabled = enabled
-        self.writer = None
-        if enabled:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.file = open(run.root / "log.jsonl", "a", encoding="utf-8")  # noqa: SIM115
-            self.writer = SummaryWriter(str(run.root / "tensorboard"))
+        self.root = run.root
+        self.file = self.writer = None
 
     def record(self, kind: str, stage: int, update: int, values: dict[str, float]) -> None:
         if not self.enabled:
             return
+        if self.file is None:  # opened on the first record: a run that fails early adds no file
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.file = open(self.root / "log.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+            self.writer = SummaryWriter(str(self.root / "tensorboard"))
         entry = {"kind": kind, "stage": stage, "update": update, "time": round(time.time(), 3),
                  **values}
         self.file.write(json.dumps(entry) + "\n")
@@ -297,9 +310,10 @@ class Logger:
             tqdm.write(message)
 
     def close(self) -> None:
-        if self.enabled:
+        if self.file is not None:
             self.file.close()
             self.writer.close()
+            self.file = self.writer = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -319,6 +333,7 @@ class StageState:
     bad_steps: int = 0
     finished: str = ""
     best_losses: dict[str, float] | None = None
+    validated_at: int = -1
 
 
 def _seed_update(cfg: Config, stage: int, update: int, rank: int) -> None:
@@ -336,7 +351,7 @@ def make_optimizer(model: Transformer, cfg: Config, device: torch.device) -> tor
     t = cfg.train
     return torch.optim.AdamW(model.parameters(), lr=t.warmup_init_lr, betas=t.adam_betas,
                              eps=t.adam_eps, weight_decay=t.weight_decay,
-                             fused=device.type == "cuda")
+                             fused=device.type == "cuda", foreach=device.type != "cuda")
 
 
 class Stage:
@@ -400,12 +415,13 @@ class Stage:
             return []
         d = self.cfg.distill
         return sample_students(self.space.candidates, d.k, self.cfg.train.seed, self.stage,
-                               self.state.update, d.replacement)
+                               self.state.update, d.replacement, d.sandwich)
 
     def _validate(self) -> None:
         students = self.space.evaluated
         losses = validate(self.model, self.valid_split, students, self.cfg, self.dist)
         s = self.state
+        s.validated_at = s.update
         improved = losses["mean"] < s.best
         if improved:
             s.best, s.best_update, s.stale_validations, s.best_losses = (
@@ -498,7 +514,7 @@ class Stage:
         bar.close()
         if not s.finished:
             s.finished = "max_updates"
-        if s.best_losses is None:
+        if s.validated_at != s.update:
             self._validate()
         self.save(self.run.last(self.stage))
         return s
@@ -527,11 +543,15 @@ def train(data_dir: str | Path, out: str | Path, cfg: Config) -> dict[str, Any]:
     dist_ = setup_distributed()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    train_split = ParallelSplit.load(data_dir, "train")
+    valid_split = ParallelSplit.load(data_dir, "valid")
+    check_lengths(cfg.model, train_split, valid_split)
+    fresh = not Path(out).exists()
     run = open_run(Path(out), cfg, Path(data_dir), dist_.main)
     if dist_.main:
         run.checkpoints.mkdir(parents=True, exist_ok=True)
-    train_split = ParallelSplit.load(data_dir, "train")
-    valid_split = ParallelSplit.load(data_dir, "valid")
+        remove_temporaries(run.root)
+        remove_temporaries(run.checkpoints)
     logger = Logger(run, dist_.main)
     try:
         for stage_number in run.stages:
@@ -540,8 +560,12 @@ def train(data_dir: str | Path, out: str | Path, cfg: Config) -> dict[str, Any]:
             if stage.state.finished:
                 logger.say(f"stage {stage_number} already finished ({stage.state.finished})")
             state = stage.run_to_end(cfg.train.max_updates)
+            if dist_.world > 1:
+                dist.barrier()  # stage 2 reads the best checkpoint the main process wrote
             logger.say(f"stage {stage_number} finished ({state.finished}); best mean valid CE "
                        f"{state.best:.4f} at update {state.best_update}")
+        if dist_.world > 1:
+            dist.barrier()  # the main process may still be writing the best checkpoint
         final = read_checkpoint(run.best(run.stages[-1]))
         best_losses = final.meta["state"]["best_losses"]
         if dist_.main:
@@ -553,6 +577,11 @@ def train(data_dir: str | Path, out: str | Path, cfg: Config) -> dict[str, Any]:
             space = cfg.distill.space(cfg.model)
             logger.say(f"best model written to {run.root} (model.safetensors, config.json, "
                        "spm.model)\n" + format_losses(best_losses, space.evaluated))
+    except UserError:
+        if fresh and dist_.main and not any(run.checkpoints.iterdir()):
+            logger.close()
+            shutil.rmtree(run.root, ignore_errors=True)  # nothing to resume: leave nothing behind
+        raise
     finally:
         logger.close()
     return best_losses
