@@ -600,15 +600,17 @@ def build_config(args) -> Config:
             raise UserError(f"option --student: {args.student} needs at least one layer on each "
                             "side")
         extra["distill"]["student"] = args.student
-        extra["model"].update(enc_layers=le, dec_layers=ld)
     if args.max_updates is not None:
         extra["train"]["max_updates"] = args.max_updates
     if args.stage:
         extra["train"]["stages"] = args.stage
     cfg = load_config(args.preset, args.config, args.overrides, extra)
-    if cfg.distill.method != "aiokd" and cfg.distill.student is None:
-        raise UserError(f"option --student: --method {cfg.distill.method} trains one student; "
-                        "name it, e.g. --student 4-2")
+    if cfg.distill.method != "aiokd":
+        if cfg.distill.student is None:
+            raise UserError(f"option --student: --method {cfg.distill.method} trains one "
+                            "student; name it, e.g. --student 4-2")
+        # A baseline's model is its one student.
+        cfg.model.enc_layers, cfg.model.dec_layers = parse_student(cfg.distill.student)
     return cfg
 
 

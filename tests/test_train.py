@@ -1,0 +1,105 @@
+"""End-to-end training through the command line: AIO-KD's two stages and the baselines."""
+
+import json
+
+import pytest
+from safetensors import safe_open
+
+from aiokd.checkpoint import load_model_files, read_checkpoint
+from tests.conftest import TINY_MODEL, run_aiokd
+
+pytestmark = pytest.mark.slow
+
+
+def train(data_dir, out, *extra):
+    result = run_aiokd("train", "--data", data_dir, "--out", out, "--preset", "tiny",
+                       *TINY_MODEL, "train.validate_every=2", *extra)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def aiokd_run(tmp_path_factory, tiny_data_dir):
+    out = tmp_path_factory.mktemp("runs") / "aiokd"
+    result = train(tiny_data_dir, out, "--max-updates", "4")
+    return out, result
+
+
+def test_both_stages_finish_and_report_every_student(aiokd_run):
+    out, result = aiokd_run
+    log = result.stdout + result.stderr
+    assert "stage 1 finished" in log and "stage 2 finished" in log
+    assert "stage 2 starts from" in log
+    # 3+3 layers, min depth 1, l_d <= l_e: 6 candidates, each reported by name.
+    for name in ("1-1", "2-1", "3-1", "2-2", "3-2", "3-3"):
+        assert name in log
+    entries = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    valid = [e for e in entries if e["kind"] == "valid"]
+    assert {e["stage"] for e in valid} == {1, 2}
+    assert all("3-3" in e and "mean" in e for e in valid)
+
+
+def test_run_directory_holds_only_safetensors_and_json(aiokd_run):
+    out, _ = aiokd_run
+    files = [p for p in out.rglob("*") if p.is_file()]
+    suffixes = {p.suffix for p in files if "tensorboard" not in p.parts}
+    assert suffixes <= {".safetensors", ".json", ".jsonl", ".model"}, suffixes
+    for path in files:
+        assert not path.read_bytes().startswith(b"\x80"), f"{path} looks like a pickle"
+    with safe_open(out / "model.safetensors", "pt") as handle:
+        assert "embed.weight" in handle.keys()
+    files = load_model_files(out)
+    assert files.model.teacher == (3, 3)
+    assert len(files.students) == 6
+
+
+def test_checkpoints_record_stage_state(aiokd_run):
+    out, _ = aiokd_run
+    for stage in (1, 2):
+        checkpoint = read_checkpoint(out / "checkpoints" / f"stage{stage}-last.safetensors")
+        assert checkpoint.meta["stage"] == stage
+        assert checkpoint.meta["state"]["update"] == 4
+        assert checkpoint.meta["state"]["finished"] == "max_updates"
+        assert any(k.startswith("optim.") for k in checkpoint.tensors)
+
+
+def test_finished_run_is_not_trained_again(aiokd_run, tiny_data_dir):
+    out, _ = aiokd_run
+    before = (out / "model.safetensors").read_bytes()
+    result = train(tiny_data_dir, out, "--max-updates", "4")
+    assert "already finished" in result.stdout + result.stderr
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_resume_with_other_settings_is_refused(aiokd_run, tiny_data_dir):
+    out, _ = aiokd_run
+    result = run_aiokd("train", "--data", tiny_data_dir, "--out", out, "--preset", "tiny",
+                       *TINY_MODEL, "distill.alpha=1.0")
+    assert result.returncode == 2
+    assert "distill.alpha" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_stage_one_alone(tmp_path, tiny_data_dir):
+    out = tmp_path / "s1"
+    result = train(tiny_data_dir, out, "--max-updates", "2", "--stage", "1")
+    assert "stage 2" not in result.stdout + result.stderr
+    assert (out / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("method", ["scratch", "word-kd", "selective-kd"])
+def test_baselines_train_one_student(tmp_path, tiny_data_dir, aiokd_run, method):
+    teacher, _ = aiokd_run
+    extra = ["--teacher", teacher] if method != "scratch" else []
+    out = tmp_path / method
+    train(tiny_data_dir, out, "--method", method, "--student", "2-1", "--max-updates", "2",
+          *extra)
+    files = load_model_files(out)
+    assert files.model.teacher == (2, 1)
+    assert [f"{a}-{b}" for a, b in files.students] == ["2-1"]
+
+
+def test_word_kd_needs_a_teacher(tmp_path, tiny_data_dir):
+    result = run_aiokd("train", "--data", tiny_data_dir, "--out", tmp_path / "w", "--method",
+                       "word-kd", "--student", "2-1", *TINY_MODEL)
+    assert result.returncode == 2
+    assert "--teacher" in result.stderr
