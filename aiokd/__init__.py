@@ -6,3 +6,13 @@ gradient detaching and mutual learning (Miao et al., EMNLP 2023).
 """
 
 __version__ = "0.1.0"
+
+
+def load(path, device=None, engine=None):
+    """Load a model to translate with; see :func:`aiokd.api.load`.
+
+    ``aiokd.load(PATH).translate(lines, student="6-2")``.
+    """
+    from aiokd.api import load as load_model
+
+    return load_model(path, device=device, engine=engine)

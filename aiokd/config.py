@@ -50,6 +50,9 @@ class ModelConfig:
                      "max_positions"):
             _require(getattr(self, name) > 0, f"model.{name}", "must be positive")
         _require(self.d_model % self.heads == 0, "model.heads", "must divide model.d_model")
+        for name in ("pad_id", "bos_id", "eos_id"):
+            _require(0 <= getattr(self, name) < self.vocab_size, f"model.{name}",
+                     "must be a token id of the vocabulary")
         for name in ("dropout", "attention_dropout", "activation_dropout"):
             _require(0.0 <= getattr(self, name) < 1.0, f"model.{name}", "must be in [0, 1)")
 
@@ -74,6 +77,9 @@ class DistillConfig:
     """Mutual learning: ``none``, ``no_weight`` (better teaches worse), ``full``, ``detaching``."""
     replacement: bool = True
     """Sample students with replacement (as the reference code does)."""
+    sandwich: bool = False
+    """Always include the smallest candidate among the K sampled students, the sandwich rule of
+    BigNAS / Once-for-All."""
     min_enc: int = 2
     min_dec: int = 2
     dec_le_enc: bool = True
@@ -169,6 +175,7 @@ class TrainConfig:
         _require(self.lr > 0 and math.isfinite(self.lr), "train.lr", "must be positive")
         _require(self.warmup_updates >= 0, "train.warmup_updates", "must be >= 0")
         _require(self.warmup_init_lr >= 0, "train.warmup_init_lr", "must be >= 0")
+        _require(self.adam_eps > 0, "train.adam_eps", "must be positive")
         _require(len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas),
                  "train.adam_betas", "must be two numbers in [0, 1)")
         _require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
@@ -181,6 +188,7 @@ class TrainConfig:
         _require(self.validate_every >= 1, "train.validate_every", "must be at least 1")
         _require(self.save_every >= 1, "train.save_every", "must be at least 1")
         _require(self.patience >= 0, "train.patience", "must be >= 0")
+        _require(0 <= self.seed < 2**32, "train.seed", "must be in [0, 2**32)")
         _require(self.amp in ("auto", "none", "bf16", "fp16"), "train.amp",
                  "must be auto, none, bf16 or fp16")
         _require(self.stages in ("1", "2", "both"), "train.stages", "must be 1, 2 or both")
@@ -223,7 +231,10 @@ def _coerce(value: Any, section_class: type, key: str, option: str) -> Any:
     wanted = typing.get_type_hints(section_class)[key]
     try:
         if wanted is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise UserError(f"option {option}: must be a finite number, got {value!r}")
+            return number
         if wanted is int and isinstance(value, (int, str)) and not isinstance(value, bool):
             return int(value)
         if wanted is bool and isinstance(value, str):
@@ -231,7 +242,8 @@ def _coerce(value: Any, section_class: type, key: str, option: str) -> Any:
     except (ValueError, KeyError):
         pass
     else:
-        if wanted in (int, float, bool) and not isinstance(value, wanted):
+        if wanted in (int, float, bool) and (
+                not isinstance(value, wanted) or isinstance(value, bool) != (wanted is bool)):
             raise UserError(f"option {option}: expected {wanted.__name__}, got {value!r}")
         if wanted in (str, str | None) and value is not None and not isinstance(value, str):
             return str(value)
@@ -245,7 +257,8 @@ def _check_keys(values: Any, cls: type, where: str) -> None:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise UserError(f"{where}: unknown option {unknown[0]!r}; known: {', '.join(sorted(known))}")
+        raise UserError(f"{where}: unknown option {unknown[0]!r}; "
+                        f"known: {', '.join(sorted(known))}")
 
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -281,7 +294,8 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     key, sep, raw = text.partition("=")
     section, dot, name = key.strip().partition(".")
     if not sep or not dot or not name:
-        raise UserError(f"override {text!r} is not of the form section.key=value, e.g. train.lr=7e-4")
+        raise UserError(f"override {text!r} is not of the form section.key=value, "
+                        "e.g. train.lr=7e-4")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
@@ -295,9 +309,10 @@ def load_config(
     overrides: list[str] | tuple[str, ...] = (),
     extra: dict[str, dict[str, Any]] | None = None,
 ) -> Config:
-    """Preset, then YAML file, then ``extra`` (e.g. from CLI flags), then ``key=value`` overrides."""
+    """Preset, then YAML file, then ``extra`` (CLI flags), then ``key=value`` overrides."""
     if preset not in PRESETS:
-        raise UserError(f"option --preset: unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+        raise UserError(f"option --preset: unknown preset {preset!r}; "
+                        f"known: {', '.join(PRESETS)}")
     values = _merge({}, PRESETS[preset])
     if config_file is not None:
         path = Path(config_file)
@@ -305,11 +320,16 @@ def load_config(
             loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except FileNotFoundError:
             raise UserError(f"{path}: no such config file") from None
+        except OSError as error:
+            raise UserError(f"{path}: cannot read the config file ({error.strerror})") from None
         except (yaml.YAMLError, UnicodeDecodeError) as error:
             line = getattr(getattr(error, "problem_mark", None), "line", None)
             at = f":{line + 1}" if line is not None else ""
             raise UserError(f"{path}{at}: not a valid YAML config") from None
         _check_keys(loaded, Config, str(path))
+        loaded = {name: {} if section is None else section for name, section in loaded.items()}
+        for name, section in loaded.items():
+            _check_keys(section, SECTIONS[name], f"{path}: {name}")
         values = _merge(values, loaded)
     values = _merge(values, extra or {})
     for text in overrides:

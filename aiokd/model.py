@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from aiokd.config import ModelConfig
 from aiokd.students import Student
@@ -41,6 +42,22 @@ def sinusoidal_positions(max_positions: int, dim: int) -> Tensor:
     if dim % 2:
         table = torch.cat([table, torch.zeros(max_positions, 1)], dim=1)
     return table
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool,
+              dropout: float) -> Tensor:
+    """``softmax(q k^T / sqrt(d) + mask) v`` through ``F.scaled_dot_product_attention``.
+
+    ``q (B, H, T, d)``, ``k``/``v (B, H, S, d)``, ``mask (B, 1, 1, S)`` True where allowed.  On
+    CPU the math kernel is used: for sentence-length sequences it is faster than the CPU flash
+    kernel (3.5x in the backward pass in bf16, ``benchmarks/speed.py``).
+    """
+    if q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                              dropout_p=dropout)
+    with sdpa_kernel(SDPBackend.MATH):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                              dropout_p=dropout)
 
 
 def _split_heads(x: Tensor, heads: int) -> Tensor:
@@ -78,10 +95,7 @@ class SelfAttention(nn.Module):
                 v = torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v
             causal = False
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
+        y = attention(q, k, v, mask, causal, self.dropout if self.training else 0.0)
         return self.out(_merge_heads(y))
 
 
@@ -102,9 +116,7 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: Tensor, keys_values: tuple[Tensor, Tensor], mask: Tensor) -> Tensor:
         q = _split_heads(self.q(x), self.heads)
-        y = F.scaled_dot_product_attention(
-            q, *keys_values, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        y = attention(q, *keys_values, mask, False, self.dropout if self.training else 0.0)
         return self.out(_merge_heads(y))
 
 
@@ -306,7 +318,7 @@ class Transformer(nn.Module):
         ``(B, V)`` in float32.
         """
         x = self.embed_tokens(tokens, offset=step)
-        for layer, kv, cache in zip(self.decoder, memory_kv, caches, strict=True):
+        for layer, kv, cache in zip(self.decoder[:len(memory_kv)], memory_kv, caches, strict=True):
             x = layer(x, kv, memory_mask, cache)
         return F.log_softmax(self.project(x[:, -1]).float(), dim=-1)
 

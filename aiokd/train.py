@@ -157,6 +157,8 @@ def open_run(root: Path, cfg: Config, data_dir: Path, main: bool) -> Run:
                         f"model.vocab_size={cfg.model.vocab_size}")
     languages = {"src_lang": manifest["src_lang"], "tgt_lang": manifest["tgt_lang"]}
     run_file = root / "run.json"
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{root}: exists and is not a directory; use a new --out")
     if run_file.is_file():
         try:
             saved = json.loads(run_file.read_text(encoding="utf-8"))
@@ -206,6 +208,13 @@ class BatchStream:
         self.split, self.cfg, self.dist = split, cfg, dist_
         self.per_update = dist_.world * cfg.train.update_freq
         self._epoch_batches: tuple[int, list[np.ndarray]] | None = None
+        self._check_enough(0)  # before training starts, not at its first update
+
+    def _check_enough(self, epoch: int) -> None:
+        if self.per_update > len(self.batches(epoch)):
+            raise UserError(f"{self.split.data_dir}: the training set has fewer batches "
+                            f"({len(self.batches(epoch))}) than one update needs "
+                            f"({self.per_update}); lower train.update_freq")
 
     def batches(self, epoch: int) -> list[np.ndarray]:
         if self._epoch_batches is None or self._epoch_batches[0] != epoch:
@@ -218,10 +227,7 @@ class BatchStream:
         """This process's batches for one update, and the position after it."""
         if index + self.per_update > len(self.batches(epoch)):
             epoch, index = epoch + 1, 0
-            if self.per_update > len(self.batches(epoch)):
-                raise UserError(f"{self.split.data_dir}: the training set has fewer batches "
-                                f"({len(self.batches(epoch))}) than one update needs "
-                                f"({self.per_update}); lower train.update_freq")
+            self._check_enough(epoch)
         chosen = self.batches(epoch)[index:index + self.per_update]
         return chosen[self.dist.rank::self.dist.world], epoch, index + self.per_update
 
@@ -258,8 +264,9 @@ def validate(model: Transformer, split: ParallelSplit, students: list[Student], 
         sums[-1] += batch.tokens
     sums = dist_.all_sum(sums).tolist()
     model.train(was_training)
-    losses = {student_name(s): total / sums[-1] for s, total in zip(students, sums[:-1])}
-    losses["mean"] = sum(sums[:-1]) / sums[-1] / len(students)
+    totals, tokens = sums[:-1], sums[-1]
+    losses = {student_name(s): t / tokens for s, t in zip(students, totals, strict=True)}
+    losses["mean"] = sum(totals) / tokens / len(students)
     return losses
 
 
@@ -282,7 +289,7 @@ def format_losses(losses: dict[str, float], students: list[Student]) -> str:
 
 
 class Logger:
-    """JSON lines (``log.jsonl``), TensorBoard (``tensorboard/``) and stdout, on the main process."""
+    """JSON lines (``log.jsonl``), TensorBoard (``tensorboard/``) and stdout; main process only."""
 
     def __init__(self, run: Run, enabled: bool):
         self.enabled = enabled
@@ -456,7 +463,7 @@ class Stage:
                                   loss.detach().float(), *(v.float() for v in stats.values())])
             totals = values if totals is None else totals + values
             names = ["tokens", "loss", *stats]
-        return dict(zip(names, self.dist.all_sum(totals.double()).tolist()))
+        return dict(zip(names, self.dist.all_sum(totals.double()).tolist(), strict=True))
 
     def step(self, total_tokens: float) -> None:
         """Adam step on the gradient of ``loss_sum / total_tokens`` (over all processes)."""
@@ -471,13 +478,27 @@ class Stage:
         self.scaler.update()
 
     def run_to_end(self, max_updates: int) -> StageState:
-        s, t = self.state, self.cfg.train
+        s = self.state
         if s.finished:
             return s
         self.model.train()
         bar = tqdm(total=max_updates, initial=s.update, desc=f"stage {self.stage}",
                    unit="upd", disable=not self.dist.main, dynamic_ncols=True,
                    mininterval=1.0 if sys.stderr.isatty() else 30.0)
+        try:
+            self._updates(max_updates, bar)
+        finally:
+            bar.close()  # also before an error message, which then starts its own line
+        if not s.finished:
+            s.finished = "max_updates"
+        if s.validated_at != s.update:
+            self._validate()
+        self.save(self.run.last(self.stage))
+        return s
+
+    def _updates(self, max_updates: int, bar: tqdm) -> None:
+        """The updates of :meth:`run_to_end`, each with its logging, validation and saving."""
+        s, t = self.state, self.cfg.train
         started, tokens_done = time.perf_counter(), 0.0
         while s.update < max_updates and not s.finished:
             batches, epoch, index = self.stream.next_update(s.epoch, s.index)
@@ -511,13 +532,6 @@ class Stage:
                     s.finished = "patience"
             if s.update % t.save_every == 0 or s.update % t.validate_every == 0 or at_end:
                 self.save(self.run.last(self.stage))
-        bar.close()
-        if not s.finished:
-            s.finished = "max_updates"
-        if s.validated_at != s.update:
-            self._validate()
-        self.save(self.run.last(self.stage))
-        return s
 
     def _skip_bad_update(self, totals: dict[str, float]) -> None:
         s = self.state

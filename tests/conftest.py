@@ -1,8 +1,12 @@
-"""Shared fixtures: a tiny synthetic German-English corpus and a data directory prepared from it."""
+"""Shared fixtures: a tiny synthetic German-English corpus, data directories prepared from it, and
+helpers to run the ``aiokd`` command line."""
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 
@@ -43,4 +47,78 @@ def tiny_data_dir(tmp_path_factory, tiny_corpus):
     out = tmp_path_factory.mktemp("tiny") / "data"
     prepare(out, "de", "en", tiny_corpus["train"], tiny_corpus["valid"],
             {"test": tiny_corpus["test"]}, vocab_size=TINY_VOCAB)
+    return out
+
+
+TINY_MODEL = ["model.d_model=32", "model.ffn_dim=64", "model.heads=2", "model.enc_layers=3",
+              "model.dec_layers=3", "distill.min_enc=1", "distill.min_dec=1",
+              "train.max_tokens=256", "train.warmup_updates=5"]
+"""``key=value`` overrides of ``aiokd train`` for a model that trains in well under a second."""
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment of ``aiokd`` subprocesses: one thread, unbuffered, no torchrun variables."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def aiokd_command(*args) -> list[str]:
+    """``python -m aiokd ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "aiokd", *map(str, args)]
+
+
+def run_aiokd(*args, timeout: float = 300, cwd=None) -> subprocess.CompletedProcess:
+    """Run the ``aiokd`` command line to its end; stdout and stderr are captured as text."""
+    return subprocess.run(aiokd_command(*args), capture_output=True, text=True, timeout=timeout,
+                          env=subprocess_env(), cwd=cwd, check=False)
+
+
+@pytest.fixture(scope="session")
+def other_vocab_data_dir(tmp_path_factory):
+    """A data directory like :func:`tiny_data_dir` with another corpus and vocabulary (80)."""
+    out = tmp_path_factory.mktemp("other") / "data"
+    prepare(out, "de", "en", make_corpus(200, seed=5), make_corpus(20, seed=6), {},
+            vocab_size=80)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_data_dir):
+    """A model directory (3 encoder and 3 decoder layers, d_model 32, students 2-2, 3-2, 3-3)
+    trained for 40 updates on :func:`tiny_data_dir`, enough for peaked, non-trivial outputs; do
+    not modify it."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from aiokd.batching import collate
+    from aiokd.checkpoint import model_config_json, save_model_dir
+    from aiokd.config import Config, ModelConfig
+    from aiokd.data import ParallelSplit
+    from aiokd.model import Transformer
+    from aiokd.students import CandidateSpace
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=TINY_VOCAB, d_model=32, ffn_dim=64, heads=4, enc_layers=3,
+                      dec_layers=3, dropout=0.0, max_positions=128)
+    model = Transformer(cfg)
+    split = ParallelSplit.load(tiny_data_dir, "train")
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        rows = rng.choice(len(split), 32, replace=False)
+        batch = collate([split.src(i) for i in rows], [split.tgt(i) for i in rows],
+                        cfg.pad_id, cfg.bos_id, cfg.eos_id)
+        logits = model.forward_students(batch.src, batch.prev_tgt, [(3, 3), (3, 2), (2, 2)])
+        loss = sum(F.cross_entropy(x.transpose(1, 2), batch.target, ignore_index=cfg.pad_id)
+                   for x in logits.values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    out = tmp_path_factory.mktemp("model") / "tiny-model"
+    config = model_config_json(Config(model=cfg), CandidateSpace(3, 3, 2, 2),
+                               {"src_lang": "de", "tgt_lang": "en"})
+    save_model_dir(out, model.eval(), config, (tiny_data_dir / "spm.model").read_bytes())
     return out

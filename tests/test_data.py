@@ -7,10 +7,10 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import TINY_VOCAB
 
 from aiokd.data import ParallelSplit, Tokenizer, load_manifest
 from aiokd.errors import UserError
+from tests.conftest import TINY_VOCAB
 
 
 @pytest.fixture

@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_corpus
 
 from aiokd import iwslt14
 from aiokd.cli import main as cli_main
 from aiokd.errors import UserError
 from aiokd.text import read_lines
+from tests.conftest import make_corpus
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "iwslt14-de-en"
 needs_shared = pytest.mark.skipif(

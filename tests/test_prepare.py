@@ -9,12 +9,12 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import TINY_VOCAB, make_corpus
 
 from aiokd.cli import main as cli_main
 from aiokd.data import ParallelSplit, Tokenizer
 from aiokd.errors import UserError
 from aiokd.prepare import prepare
+from tests.conftest import TINY_VOCAB, make_corpus
 
 LONG_LINE = ("der hund läuft schnell " * 5000)[:100_000]
 

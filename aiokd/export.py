@@ -1,0 +1,218 @@
+"""``aiokd extract`` and ``aiokd export``: one student as a model of its own.
+
+* **extract** writes a model directory (``config.json``, ``model.safetensors``, ``spm.model``)
+  holding a Transformer with ``l_e`` encoder and ``l_d`` decoder layers: the teacher's embedding,
+  its bottom layers (and, pre-norm, its final layer norms), whose only student is itself.
+* **export --format ctranslate2** writes a CTranslate2 model directory built with CTranslate2's
+  ``TransformerSpec`` from the student's weights (``model.bin``, CTranslate2's ``config.json``,
+  ``shared_vocabulary.json``), plus ``spm.model`` and ``aiokd.json``, which :func:`aiokd.load`
+  reads.
+
+The CTranslate2 model is the same network: post-norm (or pre-norm) layers with the model's layer
+norm epsilon; the embedding, scaled by ``sqrt(C)``, serves the source, the target and the output
+projection (no bias); the position table is the model's own sinusoidal table, row ``t`` for
+position ``t``; self-attention keeps its fused query/key/value projection (``linear[0]``), cross-
+attention its query (``linear[0]``) and fused key/value (``linear[1]``) projections.  The
+vocabulary is the SentencePiece pieces by id; the source gets the EOS appended and decoding
+starts from BOS, as in :mod:`aiokd.generate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import sentencepiece as spm
+from torch import Tensor, nn
+
+from aiokd.api import choose_student
+from aiokd.checkpoint import ModelFiles, load_model_files, model_config_json, save_model_dir
+from aiokd.config import Config, ModelConfig
+from aiokd.errors import UserError
+from aiokd.io import atomic_directory, atomic_write_bytes, atomic_write_json
+from aiokd.model import DecoderLayer, EncoderLayer, Transformer
+from aiokd.students import CandidateSpace, Student, parse_student, student_name
+
+EXPORT_INFO = "aiokd.json"
+EXPORT_FORMAT = "aiokd-ctranslate2"
+
+
+def is_ctranslate2_export(path: Path) -> bool:
+    return path.is_dir() and (path / EXPORT_INFO).is_file()
+
+
+def read_export_info(directory: Path) -> dict[str, Any]:
+    """The ``aiokd.json`` of a CTranslate2 export: its student, model config and source."""
+    path = directory / EXPORT_INFO
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        assert info["format"] == EXPORT_FORMAT
+        cfg = ModelConfig(**info["model"])
+        assert parse_student(info["student"]) == (cfg.enc_layers, cfg.dec_layers)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, AssertionError, TypeError,
+            UserError):
+        raise UserError(f"{path}: not a valid aiokd export description") from None
+    return info
+
+
+def load_source(path: str | Path) -> ModelFiles:
+    """A model to extract or export from; a CTranslate2 export cannot be one."""
+    if is_ctranslate2_export(Path(path)):
+        raise UserError(f"{path} is a CTranslate2 export; give the run directory, checkpoint or "
+                        "extracted student it came from")
+    return load_model_files(path)
+
+
+def _check_free(out: Path) -> None:
+    if out.exists() or out.is_symlink():
+        raise UserError(f"--out {out} exists; choose a new directory")
+
+
+def student_model(model: Transformer, student: Student) -> Transformer:
+    """A Transformer of ``l_e`` encoder and ``l_d`` decoder layers holding the teacher's
+    embedding, bottom layers and final norms."""
+    small = Transformer(dataclasses.replace(model.cfg, enc_layers=student[0],
+                                            dec_layers=student[1]))
+    wanted = small.state_dict().keys()
+    small.load_state_dict({k: v for k, v in model.state_dict().items() if k in wanted})
+    return small.eval()
+
+
+def extract_main(args: argparse.Namespace) -> int:
+    files = load_source(args.model)
+    student = choose_student(args.student, files.students, files.source)
+    out = Path(args.out)
+    _check_free(out)
+    small = student_model(files.model, student)
+    name = student_name(student)
+    space = CandidateSpace(*student, *student, dec_le_enc=False)
+    languages = {k: files.config[k] for k in ("src_lang", "tgt_lang") if k in files.config}
+    config = model_config_json(Config(model=small.cfg), space, languages,
+                               {"extracted_from": str(files.source.resolve()), "student": name})
+    with atomic_directory(out) as directory:
+        save_model_dir(directory, small, config, files.spm_bytes)
+    print(f"wrote {out}: student {name} of {files.source}, "
+          f"{small.num_parameters():,} parameters", file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# CTranslate2
+
+
+def _array(tensor: Tensor):
+    return tensor.detach().cpu().float().numpy()
+
+
+def _set_linear(spec, linear: nn.Linear) -> None:
+    spec.weight = _array(linear.weight)
+    spec.bias = _array(linear.bias)
+
+
+def _set_norm(spec, norm: nn.LayerNorm) -> None:
+    spec.gamma = _array(norm.weight)
+    spec.beta = _array(norm.bias)
+
+
+def _set_ffn(spec, layer: EncoderLayer | DecoderLayer) -> None:
+    _set_linear(spec.linear_0, layer.ffn.fc1)
+    _set_linear(spec.linear_1, layer.ffn.fc2)
+    _set_norm(spec.layer_norm, layer.ffn_block.norm)
+
+
+def _set_self_attention(spec, layer: EncoderLayer | DecoderLayer) -> None:
+    _set_linear(spec.linear[0], layer.self_attn.qkv)
+    _set_linear(spec.linear[1], layer.self_attn.out)
+    _set_norm(spec.layer_norm, layer.self_attn_block.norm)
+
+
+def _set_cross_attention(spec, layer: DecoderLayer) -> None:
+    _set_linear(spec.linear[0], layer.cross_attn.q)
+    _set_linear(spec.linear[1], layer.cross_attn.kv)
+    _set_linear(spec.linear[2], layer.cross_attn.out)
+    _set_norm(spec.layer_norm, layer.cross_attn_block.norm)
+
+
+def ctranslate2_spec(model: Transformer, student: Student, pieces: list[str], unk_id: int):
+    """The ``ctranslate2.specs.TransformerSpec`` of ``student``, every weight set; ``pieces[i]`` is
+    the SentencePiece piece of id ``i``."""
+    from ctranslate2.specs import TransformerSpec, common_spec
+
+    cfg = model.cfg
+    le, ld = student
+    spec = TransformerSpec.from_config((le, ld), cfg.heads, pre_norm=cfg.pre_norm,
+                                       activation=common_spec.Activation.RELU)
+    config = spec.config
+    config.unk_token = pieces[unk_id]
+    config.bos_token = config.decoder_start_token = pieces[cfg.bos_id]
+    config.eos_token = pieces[cfg.eos_id]
+    config.add_source_bos, config.add_source_eos = False, True
+    config.layer_norm_epsilon = model.encoder[0].ffn_block.norm.eps
+
+    embedding, positions = _array(model.embed.weight), _array(model.positions)
+    spec.encoder.embeddings[0].weight = spec.decoder.embeddings.weight = embedding
+    spec.decoder.projection.weight = embedding
+    spec.encoder.position_encodings.encodings = positions
+    spec.decoder.position_encodings.encodings = positions
+    for layer_spec, layer in zip(spec.encoder.layer, model.encoder[:le], strict=True):
+        _set_self_attention(layer_spec.self_attention, layer)
+        _set_ffn(layer_spec.ffn, layer)
+    for layer_spec, layer in zip(spec.decoder.layer, model.decoder[:ld], strict=True):
+        _set_self_attention(layer_spec.self_attention, layer)
+        _set_cross_attention(layer_spec.attention, layer)
+        _set_ffn(layer_spec.ffn, layer)
+    if cfg.pre_norm:
+        _set_norm(spec.encoder.layer_norm, model.encoder_norm)
+        _set_norm(spec.decoder.layer_norm, model.decoder_norm)
+    spec.register_source_vocabulary(pieces)
+    spec.register_target_vocabulary(pieces)
+    return spec
+
+
+def sentencepiece_pieces(spm_bytes: bytes) -> tuple[list[str], int]:
+    """The pieces of a SentencePiece model by id, and its unknown-token id."""
+    processor = spm.SentencePieceProcessor(model_proto=spm_bytes)
+    return [processor.id_to_piece(i) for i in range(processor.get_piece_size())], processor.unk_id()
+
+
+def write_ctranslate2(directory: Path, files: ModelFiles, student: Student,
+                      quantization: str) -> None:
+    """Write the CTranslate2 model of ``student`` into the empty ``directory``.
+
+    ``quantization``: ``none`` (float32), ``int8``, ``int8_float32`` or ``float16`` weights.
+    """
+    pieces, unk_id = sentencepiece_pieces(files.spm_bytes)
+    if len(pieces) != files.model.cfg.vocab_size:
+        raise UserError(f"{files.source}: the SentencePiece model has {len(pieces)} pieces but "
+                        f"the model {files.model.cfg.vocab_size}")
+    spec = ctranslate2_spec(files.model, student, pieces, unk_id)
+    spec.validate()
+    spec.optimize(quantization=None if quantization == "none" else quantization)
+    spec.save(str(directory))
+    model = dataclasses.replace(files.model.cfg, enc_layers=student[0], dec_layers=student[1])
+    atomic_write_bytes(directory / "spm.model", files.spm_bytes)
+    atomic_write_json(directory / EXPORT_INFO, {
+        "format": EXPORT_FORMAT,
+        "version": 1,
+        "student": student_name(student),
+        "quantization": quantization,
+        "exported_from": str(files.source.resolve()),
+        "model": dataclasses.asdict(model),
+        **{k: files.config[k] for k in ("src_lang", "tgt_lang") if k in files.config},
+    })
+
+
+def export_main(args: argparse.Namespace) -> int:
+    files = load_source(args.model)
+    student = choose_student(args.student, files.students, files.source)
+    out = Path(args.out)
+    _check_free(out)
+    with atomic_directory(out) as directory:
+        write_ctranslate2(directory, files, student, args.quantization)
+    print(f"wrote {out}: student {student_name(student)} of {files.source} for CTranslate2 "
+          f"({args.quantization} quantization)", file=sys.stderr)
+    return 0

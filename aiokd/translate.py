@@ -1,0 +1,74 @@
+"""``aiokd translate``: UTF-8 lines in (a file or stdin), one translation per line out.
+
+Input is decoded strictly: a byte that is not UTF-8 is reported with its line.  Lines end at
+``\\n`` (a ``\\r`` before it is dropped, and so is a leading byte-order mark).  The output goes to
+stdout, or to a file that appears only once complete.  A progress bar is drawn on stderr when
+stderr is a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from aiokd.api import load
+from aiokd.errors import UserError
+from aiokd.io import atomic_write_bytes
+
+
+def _read_bytes(name: str) -> bytes:
+    if name == "-":
+        return sys.stdin.buffer.read()
+    path = Path(name)
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected a text file")
+    try:
+        return path.read_bytes()
+    except PermissionError:
+        raise UserError(f"{path}: permission denied") from None
+
+
+def read_input(name: str) -> list[str]:
+    """The lines of file ``name`` (``-``: stdin), without line endings; none for empty input."""
+    data = _read_bytes(name)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        where = "stdin" if name == "-" else name
+        byte = data[error.start]
+        raise UserError(f"{where}:{line}: not valid UTF-8 (byte 0x{byte:02x})") from None
+    lines = text.removeprefix("\ufeff").split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
+def write_output(name: str, lines: list[str]) -> None:
+    """One line per translation to file ``name`` (atomically) or, for ``-``, to stdout."""
+    data = "".join(line + "\n" for line in lines).encode("utf-8")
+    if name == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        atomic_write_bytes(name, data)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.output != "-" and Path(args.output).is_dir():
+        raise UserError(f"-o {args.output}: is a directory")
+    model = load(args.model, device=args.device, engine=args.engine)
+    model.check_student(args.student)
+    lines = read_input(args.input)
+    with tqdm(total=len(lines), unit="line", file=sys.stderr,
+              disable=not sys.stderr.isatty()) as bar:
+        translations = model.translate(lines, student=args.student, beam=args.beam,
+                                       lenpen=args.lenpen, max_tokens=args.max_tokens,
+                                       progress=bar.update)
+    write_output(args.output, translations)
+    return 0
