@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from aiokd.config import Config, ModelConfig
+from aiokd.config import Config
 from aiokd.errors import UserError
 from aiokd.io import atomic_write_bytes, atomic_write_json
 from aiokd.model import Transformer
@@ -199,12 +199,19 @@ def _read_model_dir(directory: Path) -> ModelFiles:
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
         assert config["format"] == MODEL_FORMAT
-        model_cfg = ModelConfig(**config["model"])
-        CandidateSpace(**config["space"])
+        model_cfg = Config.from_dict({"model": config["model"]}, where=str(config_path)).model
+        space = CandidateSpace(**config["space"])
+        depths = (space.enc_layers, space.dec_layers, space.min_enc, space.min_dec)
+        assert all(type(depth) is int and depth >= 1 for depth in depths)
+        assert space.teacher == (model_cfg.enc_layers, model_cfg.dec_layers)
     except FileNotFoundError:
         raise UserError(f"{directory}: no config.json: not an aiokd model directory") from None
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, AssertionError, TypeError):
         raise UserError(f"{config_path}: not a valid aiokd model config") from None
+    except UserError as error:  # a bad value: name the file as well as the option
+        if str(error).startswith(str(config_path)):
+            raise
+        raise UserError(f"{config_path}: {error}") from None
     spm_path = directory / "spm.model"
     if not spm_path.is_file():
         raise UserError(f"{spm_path}: missing SentencePiece model")

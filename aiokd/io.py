@@ -63,6 +63,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     _fsync_directory(path.parent)
 
 
+def remove_temporaries(directory: str | os.PathLike) -> None:
+    """Delete the temporary files that an interrupted :func:`atomic_write_bytes` left in
+    ``directory``."""
+    for path in Path(directory).glob(".*.tmp-*"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented UTF-8 JSON with a final newline, atomically."""
     text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"

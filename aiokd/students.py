@@ -25,7 +25,7 @@ Student = tuple[int, int]
 def parse_student(text: str) -> Student:
     """``"6-2"`` -> ``(6, 2)``; a UserError for anything else."""
     parts = text.strip().split("-")
-    if len(parts) != 2 or not all(part.isdigit() for part in parts):
+    if len(parts) != 2 or not all(part.isascii() and part.isdigit() for part in parts):
         raise UserError(f"student {text!r} is not of the form l_e-l_d, e.g. 6-2")
     return int(parts[0]), int(parts[1])
 
@@ -91,15 +91,25 @@ class CandidateSpace:
         return student
 
 
+def smallest(candidates: list[Student]) -> Student:
+    """The candidate with the fewest layers in all; ties go to the first in ``candidates``."""
+    return min(candidates, key=lambda student: student[0] + student[1])
+
+
 def sample_students(
-    candidates: list[Student], k: int, seed: int, stage: int, update: int, replacement: bool
+    candidates: list[Student], k: int, seed: int, stage: int, update: int, replacement: bool,
+    sandwich: bool = False,
 ) -> list[Student]:
     """Draw ``k`` students uniformly from ``candidates`` for one update.
 
     The generator depends only on ``(seed, stage, update)``, so every process and every resumed
-    run draws the same students for the same update.
+    run draws the same students for the same update.  With ``sandwich`` the first student is
+    always :func:`smallest` and the other ``k - 1`` are drawn as usual (without replacement: from
+    the other candidates).
     """
     rng = random.Random(f"aiokd-students/{seed}/{stage}/{update}")
+    fixed = [smallest(candidates)] if sandwich else []
+    pool = [s for s in candidates if s not in fixed] if fixed and not replacement else candidates
     if replacement:
-        return [rng.choice(candidates) for _ in range(k)]
-    return rng.sample(candidates, k)
+        return fixed + [rng.choice(pool) for _ in range(k - len(fixed))]
+    return fixed + rng.sample(pool, k - len(fixed))

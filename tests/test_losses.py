@@ -19,7 +19,15 @@ from aiokd.losses import (
 from aiokd.model import Transformer
 from aiokd.objective import Objective
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64_by_default():
+    """Exact comparisons in double precision, restored afterwards for the other test files."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def direct_kl(p_logits, q_logits):

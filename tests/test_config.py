@@ -1,0 +1,205 @@
+"""Configuration: presets, YAML and ``key=value`` overrides in that order, typed values, checks that
+name the option or the file and line, and exact round trips through JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aiokd.config import PRESETS, Config, load_config, parse_override
+from aiokd.errors import UserError
+from aiokd.train import RESUMABLE_CHANGES, _check_same_settings
+
+
+def numbers(cfg: Config):
+    """Every numeric value of ``cfg`` as ``(option, value)``."""
+    for section, values in cfg.to_dict().items():
+        for key, value in values.items():
+            for item in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(item, (int, float)) and not isinstance(item, bool):
+                    yield f"{section}.{key}", item
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_is_valid(preset):
+    cfg = load_config(preset)
+    for section, values in PRESETS[preset].items():
+        for key, value in values.items():
+            assert getattr(getattr(cfg, section), key) == value
+    assert cfg.distill.space(cfg.model).candidates
+
+
+def test_precedence_preset_yaml_flags_overrides(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("train:\n  lr: 1e-3\n  seed: 7\n  max_updates: 50\nmodel:\n  heads: 8\n",
+                      encoding="utf-8")
+    cfg = load_config("tiny", config, ["train.seed=9"],
+                      {"train": {"max_updates": 60, "seed": 8}})
+    assert cfg.model.d_model == PRESETS["tiny"]["model"]["d_model"]  # preset
+    assert cfg.model.heads == 8 and cfg.train.lr == 1e-3             # YAML over preset
+    assert cfg.train.max_updates == 60                                # flags over YAML
+    assert cfg.train.seed == 9                                        # overrides last
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("train.lr=7e-4", ("train", "lr", "7e-4")),       # YAML 1.1 reads this as a string ...
+    ("train.lr=0.0007", ("train", "lr", 0.0007)),
+    ("distill.student=4-2", ("distill", "student", "4-2")),
+    ("train.adam_betas=[0.9, 0.99]", ("train", "adam_betas", [0.9, 0.99])),
+    ("model.pre_norm=true", ("model", "pre_norm", True)),
+    (" train.seed = 3", ("train", "seed", 3)),
+    ("distill.teacher=", ("distill", "teacher", None)),
+    ("distill.teacher=a=b", ("distill", "teacher", "a=b")),
+])
+def test_parse_override(text, expected):
+    assert parse_override(text) == expected
+
+
+def test_values_get_their_field_types():
+    cfg = load_config("tiny", overrides=["train.lr=7e-4", "model.dropout=0", "train.seed='5'",
+                                         "train.adam_betas=[0.9, 0.99]", "model.pre_norm=True",
+                                         "train.stages=1"])
+    assert cfg.train.lr == 7e-4 and isinstance(cfg.train.lr, float)  # ... and it becomes one
+    assert cfg.model.dropout == 0.0 and isinstance(cfg.model.dropout, float)
+    assert cfg.train.seed == 5 and cfg.train.adam_betas == (0.9, 0.99)
+    assert cfg.model.pre_norm is True and cfg.train.stages == "1"
+
+
+@pytest.mark.parametrize("override, option", [
+    ("train.lr=-1", "train.lr"), ("train.lr=0", "train.lr"), ("distill.k=0", "distill.k"),
+    ("distill.alpha=-1", "distill.alpha"), ("distill.beta=-0.5", "distill.beta"),
+    ("distill.eta=0", "distill.eta"), ("train.warmup_updates=-1", "train.warmup_updates"),
+    ("train.adam_eps=0", "train.adam_eps"), ("train.adam_betas=[1, 0.9]", "train.adam_betas"),
+    ("train.label_smoothing=1", "train.label_smoothing"), ("train.update_freq=0",
+                                                           "train.update_freq"),
+    ("train.max_tokens=0", "train.max_tokens"), ("train.seed=-1", "train.seed"),
+    ("train.seed=4294967296", "train.seed"), ("model.heads=5", "model.heads"),
+    ("model.dropout=-0.1", "model.dropout"), ("model.pad_id=8000", "model.pad_id"),
+    ("distill.selective_ratio=0", "distill.selective_ratio"), ("train.stages=3", "train.stages"),
+    ("distill.ml_mode=all", "distill.ml_mode"), ("train.amp=fp8", "train.amp"),
+    ("train.max_bad_steps=0", "train.max_bad_steps"), ("train.lr=.nan", "train.lr"),
+    ("distill.alpha=.inf", "distill.alpha"), ("train.weight_decay=.inf", "train.weight_decay"),
+    ("model.d_model=true", "model.d_model"), ("train.lr=false", "train.lr"),
+    ("model.pre_norm=1", "model.pre_norm"), ("train.max_tokens=1.5", "train.max_tokens"),
+    ("train.foo=1", "foo"), ("tran.lr=1", "tran"), ("lr=1", "section.key=value"),
+    ("train.lr=[1", "train.lr"),
+])
+def test_invalid_values_name_the_option(override, option):
+    with pytest.raises(UserError, match=option.replace(".", r"\.").replace("[", r"\[")):
+        load_config("tiny", overrides=[override])
+
+
+def test_baselines_need_their_student_and_teacher():
+    with pytest.raises(UserError, match="--student"):
+        load_config("tiny", overrides=["distill.method=scratch"])
+    with pytest.raises(UserError, match="--teacher"):
+        load_config("tiny", overrides=["distill.method=word-kd", "distill.student=2-2"])
+
+
+def test_candidate_space_checks_depths():
+    cfg = load_config("tiny", overrides=["model.enc_layers=2", "distill.min_enc=3"])
+    with pytest.raises(UserError, match="distill.min_enc"):
+        cfg.distill.space(cfg.model)
+    cfg = load_config("tiny", overrides=["distill.replacement=false", "distill.k=16"])
+    with pytest.raises(UserError, match="distill.k"):
+        cfg.distill.space(cfg.model)
+
+
+@pytest.mark.parametrize("text, where", [
+    ("train:\n  lr: 1\n  seed: [1\n", "bad.yaml:4"),
+    ("train:\n  lr: 1\n   seed: 2\n", "bad.yaml:3"),
+    ("model: {d_model: 64\n", "bad.yaml:2"),
+    ("trian:\n  lr: 1\n", "bad.yaml: unknown option 'trian'"),
+    ("model:\n  depth: 3\n", "bad.yaml: model: unknown option 'depth'"),
+    ("train: [1, 2]\n", "bad.yaml: train: expected a mapping"),
+    ("42\n", "bad.yaml: expected a mapping"),
+])
+def test_yaml_errors_name_the_file_and_line(tmp_path, text, where):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(UserError) as error:
+        load_config("tiny", path)
+    assert str(error.value).startswith(str(tmp_path / where))
+
+
+def test_empty_yaml_file_and_sections_are_fine(tmp_path):
+    path = tmp_path / "empty.yaml"
+    for text in ("", "# nothing\n", "model:\ntrain:\n"):
+        path.write_text(text, encoding="utf-8")
+        assert load_config("tiny", path) == load_config("tiny")
+
+
+def test_round_trip_through_json():
+    cfg = load_config("base", overrides=["distill.method=word-kd", "distill.student=6-2",
+                                         "distill.teacher=/runs/teacher", "train.amp=bf16"])
+    again = Config.from_dict(json.loads(json.dumps(cfg.to_dict())), where="run.json")
+    assert again == cfg and isinstance(again.train.adam_betas, tuple)
+
+
+def test_resumable_changes_are_the_only_allowed_ones(tmp_path):
+    saved = load_config("tiny")
+    for key in sorted(RESUMABLE_CHANGES):
+        value = getattr(saved.train, key)
+        changed = dataclasses.replace(saved, train=dataclasses.replace(saved.train,
+                                                                       **{key: value + 1}))
+        _check_same_settings(saved, changed, tmp_path)
+    for override in ("train.lr=1e-3", "model.dropout=0.2", "distill.alpha=1", "train.seed=2"):
+        with pytest.raises(UserError, match=override.split("=")[0].replace(".", r"\.")):
+            _check_same_settings(saved, load_config("tiny", overrides=[override]), tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Properties
+
+
+FIELDS = {f"{section}.{field.name}" for section, cls in
+          (("model", Config().model), ("distill", Config().distill), ("train", Config().train))
+          for field in dataclasses.fields(cls)}
+SCALARS = st.one_of(
+    st.integers(-5, 10**12), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
+    st.none(), st.text(max_size=8),
+    st.sampled_from(["4-2", "aiokd", "word-kd", "bf16", "both", "no_weight", "[0.9, 0.98]",
+                     ".nan", "-.inf", "1e-3", "{a: 1}", "[]", "yes"]))
+
+
+def as_yaml(value) -> str:
+    if isinstance(value, float):
+        return ".nan" if math.isnan(value) else (
+            ("-.inf" if value < 0 else ".inf") if math.isinf(value) else repr(value))
+    if value is None:
+        return "~"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+@given(st.lists(st.tuples(st.sampled_from(sorted(FIELDS)), SCALARS), max_size=4))
+def test_random_overrides_give_a_valid_config_or_user_error(pairs):
+    """Any combination of values: a Config whose numbers are all finite and which survives a
+    JSON round trip, or a UserError; never another exception."""
+    overrides = [f"{key}={as_yaml(value)}" for key, value in pairs]
+    try:
+        cfg = load_config("tiny", overrides=overrides)
+    except UserError as error:
+        assert str(error) and "\n" not in str(error)
+        return
+    for option, value in numbers(cfg):
+        assert math.isfinite(value), option
+    assert Config.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+@given(st.dictionaries(st.sampled_from(["model", "distill", "train", "other"]),
+                       st.one_of(SCALARS, st.dictionaries(st.text(max_size=6), SCALARS,
+                                                          max_size=3)), max_size=3))
+def test_random_yaml_gives_a_valid_config_or_user_error(tmp_path_factory, document):
+    path = tmp_path_factory.mktemp("yaml") / "config.yaml"
+    path.write_text(json.dumps(document), encoding="utf-8")  # JSON is YAML
+    try:
+        load_config("tiny", path)
+    except UserError as error:
+        assert str(error).startswith(str(path)) or str(error).startswith("option ")
