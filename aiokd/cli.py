@@ -96,6 +96,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tok-bleu", action="store_true",
                    help="also report the paper's tokenized BLEU")
     p.add_argument("--no-latency", action="store_true", help="skip latency measurement")
+    p.add_argument("--latency-sample", type=int, default=50,
+                   help="sentences timed one at a time (default: 50)")
+    p.add_argument("--latency-runs", type=int, default=3,
+                   help="timed runs of the sample and of the whole set; the fastest and the "
+                   "slowest are dropped from the mean (default: 3)")
     p.add_argument("--out", required=True, help="results.json (CSV and PNGs are written beside)")
     p.add_argument("--device", default=None)
     p.set_defaults(handler="aiokd.evaluate:main")
@@ -139,6 +144,7 @@ def _add_distill_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--student", default=None)
     p.add_argument("--beam", type=int, default=5)
     p.add_argument("--device", default=None)
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out directory")
     p.set_defaults(handler="aiokd.distill_data:main")
 
 

@@ -82,20 +82,26 @@ def student_model(model: Transformer, student: Student) -> Transformer:
     return small.eval()
 
 
+def write_extracted(directory: Path, files: ModelFiles, student: Student) -> Transformer:
+    """Write ``student`` of ``files`` as a model directory holding only its layers."""
+    small = student_model(files.model, student)
+    space = CandidateSpace(*student, *student, dec_le_enc=False)
+    languages = {k: files.config[k] for k in ("src_lang", "tgt_lang") if k in files.config}
+    config = model_config_json(Config(model=small.cfg), space, languages,
+                               {"extracted_from": str(Path(files.source).resolve()),
+                                "student": student_name(student)})
+    save_model_dir(directory, small, config, files.spm_bytes)
+    return small
+
+
 def extract_main(args: argparse.Namespace) -> int:
     files = load_source(args.model)
     student = choose_student(args.student, files.students, files.source)
     out = Path(args.out)
     _check_free(out)
-    small = student_model(files.model, student)
-    name = student_name(student)
-    space = CandidateSpace(*student, *student, dec_le_enc=False)
-    languages = {k: files.config[k] for k in ("src_lang", "tgt_lang") if k in files.config}
-    config = model_config_json(Config(model=small.cfg), space, languages,
-                               {"extracted_from": str(files.source.resolve()), "student": name})
     with atomic_directory(out) as directory:
-        save_model_dir(directory, small, config, files.spm_bytes)
-    print(f"wrote {out}: student {name} of {files.source}, "
+        small = write_extracted(directory, files, student)
+    print(f"wrote {out}: student {student_name(student)} of {files.source}, "
           f"{small.num_parameters():,} parameters", file=sys.stderr)
     return 0
 

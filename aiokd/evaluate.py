@@ -1,0 +1,288 @@
+"""``aiokd evaluate``: BLEU, chrF, size and latency of every student of a model.
+
+For each chosen student (default: every trained one), in the paper's order: the test set is
+translated; sacreBLEU's BLEU and chrF are computed on the detokenized output (and, with
+``tok_bleu``, the paper's tokenized BLEU, see :mod:`aiokd.scoring`); its parameters and its size
+as a standalone model are measured (:mod:`aiokd.footprint`); and, unless latency is skipped, its
+speed and peak memory on this machine (:mod:`aiokd.latency`).
+
+Outputs, each written atomically: ``results.json`` (:mod:`aiokd.results`), a CSV beside it, a
+heatmap of BLEU over the ``l_e x l_d`` grid and a plot of BLEU against latency (against
+parameters when latency is skipped) with the Pareto front; a Markdown table goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+import aiokd
+from aiokd import plots
+from aiokd.api import Translator, load
+from aiokd.data import ParallelSplit
+from aiokd.errors import UserError
+from aiokd.footprint import Footprint, ModelFacts, inspect_model
+from aiokd.io import atomic_write_bytes, atomic_write_json
+from aiokd.latency import LatencySettings, PeakMemory, Timing, time_translation
+from aiokd.results import FORMAT, TABLE_HEADER, VERSION, csv_text, markdown_table, table_row
+from aiokd.scoring import Score, TokenizedBleu, sacrebleu_scores
+from aiokd.students import parse_student
+from aiokd.text import read_lines
+
+DEFAULT_LATENCY = LatencySettings()
+
+
+@dataclass
+class EvalSet:
+    """Source lines, one reference per line, and where they came from."""
+
+    sources: list[str]
+    references: list[str]
+    description: dict[str, Any]
+
+
+def read_test_set(data: str | None = None, split: str = "test", src: str | None = None,
+                  ref: str | None = None) -> EvalSet:
+    """A split of a prepared data directory, or a pair of raw files.
+
+    Raises:
+        UserError: neither or both kinds given, a file is unreadable, or the reference file has
+            not as many lines as the source file.
+    """
+    if data and (src or ref):
+        raise UserError("give either --data DIR (with --split) or --src FILE --ref FILE, not both")
+    if data:
+        test = ParallelSplit.load(data, split)
+        manifest = test.manifest
+        return EvalSet(test.source_lines(), test.target_lines(),
+                       {"data": str(Path(data).resolve()), "split": split,
+                        "src_lang": manifest["src_lang"], "tgt_lang": manifest["tgt_lang"]})
+    if not (src and ref):
+        raise UserError("give the test set: --data DIR (with --split), or --src FILE and "
+                        "--ref FILE")
+    sources, references = read_lines(src), read_lines(ref)
+    if len(sources) != len(references):
+        raise UserError(f"--ref {ref} has {len(references)} lines but --src {src} has "
+                        f"{len(sources)}; they must have one reference per source line")
+    return EvalSet(sources, references,
+                   {"src": str(Path(src).resolve()), "ref": str(Path(ref).resolve())})
+
+
+def choose_students(spec: str | list[str] | None, translator: Translator) -> list[str]:
+    """The students named by ``spec`` (``all``/None: every one), in the model's order.
+
+    Raises:
+        UserError: a student the model was not trained for (the message lists the trained ones).
+    """
+    if spec is None or spec == "all":
+        return list(translator.students)
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    wanted = {translator.check_student(name.strip()) for name in names if name.strip()}
+    if not wanted:
+        raise UserError("--students: no student given (use all, or a list like 6-2,4-4)")
+    return [name for name in translator.students if parse_student(name) in wanted]
+
+
+def _check_languages(test: EvalSet, facts: ModelFacts) -> None:
+    for side in ("src_lang", "tgt_lang"):
+        data_lang, model_lang = test.description.get(side), facts.languages.get(side)
+        if data_lang and model_lang and data_lang != model_lang:
+            raise UserError(f"the test set's {side} is {data_lang} but the model's is "
+                            f"{model_lang}")
+
+
+def _resolve_device(engine: str, device: str | None) -> str:
+    if device:
+        return device
+    if engine == "ctranslate2":
+        import ctranslate2
+
+        return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _hardware(device: str) -> str:
+    """The name of the GPU, or of the CPU."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _work_per_student(count: int, latency: LatencySettings | None) -> int:
+    """Sentences one student translates, for the progress bar."""
+    if latency is None:
+        return count
+    return min(latency.warmup, count) + latency.runs * (min(latency.sample, count) + count)
+
+
+def _round(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _entry(name: str, scores: tuple[Score, Score, Score | None], footprint: Footprint,
+           timing: Timing | None) -> dict[str, Any]:
+    """The results entry of one student (see :mod:`aiokd.results`)."""
+    le, ld = parse_student(name)
+    bleu, chrf, tok = scores
+    return {
+        "student": name, "enc_layers": le, "dec_layers": ld,
+        "bleu": _round(bleu.score), "chrf": _round(chrf.score),
+        "tok_bleu": _round(tok.score) if tok else None,
+        "params": footprint.params,
+        "params_no_embeddings": footprint.params_no_embeddings,
+        "size_bytes": footprint.size_bytes,
+        "size_mb": _round(footprint.size_bytes / 1e6, 3),
+        "ms_per_sentence": _round(timing.ms_per_sentence, 3) if timing else None,
+        "sentences_per_second": _round(timing.sentences_per_second, 2) if timing else None,
+        "peak_memory_mb": _round(timing.peak_memory_mb, 1) if timing else None,
+    }
+
+
+def evaluate(model: str | os.PathLike, test: EvalSet, students: str | list[str] | None = None,
+             beam: int = 5, engine: str = "torch", device: str | None = None,
+             tok_bleu: bool = False, latency: LatencySettings | None = DEFAULT_LATENCY,
+             progress: bool = True) -> dict[str, Any]:
+    """Evaluate students of ``model`` on ``test``; returns the results (see
+    :mod:`aiokd.results`).  ``latency=None`` skips timing."""
+    if beam < 1:
+        raise UserError(f"--beam {beam}: must be at least 1")
+    if latency is not None and (latency.sample < 1 or latency.runs < 1):
+        raise UserError("--latency-sample and --latency-runs must be at least 1")
+    translator = load(model, device=device, engine=engine)
+    names = choose_students(students, translator)
+    facts = inspect_model(model, [parse_student(name) for name in names], engine)
+    _check_languages(test, facts)
+    tgt_lang = facts.languages.get("tgt_lang") or test.description.get("tgt_lang")
+    tokenized = TokenizedBleu(test.references, tgt_lang) if tok_bleu else None
+    device_name = _resolve_device(engine, device)
+    memory = PeakMemory(torch.device(device_name), engine)
+    entries, signatures = [], {}
+    bar = tqdm(total=len(names) * _work_per_student(len(test.sources), latency), unit="sent",
+               desc="evaluate", disable=not progress, dynamic_ncols=True)
+    with bar:
+        for name in names:
+            bar.set_description(f"evaluate {name}")
+
+            def translate(lines: list[str], name: str = name) -> list[str]:
+                return translator.translate(lines, student=name, beam=beam, progress=bar.update)
+
+            timing = time_translation(translate, test.sources, latency, memory) if latency else None
+            hypotheses = timing.hypotheses if timing else translate(test.sources)
+            bleu, chrf = sacrebleu_scores(hypotheses, test.references, tgt_lang)
+            tok = tokenized.score(hypotheses) if tokenized else None
+            signatures.update(bleu=bleu.signature, chrf=chrf.signature,
+                              **({"tok_bleu": tok.signature} if tok else {}))
+            entries.append(_entry(name, (bleu, chrf, tok), facts.footprints[name], timing))
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "aiokd_version": aiokd.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": str(Path(model).resolve()),
+        "test_set": {**test.description, "sentences": len(test.sources)},
+        "beam": beam,
+        "engine": engine,
+        "device": device_name,
+        "hardware": _hardware(device_name),
+        "threads": torch.get_num_threads(),
+        "signatures": signatures,
+        "tok_bleu": tokenized.description if tokenized else None,
+        "size": "size_mb is 10^6 bytes on disk, " + facts.size_method,
+        "latency": ({**latency.describe(), "memory": memory.description}
+                    if latency else None),
+        "students": entries,
+    }
+
+
+def output_paths(out: str | os.PathLike) -> dict[str, Path]:
+    """Where the results file and the files beside it go."""
+    out = Path(out)
+    stem = out.with_suffix("") if out.suffix == ".json" else out
+    return {"json": out, "csv": stem.with_name(stem.name + ".csv"),
+            "heatmap": stem.with_name(stem.name + ".bleu_grid.png"),
+            "tradeoff": stem.with_name(stem.name + ".bleu_latency.png")}
+
+
+def _title(results: dict[str, Any]) -> str:
+    test = results["test_set"]
+    where = f"{Path(test['data']).name}/{test['split']}" if "data" in test else Path(
+        test["src"]).name
+    return f"{Path(results['model']).name} on {where} (beam {results['beam']})"
+
+
+def write_outputs(results: dict[str, Any], out: str | os.PathLike) -> list[Path]:
+    """Write the JSON, CSV and both figures of ``results``; return their paths."""
+    paths = output_paths(out)
+    entries = results["students"]
+    title = _title(results)
+    if results["latency"]:
+        tradeoff = plots.bleu_latency_plot(entries, title, "ms per sentence (batch 1, "
+                                           f"{results['device']}, threads: {results['threads']})")
+    else:
+        tradeoff = plots.bleu_latency_plot(entries, title, "parameters (millions)", x="params",
+                                           scale=1e6)
+        paths["tradeoff"] = paths["tradeoff"].with_name(
+            paths["tradeoff"].name.replace("bleu_latency", "bleu_params"))
+    atomic_write_bytes(paths["heatmap"], plots.bleu_heatmap(entries, "BLEU: " + title))
+    atomic_write_bytes(paths["tradeoff"], tradeoff)
+    atomic_write_bytes(paths["csv"], csv_text(entries).encode("utf-8"))
+    atomic_write_json(paths["json"], results)
+    return list(paths.values())
+
+
+def summary(results: dict[str, Any]) -> str:
+    """The Markdown table of every student, and how the figures were obtained."""
+    entries = results["students"]
+    header, rows = TABLE_HEADER, [table_row(e) for e in entries]
+    if results["tok_bleu"]:
+        header = (*header[:3], "tok BLEU", *header[3:])
+        rows = [(*row[:3], f"{e['tok_bleu']:.2f}", *row[3:])
+                for row, e in zip(rows, entries, strict=True)]
+    lines = [markdown_table(header, rows), ""]
+    lines += [f"{metric}: {signature}" for metric, signature in results["signatures"].items()]
+    if results["tok_bleu"]:
+        lines.append(f"tok BLEU = {results['tok_bleu']}")
+    lines.append(f"size: {results['size']}")
+    device = (f"{results['engine']} on {results['device']} ({results['hardware']}), "
+              f"torch threads: {results['threads']}")
+    latency = results["latency"]
+    if latency:
+        lines.append(f"latency: {device}; ms/sent = {latency['batch1_sample_sentences']} "
+                     f"sentences one at a time, sent/s = all {results['test_set']['sentences']} "
+                     f"batched; {latency['runs']} runs each, {latency['statistic']}")
+        lines.append(f"memory: {latency['memory']}")
+    else:
+        lines.append(f"latency: not measured (--no-latency); {device}")
+    return "\n".join(lines)
+
+
+def _check_out(out: Path) -> None:
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory; give a file name such as results.json")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``aiokd evaluate`` with parsed command-line options."""
+    out = Path(args.out)
+    _check_out(out)
+    test = read_test_set(args.data, args.split, args.src, args.ref)
+    latency = None if args.no_latency else LatencySettings(args.latency_sample, args.latency_runs)
+    results = evaluate(args.model, test, args.students, beam=args.beam, engine=args.engine,
+                       device=args.device, tok_bleu=args.tok_bleu, latency=latency)
+    written = write_outputs(results, out)
+    print(summary(results))
+    print("\nwrote " + ", ".join(str(path) for path in written))
+    return 0
