@@ -159,7 +159,7 @@ class TrainConfig:
     """Write the resumable ``last`` checkpoint every this many updates (and at each validation)."""
     seed: int = 1
     amp: str = "auto"
-    """``none``, ``bf16``, ``fp16``, or ``auto`` (bf16 on a GPU that supports it, else none)."""
+    """``none``, ``bf16``, ``fp16``, or ``auto`` (bf16 where the GPU or CPU does it natively)."""
     stages: str = "both"
     """``1``, ``2`` or ``both`` (AIO-KD); baselines run one stage."""
     max_bad_steps: int = 5
@@ -264,8 +264,8 @@ def _check_keys(values: Any, cls: type, where: str) -> None:
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "model": {"d_model": 256, "ffn_dim": 512, "heads": 4, "dropout": 0.1},
-        "train": {"lr": 1.5e-3, "warmup_updates": 300, "max_tokens": 4096, "max_updates": 900,
-                  "validate_every": 300, "save_every": 100, "clip_norm": 1.0, "log_every": 10},
+        "train": {"lr": 1.5e-3, "warmup_updates": 100, "max_tokens": 4096, "max_updates": 250,
+                  "validate_every": 125, "save_every": 50, "clip_norm": 1.0, "log_every": 10},
     },
     "iwslt": {
         "model": {"d_model": 512, "ffn_dim": 1024, "heads": 4, "dropout": 0.3},

@@ -92,10 +92,19 @@ def setup_distributed() -> Distributed:
 
 
 def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype; ``auto`` picks bf16 where the hardware multiplies bf16 natively (GPUs
+    from Ampere on, CPUs with AVX-512 BF16 / AMX), float32 elsewhere."""
     amp = cfg.train.amp
     if amp == "auto":
-        amp = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
+        amp = "bf16" if bf16_is_native(device) else "none"
     return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def bf16_is_native(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.backends.mkldnn.is_available()
+                and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def inverse_sqrt_lr(cfg: Config, update: int) -> float:
