@@ -20,7 +20,6 @@ from aiokd.model import Transformer
 from aiokd.objective import Objective
 
 
-
 @pytest.fixture(autouse=True)
 def float64_by_default():
     """Exact comparisons in double precision, restored afterwards for the other test files."""

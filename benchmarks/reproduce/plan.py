@@ -1,0 +1,239 @@
+"""What the benchmark runs: its presets, the systems, and the ``aiokd`` commands of each step.
+
+Work directory layout (``--out W``)::
+
+    W/data/                    aiokd prepare multi30k (quick: W/multi30k-subset/ prepared)
+    W/data-seqkd/              aiokd distill-data from the from-scratch 6-6 teacher
+    W/runs/NAME/               one aiokd train run each: model.safetensors, results.json, ...
+    W/logs/STEP.log            output of each step
+    W/timings.json             wall seconds of every step, summed over its attempts
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from report import FROM_TEACHER, ORDER, SEPARATE, TEACHER, TEACHER_RUN
+
+from aiokd.config import load_config
+from aiokd.errors import UserError
+from aiokd.students import CandidateSpace, parse_student, student_name
+
+HERE = Path(__file__).resolve().parent
+CANDIDATES = [student_name(s) for s in CandidateSpace().candidates]
+"""The paper's 15 students in its order."""
+DEFAULT_SYSTEMS = tuple(s for s in ORDER if s != "selective-kd")
+ABLATIONS = {
+    "aiokd": [],
+    "aiokd-sandwich": ["distill.sandwich=true"],
+    "aiokd-no-dgd": ["distill.detach=false"],
+    "aiokd-no-ml": ["distill.ml_mode=none"],
+    "aiokd-one-stage": ["train.stages=1"],
+    "aiokd-seqkd": [],
+}
+"""Overrides of each AIO-KD system."""
+
+
+@dataclass
+class Preset:
+    """One entry of ``presets.yaml``."""
+
+    name: str
+    train_preset: str
+    overrides: list[str]
+    updates_per_stage: int
+    validate_every: int
+    patience: int
+    students: list[str]
+    data: Any
+    threads: int | None = None
+    groups: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def subset(self) -> dict[str, int] | None:
+        """Lines of each shipped file to use (quick), or None for the whole of Multi30k."""
+        return self.data.get("subset") if isinstance(self.data, dict) else None
+
+    def budget(self) -> str:
+        """The budget rules, in words."""
+        u = self.updates_per_stage
+        stop = (f"stopped early after {self.patience} validations without a lower mean "
+                "validation CE" if self.patience else "no early stopping")
+        extra = f" {' '.join(self.overrides)}" if self.overrides else ""
+        return (f"`aiokd train --preset {self.train_preset}{extra}`; "
+                f"U = {u} updates per stage: AIO-KD and its ablations {u} + {u} (two stages), "
+                f"one-stage AIO-KD {2 * u} in its one stage, every separately trained student "
+                f"{2 * u} (one stage); validation every {self.validate_every} updates, {stop}; "
+                "the best checkpoint by validation CE is evaluated")
+
+
+def load_preset(name: str) -> Preset:
+    presets = yaml.safe_load((HERE / "presets.yaml").read_text(encoding="utf-8"))
+    if name not in presets:
+        raise SystemExit(f"run.py: unknown preset {name!r}; known: {', '.join(presets)}")
+    values = presets[name]
+    values["students"] = CANDIDATES if values["students"] == "all" else values["students"]
+    if values["updates_per_stage"] is None:
+        values["updates_per_stage"] = load_config(values["train_preset"]).train.max_updates
+    return Preset(name=name, **values)
+
+
+def sort_students(names: list[str], with_teacher: bool = True) -> list[str]:
+    """``names`` (checked) in the paper's order, with the teacher 6-6 unless not
+    ``with_teacher``."""
+    wanted = set()
+    for name in names:
+        try:
+            wanted.add(student_name(parse_student(name)))
+        except UserError as error:
+            raise SystemExit(f"run.py: {error}") from None
+    unknown = sorted(wanted - set(CANDIDATES))
+    if unknown:
+        raise SystemExit(f"run.py: {unknown[0]} is not one of the paper's students: "
+                         f"{' '.join(CANDIDATES)}")
+    if with_teacher:
+        wanted.add(TEACHER)
+    return [s for s in CANDIDATES if s in wanted]
+
+
+def selection(preset: Preset, systems: list[str] | None, groups: list[str],
+              students: list[str]) -> list[tuple[str, list[str]]]:
+    """``(system, students)`` pairs to run: named groups, or ``systems`` (default: all but
+    selective-kd) for ``students``."""
+    items = []
+    for group in groups:
+        if group in preset.groups:
+            items += preset.groups[group]
+        elif group in ORDER:
+            items.append(group)
+        else:
+            known = sorted(preset.groups) + list(ORDER)
+            raise SystemExit(f"run.py: unknown group {group!r}; known: {', '.join(known)}")
+    if not groups:
+        items = list(systems or DEFAULT_SYSTEMS)
+    chosen = []
+    for item in items:
+        system, _, names = item.partition(":")
+        if system not in ORDER:
+            raise SystemExit(f"run.py: unknown system {system!r}; known: {', '.join(ORDER)}")
+        chosen.append((system, sort_students(names.split(","), False) if names else students))
+    return chosen
+
+
+@dataclass
+class Step:
+    """One ``aiokd`` command; ``done()`` tells whether its output is already there."""
+
+    key: str
+    title: str
+    args: list[str]
+    done: Callable[[], bool]
+    run: str | None = None
+
+
+@dataclass
+class Run:
+    """One ``aiokd train`` run and what its evaluation reports."""
+
+    name: str
+    system: str
+    students: list[str]
+    path: Path
+
+
+class Work:
+    """Paths of the work directory and the commands that fill it."""
+
+    def __init__(self, root: Path, preset: Preset):
+        self.root, self.preset = root, preset
+        self.data, self.seqkd_data = root / "data", root / "data-seqkd"
+        self.subset_dir = root / "multi30k-subset"
+        self.runs: dict[str, Run] = {}
+
+    def run_dir(self, name: str) -> Path:
+        return self.root / "runs" / name
+
+    def prepare(self) -> Step:
+        out = ["--out", str(self.data)]
+        if self.preset.subset is None:
+            args = ["prepare", "multi30k", *out]
+        else:
+            sub = self.subset_dir
+            args = ["prepare", "--train", str(sub / "train"), "--valid", str(sub / "val"),
+                    "--test", f"test_2016_flickr={sub / 'test_2016_flickr'}", "--vocab-size",
+                    str(self.preset.data["vocab_size"]), *out]
+        return Step("prepare", "prepare Multi30k", args,
+                    lambda: (self.data / "manifest.json").is_file())
+
+    def test_args(self) -> list[str]:
+        """The test set of ``aiokd evaluate``: test_2016_flickr (quick: its first lines)."""
+        if self.preset.subset is None:
+            return ["--data", str(self.data), "--split", "test"]
+        stem = self.subset_dir / "test_2016_flickr"
+        return ["--src", f"{stem}.de", "--ref", f"{stem}.en"]
+
+    def distill(self) -> Step:
+        args = ["distill-data", "--model", str(self.run_dir(TEACHER_RUN)), "--data",
+                str(self.data), "--out", str(self.seqkd_data), "--beam", "5"]
+        return Step("distill-data", "distill-data (Seq-KD data from scratch-6-6)", args,
+                    lambda: (self.seqkd_data / "manifest.json").is_file(), run="aiokd-seqkd")
+
+    def train_steps(self, system: str, students: list[str], student: str | None) -> list[Step]:
+        """Train and evaluate one run of ``system`` (``student``: a separately trained one)."""
+        p = self.preset
+        name = f"{system}-{student}" if student else system
+        path = self.run_dir(name)
+        two_stages = system not in SEPARATE and system != "aiokd-one-stage"
+        updates = p.updates_per_stage if two_stages else 2 * p.updates_per_stage
+        data = self.seqkd_data if system == "aiokd-seqkd" else self.data
+        args = ["train", "--data", str(data), "--preset", p.train_preset, "--out", str(path),
+                "--max-updates", str(updates)]
+        if student:
+            args += ["--method", system, "--student", student]
+            if system != "scratch":
+                args += ["--teacher", str(self.run_dir(TEACHER_RUN))]
+        args += [f"train.validate_every={p.validate_every}", f"train.patience={p.patience}",
+                 *p.overrides, *ABLATIONS.get(system, [])]
+        evaluated = [student] if student else students
+        self.runs[name] = Run(name, system, evaluated, path)
+        evaluate = ["evaluate", "--model", str(path), *self.test_args(), "--students",
+                    ",".join(evaluated), "--beam", "5", "--no-latency", "--out",
+                    str(path / "results.json")]
+        return [Step(f"train:{name}", f"train {name}", args,
+                     lambda: (path / "model.safetensors").is_file(), run=name),
+                Step(f"evaluate:{name}", f"evaluate {name}", evaluate,
+                     lambda: evaluated_all(path / "results.json", evaluated), run=name)]
+
+    def steps(self, chosen: list[tuple[str, list[str]]]) -> list[Step]:
+        """Every step of ``chosen``, dependencies first, each once."""
+        steps = [self.prepare()]
+        for system, students in sorted(chosen, key=lambda item: ORDER.index(item[0])):
+            if system in FROM_TEACHER:
+                steps += self.train_steps("scratch", students, TEACHER)
+            if system == "aiokd-seqkd":
+                steps.append(self.distill())
+            if system in SEPARATE:
+                for student in students:
+                    steps += self.train_steps(system, students, student)
+            else:
+                steps += self.train_steps(system, students, None)
+        unique: dict[str, Step] = {}
+        for step in steps:
+            unique.setdefault(step.key, step)
+        return list(unique.values())
+
+
+def evaluated_all(path: Path, students: list[str]) -> bool:
+    """Whether ``path`` is an ``aiokd evaluate`` results file covering ``students``."""
+    if not path.is_file():
+        return False
+    try:
+        found = {entry["student"] for entry in json.loads(path.read_text())["students"]}
+    except (ValueError, KeyError, TypeError):
+        return False
+    return set(students) <= found

@@ -1,0 +1,251 @@
+"""The benchmark's results: per-system BLEU and cost from per-run records, the issue's targets,
+and the Markdown report.
+
+A *run record* describes one finished ``aiokd train`` run and its ``aiokd evaluate`` results::
+
+    {"run": "scratch-4-2", "system": "scratch", "student": "4-2", "bleu": {"4-2": 31.2},
+     "chrf": {"4-2": 55.0}, "train_minutes": 12.5, "extra_minutes": 0.0, "updates": 1800,
+     "device": "...", "signatures": {"bleu": "...", "chrf": "..."}, "test_set": "...",
+     "commands": ["aiokd ..."]}
+
+Everything else (averages, costs, targets) is computed here from the records, so results written
+by separate invocations of the driver (``--group``) merge by taking the union of their records.
+"""
+
+from __future__ import annotations
+
+from statistics import mean
+from typing import Any
+
+SEPARATE = ("scratch", "word-kd", "selective-kd")
+"""Systems that train one model per student."""
+FROM_TEACHER = ("word-kd", "selective-kd", "aiokd-seqkd")
+"""Systems that need the from-scratch 6-6 teacher; its cost is part of theirs."""
+ORDER = ("scratch", "word-kd", "selective-kd", "aiokd", "aiokd-sandwich", "aiokd-no-dgd",
+         "aiokd-no-ml", "aiokd-one-stage", "aiokd-seqkd")
+TEACHER = "6-6"
+TEACHER_RUN = "scratch-6-6"
+LABELS = {
+    "scratch": "separate students, from scratch",
+    "word-kd": "separate students, Word-KD",
+    "selective-kd": "separate students, Selective-KD",
+    "aiokd": "AIO-KD (one run)",
+    "aiokd-sandwich": "AIO-KD + sandwich sampling",
+    "aiokd-no-dgd": "AIO-KD without DGD",
+    "aiokd-no-ml": "AIO-KD without mutual learning",
+    "aiokd-one-stage": "AIO-KD, one stage (2U updates)",
+    "aiokd-seqkd": "AIO-KD on Seq-KD data",
+}
+
+
+def extrapolate_15(measured: dict[str, float], candidates: list[str]) -> float | None:
+    """Minutes to train every one of ``candidates`` separately, from the ``measured`` ones.
+
+    A student that was not trained costs what the least-squares line through the measured
+    (l_e + l_d, minutes) points gives for its l_e + l_d (at least 0); with one measured student,
+    its cost scaled by the ratio of total layers.
+    """
+    if not measured:
+        return None
+    points = [(sum(map(int, name.split("-"))), minutes) for name, minutes in measured.items()]
+    xs = [x for x, _ in points]
+    x_mean, y_mean = mean(xs), mean(y for _, y in points)
+    spread = sum((x - x_mean) ** 2 for x in xs)
+    if spread:
+        slope = sum((x - x_mean) * (y - y_mean) for x, y in points) / spread
+
+        def estimate(layers: int) -> float:
+            return max(0.0, y_mean + slope * (layers - x_mean))
+    else:
+        def estimate(layers: int) -> float:
+            return y_mean * layers / x_mean
+
+    return sum(measured[name] if name in measured else
+               estimate(sum(map(int, name.split("-")))) for name in candidates)
+
+
+def _average(values: dict[str, float], students: list[str]) -> float | None:
+    chosen = [values[s] for s in students if s in values]
+    return round(mean(chosen), 2) if chosen else None
+
+
+def summarize(runs: dict[str, dict[str, Any]], students: list[str],
+              candidates: list[str]) -> dict[str, dict[str, Any]]:
+    """Per system: BLEU and chrF per student, averages over ``students``, updates and cost."""
+    teacher = runs.get(TEACHER_RUN)
+    teacher_minutes = teacher["train_minutes"] if teacher else None
+    systems: dict[str, dict[str, Any]] = {}
+    for system in ORDER:
+        mine = [r for r in runs.values() if r["system"] == system]
+        if not mine:
+            continue
+        bleu = {s: r["bleu"][s] for s in students for r in mine if s in r["bleu"]}
+        chrf = {s: r["chrf"][s] for s in students for r in mine if s in r["chrf"]}
+        own = sum(r["train_minutes"] + r.get("extra_minutes", 0.0) for r in mine)
+        entry = {"bleu": bleu, "chrf": chrf, "avg_bleu": _average(bleu, students),
+                 "avg_chrf": _average(chrf, students), "students": len(bleu),
+                 "updates": sum(r["updates"] for r in mine), "runs": sorted(r["run"] for r in mine)}
+        needs_teacher = system in FROM_TEACHER
+        extra = teacher_minutes if needs_teacher and teacher_minutes is not None else 0.0
+        entry["cost_minutes"] = round(own + extra, 2)
+        entry["cost_includes_teacher"] = needs_teacher and teacher_minutes is not None
+        if system in SEPARATE:
+            per_student = {r["student"]: r["train_minutes"] for r in mine}
+            fifteen = extrapolate_15(per_student, candidates)
+            entry["cost_minutes_15"] = round(fifteen + extra, 2)
+            entry["trained_students"] = len(per_student)
+        systems[system] = entry
+    return systems
+
+
+def _common(a: dict[str, float], b: dict[str, float]) -> list[str]:
+    return [s for s in a if s in b]
+
+
+def _target(text: str, value: float | None, threshold: float | None, at_most: bool = False,
+            **details: Any) -> dict[str, Any]:
+    if value is None or threshold is None:
+        return {"text": text, "value": value, "threshold": threshold, "met": None,
+                "why": "missing results", **details}
+    met = value <= threshold if at_most else value >= threshold
+    return {"text": text, "value": round(value, 2), "threshold": round(threshold, 2),
+            "met": bool(met), **details}
+
+
+def _avg_target(text: str, systems: dict[str, Any], other: str, margin: float) -> dict[str, Any]:
+    mine, theirs = systems.get("aiokd"), systems.get(other)
+    if not (mine and theirs):
+        return _target(text, None, None)
+    common = _common(mine["bleu"], theirs["bleu"])
+    if not common:
+        return _target(text, None, None)
+    return _target(text, mean(mine["bleu"][s] for s in common),
+                   mean(theirs["bleu"][s] for s in common) + margin, students=common)
+
+
+def _every_student(systems: dict[str, Any]) -> dict[str, Any]:
+    text = "every AIO-KD (or AIO-KD + sandwich) student >= its Word-KD counterpart"
+    word = systems.get("word-kd")
+    losses = {}
+    for name in ("aiokd", "aiokd-sandwich"):
+        mine = systems.get(name)
+        if word and mine and _common(mine["bleu"], word["bleu"]):
+            losses[name] = [s for s in _common(mine["bleu"], word["bleu"])
+                            if mine["bleu"][s] < word["bleu"][s]]
+    if not losses:
+        return _target(text, None, None)
+    return {"text": text, "below_word_kd": losses,
+            "met": any(not below for below in losses.values())}
+
+
+def targets(systems: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The issue's targets, each with ``value``, ``threshold`` and ``met`` (None if a system it
+    needs has no results)."""
+    aiokd, scratch, word = (systems.get(s) for s in ("aiokd", "scratch", "word-kd"))
+    teacher_text = "AIO-KD teacher 6-6 BLEU >= from-scratch 6-6 BLEU + 1.0"
+    if aiokd and scratch and TEACHER in aiokd["bleu"] and TEACHER in scratch["bleu"]:
+        teacher = _target(teacher_text, aiokd["bleu"][TEACHER], scratch["bleu"][TEACHER] + 1.0)
+    else:
+        teacher = _target(teacher_text, None, None)
+    cost_text = "AIO-KD cost <= half the cost of 15 Word-KD students + their teacher"
+    cost = _target(cost_text, aiokd and aiokd["cost_minutes"],
+                   word and word["cost_minutes_15"] / 2, at_most=True)
+    return {
+        "avg_vs_scratch": _avg_target("AIO-KD average BLEU >= from-scratch average + 1.0",
+                                      systems, "scratch", 1.0),
+        "avg_vs_word_kd": _avg_target("AIO-KD average BLEU >= Word-KD average + 0.5",
+                                      systems, "word-kd", 0.5),
+        "teacher_vs_scratch": teacher,
+        "cost_vs_word_kd": cost,
+        "every_student_vs_word_kd": _every_student(systems),
+    }
+
+
+def _cell(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["--:"] * (len(header)
+                                                                            - 1)) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _score_table(results: dict[str, Any], metric: str) -> str:
+    students = results["students"]
+    header = ["system", *students, "avg", "updates", "cost (device-min)", "cost for 15 (+teacher)"]
+    rows = []
+    for name, entry in results["systems"].items():
+        scores = entry[metric]
+        rows.append([f"{LABELS[name]} (`{name}`)", *(_cell(scores.get(s)) for s in students),
+                     _cell(entry[f"avg_{metric}"]), str(entry["updates"]),
+                     _cell(entry["cost_minutes"], 1), _cell(entry.get("cost_minutes_15"), 1)])
+    teacher = results.get("teacher")
+    if teacher:
+        rows.append(["teacher: from-scratch 6-6 (`scratch-6-6`)",
+                     *(_cell(teacher[metric]) if s == TEACHER else "" for s in students), "",
+                     str(teacher["updates"]), _cell(teacher["cost_minutes"], 1), ""])
+    return _table(header, rows)
+
+
+def _targets_table(found: dict[str, dict[str, Any]]) -> str:
+    rows = []
+    for entry in found.values():
+        met = {True: "**yes**", False: "no", None: "not yet"}[entry["met"]]
+        if "below_word_kd" in entry:
+            shown = "; ".join(f"{name}: below at {', '.join(below) or 'none'}"
+                              for name, below in entry["below_word_kd"].items())
+            rows.append([entry["text"], shown, "", met])
+        else:
+            rows.append([entry["text"], _cell(entry["value"]), _cell(entry["threshold"]), met])
+    return _table(["target", "value", "needed", "met"], rows)
+
+
+def summary(results: dict[str, Any]) -> str:
+    """The BLEU table and the targets, for the terminal."""
+    return _score_table(results, "bleu") + "\n\n" + _targets_table(results["targets"])
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The report: BLEU and chrF tables, targets, and how the numbers were obtained."""
+    signatures = "\n".join(f"  - {metric}: `{signature}`"
+                           for metric, signature in results["sacrebleu_signature"].items())
+    commands = "\n".join(f"# {name}\n" + "\n".join(record["commands"])
+                         for name, record in results["runs"].items())
+    drivers = "\n".join(results["driver_commands"])
+    return f"""# AIO-KD vs separately trained students on Multi30k De->En ({results['preset']})
+
+- Test set: {results['test_set']}; beam 5; sacreBLEU BLEU and chrF.
+- Device: {results['device']}; threads: {results['threads'] or 'default'}.
+- Preset `{results['preset']}`, seed {results['seed']}.
+- Students in the paper's order; `avg` is the mean over the students shown.
+
+## BLEU
+
+{_score_table(results, 'bleu')}
+
+## chrF
+
+{_score_table(results, 'chrf')}
+
+## Targets
+
+{_targets_table(results['targets'])}
+
+## How
+
+- Budget: {results['budget']}
+- Cost: {results['cost_rule']}
+- sacreBLEU signatures:
+{signatures}
+
+Driver:
+```bash
+{drivers}
+```
+
+Every `aiokd` command run:
+```bash
+{commands}
+```
+"""

@@ -1,0 +1,263 @@
+"""Reproduce the paper's comparison on Multi30k German->English: one AIO-KD run against students
+trained separately (from scratch, Word-KD, optionally Selective-KD), and AIO-KD's ablations.
+
+    python benchmarks/reproduce/run.py --preset tiny --out benchmarks/work/multi30k-tiny \\
+        --students 2-2,4-2,6-2,4-4,6-6
+
+Every step is a subprocess of the ``aiokd`` command line (its output goes to ``W/logs/``; one
+progress line per step here).  A step whose output exists is skipped and an interrupted
+``aiokd train`` resumes, so running the same command again continues an interrupted benchmark.
+After each evaluation ``RESULTS_DIR/multi30k-PRESET.{json,md}`` is rewritten, merged with the
+runs already in that file (so ``--group`` invocations on different machines add up).  See
+``README.md`` beside this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import itertools
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import report
+from plan import (
+    CANDIDATES,
+    Preset,
+    Run,
+    Step,
+    Work,
+    evaluated_all,
+    load_preset,
+    selection,
+    sort_students,
+)
+
+from aiokd.io import atomic_write_bytes, atomic_write_json
+from aiokd.prepare import MULTI30K_DIR
+
+ROOT = Path(__file__).resolve().parents[2]
+COST_RULE = (
+    "device-minutes = wall-clock minutes of each `aiokd train` subprocess (summed over resumed "
+    "attempts) x 1 device; evaluation is not counted. Word-KD and Selective-KD add their "
+    "teacher's (scratch-6-6) training; aiokd-seqkd adds the teacher's training and "
+    "`aiokd distill-data`. cost_minutes_15 (separate students): the trained students' measured "
+    "minutes, plus for each of the 15 students not trained the least-squares line of measured "
+    "minutes against l_e + l_d (one measured student: its minutes scaled by l_e + l_d), plus the "
+    "teacher for the KD systems."
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="tiny", help="tiny (CPU), iwslt (GPU), quick (tests)")
+    p.add_argument("--quick", action="store_true", help="the quick preset: a smoke test")
+    p.add_argument("--out", required=True, help="work directory (runs, data, logs)")
+    p.add_argument("--students", help="students to compare, e.g. 2-2,4-2,6-2,4-4,6-6 "
+                   "(default: the preset's; 6-6 is always included)")
+    p.add_argument("--systems", help="comma-separated systems (default: all but selective-kd): "
+                   + ", ".join(report.ORDER))
+    p.add_argument("--group", action="append", default=[],
+                   help="run only this group of the preset, or one system (repeatable)")
+    p.add_argument("--max-updates", type=int, help="U, updates per stage (default: preset's)")
+    p.add_argument("--threads", type=int, help="OMP_NUM_THREADS of every step "
+                   "(default: the preset's)")
+    p.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"),
+                   help="where multi30k-PRESET.{json,md} go (default: benchmarks/results)")
+    return p.parse_args(argv)
+
+
+def write_subset(preset: Preset, work: Work) -> None:
+    """The first lines of each shipped Multi30k file, as plain files for ``aiokd prepare``."""
+    work.subset_dir.mkdir(parents=True, exist_ok=True)
+    files = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
+    for split, stem in files.items():
+        for lang in ("de", "en"):
+            with gzip.open(MULTI30K_DIR / f"{stem}.{lang}.gz", "rt", encoding="utf-8") as f:
+                lines = list(itertools.islice(f, preset.subset[split]))
+            atomic_write_bytes(work.subset_dir / f"{stem}.{lang}", "".join(lines).encode())
+
+
+def command_line(step: Step) -> str:
+    return "aiokd " + shlex.join(step.args)
+
+
+class Timings:
+    """Wall seconds of every step, summed over attempts, in ``W/timings.json``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.seconds = json.loads(path.read_text()) if path.is_file() else {}
+
+    def add(self, key: str, seconds: float) -> None:
+        self.seconds[key] = self.seconds.get(key, 0.0) + seconds
+        atomic_write_json(self.path, self.seconds)
+
+    def minutes(self, key: str) -> float:
+        return round(self.seconds.get(key, 0.0) / 60, 2)
+
+
+def execute(step: Step, log: Path, timings: Timings, threads: int | None) -> int:
+    """Run one step to its end, its output appended to ``log``; its time is recorded even when
+    it fails or is interrupted."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    started = time.perf_counter()
+    try:
+        with open(log, "a", encoding="utf-8") as out:
+            out.write(f"$ {command_line(step)}\n")
+            out.flush()
+            return subprocess.run([sys.executable, "-m", "aiokd", *step.args], stdout=out,
+                                  stderr=subprocess.STDOUT, env=env, check=False).returncode
+    finally:
+        timings.add(step.key, time.perf_counter() - started)
+
+
+def updates_done(run_dir: Path) -> int:
+    """Updates trained, summed over stages, from the run's ``log.jsonl``."""
+    last: dict[int, int] = {}
+    log = run_dir / "log.jsonl"
+    for line in log.read_text().splitlines() if log.is_file() else []:
+        entry = json.loads(line)
+        last[entry["stage"]] = max(last.get(entry["stage"], 0), entry["update"])
+    return sum(last.values())
+
+
+def device_name(results: dict[str, Any]) -> str:
+    if results["device"].startswith("cuda"):
+        return f"1 GPU: {results['hardware']}"
+    return f"CPU: {results['hardware']}, {os.cpu_count()} cores"
+
+
+def test_set_name(test: dict[str, Any]) -> str:
+    if "split" in test:
+        return f"Multi30k test_2016_flickr ({test['sentences']} sentences)"
+    return f"the first {test['sentences']} lines of Multi30k test_2016_flickr"
+
+
+def run_record(run: Run, steps: list[Step], timings: Timings) -> dict[str, Any] | None:
+    """The record of a finished and evaluated run (see :mod:`report`), or None."""
+    path = run.path / "results.json"
+    if not evaluated_all(path, run.students):
+        return None
+    results = json.loads(path.read_text())
+    entries = {entry["student"]: entry for entry in results["students"]}
+    record = {
+        "run": run.name, "system": run.system,
+        "bleu": {s: entries[s]["bleu"] for s in run.students},
+        "chrf": {s: entries[s]["chrf"] for s in run.students},
+        "train_minutes": timings.minutes(f"train:{run.name}"),
+        "extra_minutes": timings.minutes("distill-data") if run.system == "aiokd-seqkd" else 0.0,
+        "evaluate_minutes": timings.minutes(f"evaluate:{run.name}"),
+        "updates": updates_done(run.path), "device": device_name(results),
+        "signatures": results["signatures"], "test_set": test_set_name(results["test_set"]),
+        "commands": [command_line(s) for s in steps if s.run == run.name],
+    }
+    if run.system in report.SEPARATE:
+        record["student"] = run.students[0]
+    return record
+
+
+def build_results(preset: Preset, runs: dict[str, dict[str, Any]], drivers: list[str],
+                  ) -> dict[str, Any]:
+    """The results file: systems, teacher, targets and how they were obtained."""
+    students = [s for s in CANDIDATES if any(s in r["bleu"] for r in runs.values())]
+    systems = report.summarize(runs, students, CANDIDATES)
+    teacher = runs.get(report.TEACHER_RUN)
+    seeds = [o.split("=", 1)[1] for o in preset.overrides if o.startswith("train.seed=")]
+    signatures = sorted({json.dumps(r["signatures"], sort_keys=True) for r in runs.values()})
+    return {
+        "benchmark": "multi30k-de-en", "preset": preset.name,
+        "device": "; ".join(sorted({r["device"] for r in runs.values()})),
+        "test_set": "; ".join(sorted({r["test_set"] for r in runs.values()})),
+        "sacrebleu_signature": json.loads(signatures[-1]) if signatures else {},
+        "seed": int(seeds[-1]) if seeds else 1, "threads": preset.threads,
+        "budget": preset.budget(),
+        "cost_rule": COST_RULE, "students": students, "systems": systems,
+        "teacher": teacher and {"bleu": teacher["bleu"][report.TEACHER],
+                                "chrf": teacher["chrf"][report.TEACHER],
+                                "updates": teacher["updates"],
+                                "cost_minutes": teacher["train_minutes"]},
+        "targets": report.targets(systems), "driver_commands": drivers,
+        "command": drivers[-1], "runs": dict(sorted(runs.items())),
+    }
+
+
+def write_results(preset: Preset, work: Work, steps: list[Step], timings: Timings,
+                  results_dir: Path, driver: str) -> dict[str, Any]:
+    """Merge this invocation's finished runs into the results file; write it and its report."""
+    stem = results_dir / f"multi30k-{preset.name}"
+    old = json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(
+        ".json").is_file() else {}
+    runs = dict(old.get("runs", {}))
+    for run in work.runs.values():
+        record = run_record(run, steps, timings)
+        if record:
+            runs[run.name] = record
+    drivers = [d for d in old.get("driver_commands", []) if d != driver] + [driver]
+    results = build_results(preset, runs, drivers)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(stem.with_suffix(".json"), results)
+    atomic_write_bytes(stem.with_suffix(".md"), report.markdown(results).encode())
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    preset = load_preset("quick" if args.quick else args.preset)
+    if args.max_updates:
+        preset.updates_per_stage = args.max_updates
+    if args.threads:
+        preset.threads = args.threads
+    students = args.students.split(",") if args.students else preset.students
+    chosen = selection(preset, args.systems and args.systems.split(","), args.group,
+                       sort_students(students))
+    work = Work(Path(args.out), preset)
+    steps = work.steps(chosen)
+    work.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(work.root / ".gitignore", b"*\n")
+    timings = Timings(work.root / "timings.json")
+    driver = "python benchmarks/reproduce/run.py " + shlex.join(sys.argv[1:] if argv is None
+                                                                 else argv)
+    results_dir = Path(args.results_dir)
+    if preset.subset is not None:
+        write_subset(preset, work)
+    for number, step in enumerate(steps, 1):
+        where = f"[{number:>2}/{len(steps)}] {step.title}"
+        if step.done():
+            print(f"{where}: done already", flush=True)
+            continue
+        print(f"{where} ...", flush=True)
+        log = work.root / "logs" / f"{step.key.replace(':', '-')}.log"
+        started = time.perf_counter()
+        status = execute(step, log, timings, preset.threads)
+        if status:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+            print(f"{where}: failed (exit {status}); last lines of {log}:\n{tail}", flush=True)
+            write_results(preset, work, steps, timings, results_dir, driver)
+            return status
+        seconds = time.perf_counter() - started
+        took = f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+        print(f"{where}: {took}", flush=True)
+        if step.key.startswith("evaluate:"):
+            write_results(preset, work, steps, timings, results_dir, driver)
+    results = write_results(preset, work, steps, timings, results_dir, driver)
+    print("\n" + report.summary(results))
+    print(f"\nwrote {results_dir / f'multi30k-{preset.name}'}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to continue", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,49 @@
+"""The seeded student sampler, with and without the sandwich rule."""
+
+from __future__ import annotations
+
+import random
+
+from aiokd.config import load_config
+from aiokd.students import CandidateSpace, sample_students, smallest
+
+PAPER = CandidateSpace().candidates
+
+
+def test_default_sampling_is_the_papers():
+    for update in range(50):
+        rng = random.Random(f"aiokd-students/7/2/{update}")
+        expected = [rng.choice(PAPER) for _ in range(2)]
+        assert sample_students(PAPER, 2, 7, 2, update, True) == expected
+        assert sample_students(PAPER, 2, 7, 2, update, True, sandwich=False) == expected
+
+
+def test_sandwich_always_contains_the_smallest_and_is_reproducible():
+    seconds = set()
+    for stage in (1, 2):
+        for update in range(300):
+            drawn = sample_students(PAPER, 2, 1, stage, update, True, sandwich=True)
+            assert len(drawn) == 2 and drawn[0] == (2, 2)
+            assert drawn == sample_students(PAPER, 2, 1, stage, update, True, sandwich=True)
+            seconds.add(drawn[1])
+    assert seconds == set(PAPER)
+
+
+def test_sandwich_without_replacement_draws_the_others_from_the_rest():
+    for update in range(100):
+        drawn = sample_students(PAPER, 4, 3, 1, update, False, sandwich=True)
+        assert drawn[0] == (2, 2) and len(set(drawn)) == 4
+    assert sample_students(PAPER, 15, 3, 1, 0, False, sandwich=True)[0] == (2, 2)
+
+
+def test_smallest_is_fewest_layers_ties_by_order():
+    assert smallest(PAPER) == (2, 2)
+    assert smallest([(4, 4), (3, 2), (2, 3)]) == (3, 2)
+    assert smallest([(4, 4), (2, 3), (3, 2)]) == (2, 3)
+    wide = CandidateSpace(min_enc=1, min_dec=1, dec_le_enc=False).candidates
+    assert smallest(wide) == (1, 1)
+
+
+def test_sandwich_option_defaults_off():
+    assert load_config("tiny").distill.sandwich is False
+    assert load_config("tiny", overrides=["distill.sandwich=true"]).distill.sandwich is True
