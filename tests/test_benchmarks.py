@@ -1,0 +1,103 @@
+"""The speed benchmark runs end to end on a tiny model, and its FLOP count is exact."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from aiokd.batching import collate
+from aiokd.config import ModelConfig
+from aiokd.model import Transformer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import speed  # noqa: E402
+
+
+def _positive(value) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+TINY = ["model.d_model=32", "model.ffn_dim=64", "model.heads=2", "train.max_tokens=256"]
+
+
+@pytest.fixture
+def one_thread():
+    """Run with one PyTorch thread (a tiny model gains nothing from more), restored after."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_quick_run_writes_every_headline_figure(tiny_data_dir, tmp_path, one_thread):
+    out = tmp_path / "speed.json"
+    report = speed.main([
+        "--quick", "--preset", "tiny", "--data", str(tiny_data_dir), "--runs", "1",
+        "--warmup", "1", "--scaling-tokens", "256", "--length-edges", "6", "--threads", "1",
+        "--skip", "decoding", "--json", str(out), "--set", *TINY,
+    ])
+    saved = json.loads(out.read_text())
+    assert saved["command"] == report["command"]
+    for key in ("ratio_stage1_vs_teacher", "ratio_stage2_vs_teacher",
+                "ratio_validation_vs_teacher"):
+        assert _positive(saved[key]), key
+    assert saved["device"] in ("cpu", "cuda")
+    assert saved["threads"] == 1
+    assert saved["torch_version"] == torch.__version__
+    assert saved["runs"] == 1
+    figures = saved["presets"]["tiny"]["precisions"]["float32"]
+    assert set(figures["training"]) == {"teacher", "stage1_k2", "stage2_k2",
+                                        "stage1_k2_no_reuse"}
+    for row in figures["training"].values():
+        assert _positive(row["tokens_per_s"]) and _positive(row["achieved_flops_per_s"])
+        assert row["peak_memory_mb"] is None or row["peak_memory_mb"] >= 0
+    assert all(_positive(ratio) for ratio in figures["ratios"].values())
+    for axis in ("batch_tokens", "length"):
+        assert figures["scaling"][axis]["teacher"]
+    for gemm in saved["gemm"].values():
+        assert _positive(gemm["ceiling_flops_per_s"])
+    assert saved["decoding"] == {"skipped": "--skip decoding"}
+
+
+def test_decoding_in_pytorch_and_ctranslate2(tiny_data_dir, tmp_path, one_thread):
+    torch.set_num_threads(1)
+    pytest.importorskip("ctranslate2")
+    if speed.decoding_available() is not None:
+        pytest.skip(speed.decoding_available())
+    manifest = speed.load_manifest(tiny_data_dir)
+    cfg = speed.bench_config("tiny", manifest, TINY)
+    files, _ = speed.decoding_model(None, cfg, tiny_data_dir)
+    sources, length = speed.decoding_sources(tiny_data_dir, 3)
+    found = speed.bench_decoding(files, sources, [(6, 2)], [5], [64], ["none", "int8"],
+                                 speed.Search(5, 0.0, length), 1, torch.device("cpu"), tmp_path,
+                                 1)
+    rows = found["6-2"]
+    assert set(rows) == {"torch", "ctranslate2_float32", "ctranslate2_int8"}
+    for engine in rows.values():
+        assert engine["beam5_batch64"]["tokens_per_sentence"] == length
+    ratios = speed.decoding_ratios(found)
+    assert len(ratios) == 2 and all(_positive(ratio) for ratio in ratios.values())
+
+
+@pytest.mark.parametrize("students, reuse_prefix", [
+    ([(4, 3)], True),
+    ([(4, 3), (2, 2), (4, 1), (3, 3)], True),
+    ([(4, 3), (2, 2), (4, 1)], False),
+])
+def test_analytic_flops_match_pytorch_flop_counter(students, reuse_prefix):
+    cfg = ModelConfig(vocab_size=50, d_model=32, ffn_dim=48, heads=2, enc_layers=4, dec_layers=3)
+    model = Transformer(cfg)
+    rng = np.random.default_rng(0)
+    batch = collate([rng.integers(4, 50, n) for n in (5, 7, 3)],
+                    [rng.integers(4, 50, n) for n in (6, 2, 4)], 0, 2, 3)
+    with FlopCounterMode(display=False) as counter:
+        logits = model.forward_students(batch.src, batch.prev_tgt, students, reuse_prefix,
+                                        select=batch.target != 0)
+        sum(x.sum() for x in logits.values()).backward()
+    assert counter.get_total_flops() == speed.training_flops(cfg, batch, students, reuse_prefix)
