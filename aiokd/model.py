@@ -49,8 +49,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool
     """``softmax(q k^T / sqrt(d) + mask) v`` through ``F.scaled_dot_product_attention``.
 
     ``q (B, H, T, d)``, ``k``/``v (B, H, S, d)``, ``mask (B, 1, 1, S)`` True where allowed.  On
-    CPU the math kernel is used: for sentence-length sequences it is faster than the CPU flash
-    kernel (3.5x in the backward pass in bf16, ``benchmarks/speed.py``).
+    CPU the math kernel is used: at sentence lengths in bf16 the CPU flash kernel's forward and
+    backward take several times as long (``benchmarks/attention_kernels.py``).
     """
     if q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
