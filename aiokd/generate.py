@@ -62,9 +62,11 @@ class _Beams:
         width: ``w``: 1 before the first step, then ``K``.
         scores: ``(n, w)`` sum of log-probabilities of each beam.
         tokens: ``(n * w, t + 1)`` BOS and the tokens of each beam.
-        memory_kv: per decoder layer, keys and values of the memory, each ``(n * w, H, S, C/H)``.
-        memory_mask: ``(n * w, 1, 1, S)``.
-        caches: per decoder layer, the past self-attention keys and values.
+        memory_kv: per decoder layer, keys and values of the memory, each ``(n, H, S, C/H)``
+            (shared by the beams of a sentence).
+        memory_mask: ``(n, 1, 1, S)``.
+        caches: per decoder layer, the past self-attention keys and values, and the ``rows`` of
+            them that the next step continues (see :class:`~aiokd.model.SelfAttention`).
     """
 
     sentences: Tensor
@@ -81,21 +83,23 @@ class _Beams:
         beam = origins.shape[1]
         positions = kept.to(origins.device)
         rows = (origins + positions[:, None] * self.width).flatten()
-        if self.width != beam or len(kept) != len(self.sentences):
-            memory_rows = (positions * self.width).repeat_interleave(beam)
-            self.memory_kv = [(k[memory_rows], v[memory_rows]) for k, v in self.memory_kv]
-            self.memory_mask = self.memory_mask[memory_rows]
+        if len(kept) != len(self.sentences):
+            self.memory_kv = [(k.index_select(0, positions), v.index_select(0, positions))
+                              for k, v in self.memory_kv]
+            self.memory_mask = self.memory_mask.index_select(0, positions)
         for cache in self.caches:
-            cache["k"], cache["v"] = cache["k"][rows], cache["v"][rows]
-        self.tokens = torch.cat([self.tokens[rows], words.reshape(-1, 1)], dim=1)
+            cache["rows"] = rows
+        self.tokens = torch.cat([self.tokens.index_select(0, rows), words.reshape(-1, 1)], dim=1)
         self.sentences, self.width, self.scores = self.sentences[kept], beam, scores
 
 
-def _forbid(log_probs: Tensor, tokens: list[int]) -> Tensor:
-    """``log_softmax`` over the allowed tokens only: ``log p(v) - log sum_{u allowed} p(u)``."""
-    log_probs = log_probs.clone()
-    log_probs[:, tokens] = float("-inf")
-    return log_probs - log_probs.logsumexp(dim=-1, keepdim=True)
+def _continuation_scores(logits: Tensor, scores: Tensor, forbidden: list[int]) -> Tensor:
+    """``s_r + log p(v | beam r)`` for every beam ``r`` and token ``v``, ``(R, V)``, with ``log p``
+    renormalised over the allowed tokens: ``log p(v) = z_v - log sum_{u allowed} exp(z_u)``,
+    ``-inf`` for the ``forbidden`` ones. ``logits (R, V)`` float32 is overwritten, ``scores (R,)``.
+    """
+    logits[:, forbidden] = float("-inf")
+    return logits.sub_((logits.logsumexp(dim=-1) - scores)[:, None])
 
 
 def _start(model: Transformer, sources: list[list[int]], student: Student) -> _Beams:
@@ -157,11 +161,11 @@ def generate(model: Transformer, sources: list[list[int]], student: Student | No
     beams = _start(model, sources, student or model.teacher)
     finished = _Finished(len(sources), beam, options.lenpen)
     for step in range(max(limits)):
-        log_probs = model.decode_step(beams.tokens[:, -1:], beams.memory_kv, beams.memory_mask,
-                                      beams.caches, step)
-        log_probs = _forbid(log_probs, [cfg.pad_id, cfg.bos_id] + [cfg.eos_id] * (step == 0))
-        vocab = log_probs.shape[1]
-        totals = beams.scores.reshape(-1, 1) + log_probs
+        logits = model.decode_step(beams.tokens[:, -1:], beams.memory_kv, beams.memory_mask,
+                                   beams.caches, step)
+        totals = _continuation_scores(logits, beams.scores.reshape(-1),
+                                      [cfg.pad_id, cfg.bos_id] + [cfg.eos_id] * (step == 0))
+        vocab = totals.shape[1]
         scores, flat = totals.reshape(-1, beams.width * vocab).topk(
             min(2 * beam, beams.width * vocab), dim=1)
         origins, words = flat // vocab, flat % vocab

@@ -16,6 +16,32 @@ import torch
 from torch import Tensor
 
 
+class _LabelSmoothedNLL(torch.autograd.Function):
+    """Forward and backward of :func:`label_smoothed_nll`; the gradient is built in one pass:
+
+        dloss/dlprobs_iv = -eps_i - (1 - eps - eps_i) 1[v = y_i]
+    """
+
+    @staticmethod
+    def forward(ctx, lprobs: Tensor, target: Tensor, epsilon: float) -> tuple[Tensor, Tensor]:
+        nll = -lprobs.gather(-1, target[:, None]).squeeze(-1)
+        smooth = -lprobs.sum(-1)
+        eps_i = epsilon / (lprobs.shape[-1] - 1)
+        ctx.save_for_backward(target)
+        ctx.shape, ctx.coefficients = lprobs.shape, (1.0 - epsilon - eps_i, eps_i)
+        nll_sum = nll.sum()
+        ctx.mark_non_differentiable(nll_sum)
+        return (ctx.coefficients[0] * nll_sum + eps_i * smooth.sum()), nll_sum
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, _grad_nll: Tensor):
+        (target,) = ctx.saved_tensors
+        on_target, everywhere = ctx.coefficients
+        lprobs_grad = (grad * -everywhere).expand(ctx.shape).contiguous()
+        lprobs_grad.scatter_add_(-1, target[:, None], (grad * -on_target).expand(len(target), 1))
+        return lprobs_grad, None, None
+
+
 def label_smoothed_nll(lprobs: Tensor, target: Tensor, epsilon: float) -> tuple[Tensor, Tensor]:
     """Label-smoothed cross-entropy (Szegedy et al. 2016), as fairseq computes it.
 
@@ -27,13 +53,9 @@ def label_smoothed_nll(lprobs: Tensor, target: Tensor, epsilon: float) -> tuple[
         lprobs: ``(N, V)`` log-probabilities.
         target: ``(N,)`` reference token ids.
     Returns:
-        ``(loss, nll)``, both summed over the ``N`` tokens.
+        ``(loss, nll)``, both summed over the ``N`` tokens; ``nll`` is a statistic (no gradient).
     """
-    nll = -lprobs.gather(-1, target[:, None]).squeeze(-1)
-    smooth = -lprobs.sum(-1)
-    eps_i = epsilon / (lprobs.shape[-1] - 1)
-    loss = (1.0 - epsilon - eps_i) * nll + eps_i * smooth
-    return loss.sum(), nll.sum()
+    return _LabelSmoothedNLL.apply(lprobs, target, epsilon)
 
 
 def token_nll(lprobs: Tensor, target: Tensor) -> Tensor:

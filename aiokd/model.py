@@ -48,11 +48,13 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool
               dropout: float) -> Tensor:
     """``softmax(q k^T / sqrt(d) + mask) v`` through ``F.scaled_dot_product_attention``.
 
-    ``q (B, H, T, d)``, ``k``/``v (B, H, S, d)``, ``mask (B, 1, 1, S)`` True where allowed.  On
-    CPU the math kernel is used: at sentence lengths in bf16 the CPU flash kernel's forward and
-    backward take several times as long (``benchmarks/attention_kernels.py``).
+    ``q (B, H, T, d)``, ``k``/``v (B, H, S, d)``, ``mask (B, 1, 1, S)`` True where allowed.  When
+    training on CPU the math kernel is used: at sentence lengths in bf16 the CPU flash kernel's
+    forward and backward take several times as long (``benchmarks/attention_kernels.py``).  At
+    inference PyTorch picks the kernel (the flash kernel reads the memory's keys in place,
+    where the math kernel rescales and copies them at every decoding step).
     """
-    if q.device.type != "cpu":
+    if q.device.type != "cpu" or not torch.is_grad_enabled():
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                               dropout_p=dropout)
     with sdpa_kernel(SDPBackend.MATH):
@@ -72,6 +74,19 @@ def _merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(b, t, h * d)
 
 
+def _append(past: Tensor, new: Tensor, rows: Tensor | None) -> Tensor:
+    """``cat([past[rows], new], dim=2)`` in one copy: ``past (B', H, t, d)``, ``new (B, H, 1, d)``,
+    ``rows (B,)`` (None: all rows in order)."""
+    b, h, t, d = past.shape
+    out = past.new_empty(new.shape[0], h, t + 1, d)
+    if rows is None:
+        out[:, :, :t] = past
+    else:
+        torch.index_select(past, 0, rows, out=out[:, :, :t])
+    out[:, :, t:] = new
+    return out
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with one fused query/key/value projection."""
 
@@ -86,13 +101,15 @@ class SelfAttention(nn.Module):
         """``x (B, T, C)``; ``mask (B, 1, 1, T)`` True where a key may be attended to.
 
         With ``cache`` (incremental decoding, ``T = 1``) the new key and value are appended to
-        ``cache["k"], cache["v"]`` of shape ``(B, H, t, C/H)`` and the query attends to all of them.
+        ``cache["k"], cache["v"]`` of shape ``(B', H, t, C/H)`` and the query attends to all of
+        them; ``cache["rows"] (B,)``, when present, first picks the past of each row (beam search
+        reorders its beams so), in the same copy as the append.
         """
         q, k, v = (_split_heads(part, self.heads) for part in self.qkv(x).chunk(3, dim=-1))
         if cache is not None:
             if "k" in cache:
-                k = torch.cat([cache["k"], k], dim=2)
-                v = torch.cat([cache["v"], v], dim=2)
+                rows = cache.pop("rows", None)
+                k, v = _append(cache["k"], k, rows), _append(cache["v"], v, rows)
             cache["k"], cache["v"] = k, v
             causal = False
         y = attention(q, k, v, mask, causal, self.dropout if self.training else 0.0)
@@ -110,9 +127,13 @@ class CrossAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
 
     def memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
-        """Keys and values of the memory ``(B, S, C)``, each ``(B, H, S, C/H)``."""
+        """Keys and values of the memory ``(B, S, C)``, each ``(B, H, S, C/H)``; contiguous when
+        computed for decoding, where they are read at every step."""
         k, v = self.kv(memory).chunk(2, dim=-1)
-        return _split_heads(k, self.heads), _split_heads(v, self.heads)
+        k, v = _split_heads(k, self.heads), _split_heads(v, self.heads)
+        if torch.is_grad_enabled():
+            return k, v
+        return k.contiguous(), v.contiguous()
 
     def forward(self, x: Tensor, keys_values: tuple[Tensor, Tensor], mask: Tensor) -> Tensor:
         q = _split_heads(self.q(x), self.heads)
@@ -176,8 +197,17 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x: Tensor, memory_kv: tuple[Tensor, Tensor], memory_mask: Tensor,
                 cache: dict[str, Tensor] | None = None) -> Tensor:
+        """Teacher-forced: ``x (B, T, C)``, memory keys/values ``(B, H, S, C/H)``.
+
+        Incremental (``cache`` given): ``x (n * w, 1, C)`` holds the ``w`` beams of each of the
+        ``n`` sentences whose memory is ``(n, H, S, C/H)``; the ``w`` beams of a sentence are its
+        ``w`` cross-attention queries, so the memory is neither copied per beam nor read ``w``
+        times.
+        """
         x = self.self_attn_block(x, self.self_attn, None, cache is None, cache)
-        x = self.cross_attn_block(x, self.cross_attn, memory_kv, memory_mask)
+        sentences = memory_mask.shape[0]
+        grouped = x.reshape(sentences, -1, x.shape[-1])
+        x = self.cross_attn_block(grouped, self.cross_attn, memory_kv, memory_mask).view_as(x)
         return self.ffn_block(x, self.ffn)
 
 
@@ -312,15 +342,16 @@ class Transformer(nn.Module):
         """Incremental decoding of one position for the student with ``len(memory_kv)`` decoder
         layers.
 
-        ``tokens (B, 1)`` is the previous output token; ``memory_kv[l]`` the keys and values of the
-        memory for layer ``l`` (from :meth:`memory_keys_values`); ``caches[l]`` holds that layer's
-        past self-attention keys and values and grows by one position.  Returns log-probabilities
-        ``(B, V)`` in float32.
+        ``tokens (n * w, 1)`` is the previous output token of the ``w`` beams of each of ``n``
+        sentences (sentence-major); ``memory_kv[l]`` the keys and values ``(n, H, S, C/H)`` of the
+        memory for layer ``l`` (from :meth:`memory_keys_values`), ``memory_mask (n, 1, 1, S)``;
+        ``caches[l]`` holds that layer's past self-attention keys and values, one row per beam,
+        and grows by one position.  Returns logits ``(n * w, V)`` in float32.
         """
         x = self.embed_tokens(tokens, offset=step)
         for layer, kv, cache in zip(self.decoder[:len(memory_kv)], memory_kv, caches, strict=True):
             x = layer(x, kv, memory_mask, cache)
-        return F.log_softmax(self.project(x[:, -1]).float(), dim=-1)
+        return self.project(x[:, -1]).float()
 
     def memory_keys_values(self, memory: Tensor, dec_layers: int) -> list[tuple[Tensor, Tensor]]:
         """Cross-attention keys and values of the memory for each of the bottom ``dec_layers``."""

@@ -37,8 +37,9 @@ from aiokd.students import Student
 
 
 def log_probs(logits: Tensor) -> Tensor:
-    """float32 log-softmax over the vocabulary, whatever the autocast dtype of ``logits``."""
-    return F.log_softmax(logits.float(), dim=-1)
+    """float32 log-softmax over the vocabulary, whatever the autocast dtype of ``logits`` (upcast
+    inside the kernel, without a float32 copy of the logits)."""
+    return F.log_softmax(logits, dim=-1, dtype=torch.float32)
 
 
 class Objective(nn.Module):

@@ -39,7 +39,8 @@ def test_incremental_log_probs_equal_forward(tiny, sources, student):
         encoded = model.encode(src, student[0])
         memory_kv = model.memory_keys_values(model.memory(encoded, student[0]), student[1])
         caches = [{} for _ in range(student[1])]
-        steps = [model.decode_step(prev[:, t:t + 1], memory_kv, encoded.mask, caches, t)
+        steps = [torch.log_softmax(model.decode_step(prev[:, t:t + 1], memory_kv, encoded.mask,
+                                                     caches, t), dim=-1)
                  for t in range(prev.shape[1])]
     incremental = torch.stack(steps, dim=1)
     real = prev != cfg.pad_id

@@ -51,6 +51,19 @@ def test_label_smoothed_nll_matches_definition():
     assert torch.allclose(loss, expected)
 
 
+def test_label_smoothed_nll_gradient_matches_definition():
+    torch.manual_seed(1)
+    logits = torch.randn(6, 9, requires_grad=True)
+    target = torch.tensor([0, 8, 3, 3, 5, 1])
+    loss, _ = label_smoothed_nll(F.log_softmax(logits, -1), target, 0.1)
+    (2.5 * loss).backward()
+    ours, logits.grad = logits.grad, None
+    q = torch.full((6, 9), 0.1 / 8)
+    q[torch.arange(6), target] += 1 - 0.1 - 0.1 / 8
+    (2.5 * -(q * F.log_softmax(logits, -1)).sum()).backward()
+    assert torch.allclose(ours, logits.grad, atol=1e-6)
+
+
 def test_label_smoothing_zero_is_cross_entropy():
     logits = torch.randn(4, 6)
     target = torch.tensor([1, 2, 3, 4])
