@@ -263,9 +263,9 @@ def _check_keys(values: Any, cls: type, where: str) -> None:
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
-        "model": {"d_model": 256, "ffn_dim": 512, "heads": 4, "dropout": 0.1},
-        "train": {"lr": 1.5e-3, "warmup_updates": 100, "max_tokens": 4096, "max_updates": 200,
-                  "validate_every": 100, "save_every": 50, "clip_norm": 1.0, "log_every": 10},
+        "model": {"d_model": 256, "ffn_dim": 512, "heads": 4, "dropout": 0.1, "pre_norm": True},
+        "train": {"lr": 3e-3, "warmup_updates": 100, "max_tokens": 2048, "max_updates": 500,
+                  "validate_every": 250, "save_every": 100, "clip_norm": 1.0, "log_every": 10},
     },
     "iwslt": {
         "model": {"d_model": 512, "ffn_dim": 1024, "heads": 4, "dropout": 0.3},

@@ -49,12 +49,13 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool
     """``softmax(q k^T / sqrt(d) + mask) v`` through ``F.scaled_dot_product_attention``.
 
     ``q (B, H, T, d)``, ``k``/``v (B, H, S, d)``, ``mask (B, 1, 1, S)`` True where allowed.  When
-    training on CPU the math kernel is used: at sentence lengths in bf16 the CPU flash kernel's
-    forward and backward take several times as long (``benchmarks/attention_kernels.py``).  At
-    inference PyTorch picks the kernel (the flash kernel reads the memory's keys in place,
-    where the math kernel rescales and copies them at every decoding step).
+    training in bf16 on CPU the math kernel is used: at sentence lengths the CPU flash kernel's
+    forward and backward take several times as long in bf16, though less time than the math
+    kernel in float32 (``benchmarks/attention_kernels.py``).  Otherwise PyTorch picks the kernel
+    (at inference the flash kernel reads the memory's keys in place, where the math kernel
+    rescales and copies them at every decoding step).
     """
-    if q.device.type != "cpu" or not torch.is_grad_enabled():
+    if q.device.type != "cpu" or q.dtype == torch.float32 or not torch.is_grad_enabled():
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                               dropout_p=dropout)
     with sdpa_kernel(SDPBackend.MATH):

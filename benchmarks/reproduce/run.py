@@ -8,13 +8,15 @@ Every step is a subprocess of the ``aiokd`` command line (its output goes to ``W
 progress line per step here).  A step whose output exists is skipped and an interrupted
 ``aiokd train`` resumes, so running the same command again continues an interrupted benchmark.
 After each evaluation ``RESULTS_DIR/multi30k-PRESET.{json,md}`` is rewritten, merged with the
-runs already in that file (so ``--group`` invocations on different machines add up).  See
-``README.md`` beside this file.
+runs already in that file (so ``--group`` invocations on different machines, or side by side on
+one, add up).  See ``README.md`` beside this file.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import gzip
 import itertools
 import json
@@ -23,6 +25,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,16 +91,35 @@ def command_line(step: Step) -> str:
     return "aiokd " + shlex.join(step.args)
 
 
+@contextlib.contextmanager
+def locked(root: Path) -> Iterator[None]:
+    """Exclusive use of the work directory's shared files (timings, results) while drivers of
+    different groups run side by side on one machine."""
+    with open(root / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 class Timings:
-    """Wall seconds of every step, summed over attempts, in ``W/timings.json``."""
+    """Wall seconds of every step, summed over attempts, in ``W/timings.json`` (re-read before
+    each change, under :func:`locked`, so that concurrent drivers add up)."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.seconds = json.loads(path.read_text()) if path.is_file() else {}
+        self.seconds: dict[str, float] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        self.seconds = json.loads(self.path.read_text()) if self.path.is_file() else {}
 
     def add(self, key: str, seconds: float) -> None:
-        self.seconds[key] = self.seconds.get(key, 0.0) + seconds
-        atomic_write_json(self.path, self.seconds)
+        with locked(self.path.parent):
+            self.reload()
+            self.seconds[key] = self.seconds.get(key, 0.0) + seconds
+            atomic_write_json(self.path, self.seconds)
 
     def minutes(self, key: str) -> float:
         return round(self.seconds.get(key, 0.0) / 60, 2)
@@ -194,6 +216,13 @@ def build_results(preset: Preset, runs: dict[str, dict[str, Any]], drivers: list
 def write_results(preset: Preset, work: Work, steps: list[Step], timings: Timings,
                   results_dir: Path, driver: str) -> dict[str, Any]:
     """Merge this invocation's finished runs into the results file; write it and its report."""
+    with locked(work.root):
+        timings.reload()
+        return _write_results(preset, work, steps, timings, results_dir, driver)
+
+
+def _write_results(preset: Preset, work: Work, steps: list[Step], timings: Timings,
+                   results_dir: Path, driver: str) -> dict[str, Any]:
     stem = results_dir / f"multi30k-{preset.name}"
     old = json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(
         ".json").is_file() else {}
