@@ -128,13 +128,9 @@ class CrossAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
 
     def memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
-        """Keys and values of the memory ``(B, S, C)``, each ``(B, H, S, C/H)``; contiguous when
-        computed for decoding, where they are read at every step."""
+        """Keys and values of the memory ``(B, S, C)``, each ``(B, H, S, C/H)``."""
         k, v = self.kv(memory).chunk(2, dim=-1)
-        k, v = _split_heads(k, self.heads), _split_heads(v, self.heads)
-        if torch.is_grad_enabled():
-            return k, v
-        return k.contiguous(), v.contiguous()
+        return _split_heads(k, self.heads), _split_heads(v, self.heads)
 
     def forward(self, x: Tensor, keys_values: tuple[Tensor, Tensor], mask: Tensor) -> Tensor:
         q = _split_heads(self.q(x), self.heads)
@@ -355,8 +351,10 @@ class Transformer(nn.Module):
         return self.project(x[:, -1]).float()
 
     def memory_keys_values(self, memory: Tensor, dec_layers: int) -> list[tuple[Tensor, Tensor]]:
-        """Cross-attention keys and values of the memory for each of the bottom ``dec_layers``."""
-        return [layer.cross_attn.memory(memory) for layer in self.decoder[:dec_layers]]
+        """Cross-attention keys and values of the memory for each of the bottom ``dec_layers``,
+        contiguous: incremental decoding reads them at every step."""
+        return [tuple(t.contiguous() for t in layer.cross_attn.memory(memory))
+                for layer in self.decoder[:dec_layers]]
 
     def num_parameters(self, student: Student | None = None, embeddings: bool = True) -> int:
         """Parameters a student uses (default: the teacher), with or without the embeddings."""
