@@ -362,12 +362,12 @@ def build_model(cfg: Config, device: torch.device) -> Transformer:
     return Transformer(cfg.model).to(device)
 
 
-def make_optimizer(model: Transformer, cfg: Config, device: torch.device) -> torch.optim.AdamW:
-    """Adam with decoupled weight decay (as fairseq's Adam); fused kernels on GPU."""
+def make_optimizer(model: Transformer, cfg: Config) -> torch.optim.AdamW:
+    """Adam with decoupled weight decay (as fairseq's Adam), one fused kernel over all parameters
+    (on a CPU 3-4x faster than the multi-tensor loop)."""
     t = cfg.train
     return torch.optim.AdamW(model.parameters(), lr=t.warmup_init_lr, betas=t.adam_betas,
-                             eps=t.adam_eps, weight_decay=t.weight_decay,
-                             fused=device.type == "cuda", foreach=device.type != "cuda")
+                             eps=t.adam_eps, weight_decay=t.weight_decay, fused=True)
 
 
 class Stage:
@@ -379,7 +379,7 @@ class Stage:
         self.cfg = cfg = run.cfg
         self.space = cfg.distill.space(cfg.model)
         self.model = build_model(cfg, dist_.device)
-        self.optimizer = make_optimizer(self.model, cfg, dist_.device)
+        self.optimizer = make_optimizer(self.model, cfg)
         self.state = StageState()
         self.train_split, self.valid_split = train_split, valid_split
         self.stream = BatchStream(train_split, cfg, dist_)

@@ -325,7 +325,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.cfg, self.device, self.dtype = cfg, device, dtype
         self.model = Transformer(cfg.model).to(device).train()
-        self.optimizer = make_optimizer(self.model, cfg, device)
+        self.optimizer = make_optimizer(self.model, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.train.lr
         self.objective = Objective(self.model, cfg)

@@ -151,7 +151,7 @@ def checkpoint_bytes(tmp_path_factory) -> bytes:
     model = Transformer(cfg.model)
     path = tmp_path_factory.mktemp("checkpoint") / "stage1-last.safetensors"
     save_checkpoint(path, model, {"config": cfg.to_dict(), "stage": 1}, b"spm",
-                    make_optimizer(model, cfg, torch.device("cpu")))
+                    make_optimizer(model, cfg))
     return path.read_bytes()
 
 
@@ -235,7 +235,7 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
     cfg = tiny_config("model.dropout=0")
     torch.manual_seed(0)
     model = Transformer(cfg.model)
-    optimizer = make_optimizer(model, cfg, torch.device("cpu"))
+    optimizer = make_optimizer(model, cfg)
     objective = Objective(model, cfg)
     src = torch.randint(4, 100, (3, 7))
     prev, target = torch.randint(4, 100, (3, 6)), torch.randint(4, 100, (3, 6))
@@ -261,7 +261,7 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
     assert checkpoint.config.to_dict() == cfg.to_dict()
     torch.manual_seed(1)
     restored = Transformer(checkpoint.config.model)
-    restored_optimizer = make_optimizer(restored, cfg, torch.device("cpu"))
+    restored_optimizer = make_optimizer(restored, cfg)
     checkpoint.restore(restored, restored_optimizer)
 
     for (name, a), (_, b) in zip(model.state_dict().items(), restored.state_dict().items(),
