@@ -58,6 +58,67 @@ def label_smoothed_nll(lprobs: Tensor, target: Tensor, epsilon: float) -> tuple[
     return _LabelSmoothedNLL.apply(lprobs, target, epsilon)
 
 
+def _at_least_float32(x: Tensor) -> Tensor:
+    """``x`` in float32 if it is in a half-precision type, else as it is."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+class _LabelSmoothedNLLFromLogits(torch.autograd.Function):
+    """Forward and backward of :func:`label_smoothed_nll_from_logits`.  With ``p = softmax(x)``
+    and ``c = 1 - eps - eps_i`` (so that ``c + V eps_i = 1``):
+
+        loss_i          = c (lse_i - x_iy) + eps_i (V lse_i - sum_v x_iv),  lse_i = logsumexp_v x_iv
+        dloss_i/dx_iv   = p_iv - eps_i - c 1[v = y_i]
+
+    The forward reads the logits twice (``logsumexp``, row sums) and writes no ``(N, V)`` tensor;
+    the backward writes the gradient once, in place over ``exp(x - lse)``.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, target: Tensor, epsilon: float) -> tuple[Tensor, Tensor]:
+        x = _at_least_float32(logits)
+        vocab = x.shape[-1]
+        lse = torch.logsumexp(x, dim=-1)
+        nll_sum = (lse - x.gather(-1, target[:, None]).squeeze(-1)).sum()
+        smooth_sum = (vocab * lse - x.sum(-1)).sum()
+        eps_i = epsilon / (vocab - 1)
+        ctx.save_for_backward(logits, target, lse)
+        ctx.coefficients = (1.0 - epsilon - eps_i, eps_i)
+        ctx.mark_non_differentiable(nll_sum)
+        return ctx.coefficients[0] * nll_sum + eps_i * smooth_sum, nll_sum
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, _grad_nll: Tensor):
+        logits, target, lse = ctx.saved_tensors
+        on_target, everywhere = ctx.coefficients
+        logits_grad = torch.sub(_at_least_float32(logits), lse[:, None]).exp_()
+        logits_grad.sub_(everywhere).mul_(grad)
+        logits_grad.scatter_add_(-1, target[:, None], (grad * -on_target).expand(len(target), 1))
+        return logits_grad.to(logits.dtype), None, None
+
+
+def label_smoothed_nll_from_logits(logits: Tensor, target: Tensor,
+                                   epsilon: float) -> tuple[Tensor, Tensor]:
+    """:func:`label_smoothed_nll` of ``log_softmax(logits)`` (in float32 at least), fused: neither the
+    log-probabilities nor their gradient are materialised.  For a model trained on the
+    cross-entropy alone.
+
+    Args:
+        logits: ``(N, V)`` scores, any float dtype.
+        target: ``(N,)`` reference token ids.
+    Returns:
+        ``(loss, nll)``, both summed over the ``N`` tokens; ``nll`` is a statistic (no gradient).
+    """
+    return _LabelSmoothedNLLFromLogits.apply(logits, target, epsilon)
+
+
+def token_nll_from_logits(logits: Tensor, target: Tensor) -> Tensor:
+    """``-log p(y_i) = logsumexp_v x_iv - x_iy`` per token from ``(N, V)`` logits, ``(N,)``,
+    in float32 at least, without the ``(N, V)`` log-probabilities."""
+    x = _at_least_float32(logits)
+    return torch.logsumexp(x, dim=-1) - x.gather(-1, target[:, None]).squeeze(-1)
+
+
 def token_nll(lprobs: Tensor, target: Tensor) -> Tensor:
     """``-log p(y_i)`` per token, ``(N,)``."""
     return -lprobs.gather(-1, target[:, None]).squeeze(-1)

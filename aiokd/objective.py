@@ -27,9 +27,11 @@ from aiokd.losses import (
     detaching_gates,
     kl_divergence,
     label_smoothed_nll,
+    label_smoothed_nll_from_logits,
     mutual_learning,
     selective_kd_mask,
     token_nll,
+    token_nll_from_logits,
     word_kd,
 )
 from aiokd.model import Transformer
@@ -99,18 +101,21 @@ class Objective(nn.Module):
 
     def _single_student(self, src, prev_tgt, mask, gold):
         d, eps = self.cfg.distill, self.cfg.train.label_smoothing
-        lprobs = log_probs(self.model(src, prev_tgt, select=mask))
+        logits = self.model(src, prev_tgt, select=mask)
+        if self.frozen_teacher is None:
+            ce, nll = label_smoothed_nll_from_logits(logits, gold, eps)
+            kd = torch.zeros((), device=ce.device)
+            return ce, {"nll": nll.detach(), "ce": ce.detach(), "kd": kd}
+        lprobs = log_probs(logits)
         ce, nll = label_smoothed_nll(lprobs, gold, eps)
-        loss, kd = ce, torch.zeros((), device=ce.device)
-        if self.frozen_teacher is not None:
-            with torch.no_grad():
-                teacher_lprobs = log_probs(self.frozen_teacher(src, prev_tgt, select=mask))
-            if d.method == "selective-kd":
-                chosen = selective_kd_mask(token_nll(lprobs, gold), d.selective_ratio)
-                kd = kl_divergence(teacher_lprobs[chosen], lprobs[chosen])
-            else:
-                kd = kl_divergence(teacher_lprobs, lprobs)
-            loss = loss + d.alpha * kd
+        with torch.no_grad():
+            teacher_lprobs = log_probs(self.frozen_teacher(src, prev_tgt, select=mask))
+        if d.method == "selective-kd":
+            chosen = selective_kd_mask(token_nll(lprobs, gold), d.selective_ratio)
+            kd = kl_divergence(teacher_lprobs[chosen], lprobs[chosen])
+        else:
+            kd = kl_divergence(teacher_lprobs, lprobs)
+        loss = ce + d.alpha * kd
         stats = {"nll": nll, "ce": ce, "kd": kd}
         return loss, {key: value.detach() for key, value in stats.items()}
 
@@ -123,4 +128,4 @@ def validation_nll(model: Transformer, src: Tensor, prev_tgt: Tensor, target: Te
     gold = target[mask]
     logits = model.forward_students(src, prev_tgt, students, reuse_prefix=reuse_prefix,
                                     select=mask)
-    return torch.stack([token_nll(log_probs(logits[s]), gold).sum() for s in students])
+    return torch.stack([token_nll_from_logits(logits[s], gold).sum() for s in students])

@@ -11,9 +11,12 @@ from aiokd.losses import (
     detaching_gates,
     kl_divergence,
     label_smoothed_nll,
+    label_smoothed_nll_from_logits,
     mutual_learning,
     pair_kl,
     selective_kd_mask,
+    token_nll,
+    token_nll_from_logits,
     word_kd,
 )
 from aiokd.model import Transformer
@@ -62,6 +65,37 @@ def test_label_smoothed_nll_gradient_matches_definition():
     q[torch.arange(6), target] += 1 - 0.1 - 0.1 / 8
     (2.5 * -(q * F.log_softmax(logits, -1)).sum()).backward()
     assert torch.allclose(ours, logits.grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.1])
+def test_label_smoothed_nll_from_logits_equals_it_on_log_softmax(epsilon):
+    torch.manual_seed(2)
+    logits = (10 * torch.randn(6, 9)).requires_grad_()
+    target = torch.tensor([0, 8, 3, 3, 5, 1])
+    loss, nll = label_smoothed_nll_from_logits(logits, target, epsilon)
+    (-1.5 * loss).backward()
+    fused_grad, logits.grad = logits.grad, None
+    expected_loss, expected_nll = label_smoothed_nll(F.log_softmax(logits, -1), target, epsilon)
+    (-1.5 * expected_loss).backward()
+    assert torch.allclose(loss, expected_loss) and torch.allclose(nll, expected_nll)
+    assert torch.allclose(fused_grad, logits.grad, atol=1e-12)
+    assert not nll.requires_grad
+
+
+def test_from_logits_losses_work_in_float32_on_bfloat16_logits():
+    torch.manual_seed(3)
+    logits = torch.randn(5, 11, dtype=torch.float32).to(torch.bfloat16).requires_grad_()
+    target = torch.tensor([1, 2, 3, 4, 10])
+    loss, _ = label_smoothed_nll_from_logits(logits, target, 0.1)
+    loss.backward()
+    reference = logits.detach().float().requires_grad_()
+    expected, _ = label_smoothed_nll(F.log_softmax(reference, -1), target, 0.1)
+    expected.backward()
+    assert loss.dtype == torch.float32 and logits.grad.dtype == torch.bfloat16
+    assert torch.allclose(loss, expected, atol=1e-5)
+    assert torch.allclose(logits.grad.float(), reference.grad, atol=1e-2)
+    assert torch.allclose(token_nll_from_logits(logits.detach(), target),
+                          token_nll(F.log_softmax(reference.detach(), -1), target), atol=1e-5)
 
 
 def test_label_smoothing_zero_is_cross_entropy():
