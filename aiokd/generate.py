@@ -96,10 +96,12 @@ class _Beams:
 def _continuation_scores(logits: Tensor, scores: Tensor, forbidden: list[int]) -> Tensor:
     """``s_r + log p(v | beam r)`` for every beam ``r`` and token ``v``, ``(R, V)``, with ``log p``
     renormalised over the allowed tokens: ``log p(v) = z_v - log sum_{u allowed} exp(z_u)``,
-    ``-inf`` for the ``forbidden`` ones. ``logits (R, V)`` float32 is overwritten, ``scores (R,)``.
+    ``-inf`` for the ``forbidden`` ones. ``logits (R, V)`` float32 is overwritten (``log_softmax``
+    in place: no new ``(R, V)`` buffer at each step), ``scores (R,)``.
     """
     logits[:, forbidden] = float("-inf")
-    return logits.sub_((logits.logsumexp(dim=-1) - scores)[:, None])
+    torch.log_softmax(logits, dim=-1, out=logits)
+    return logits.add_(scores[:, None])
 
 
 def _start(model: Transformer, sources: list[list[int]], student: Student) -> _Beams:
