@@ -117,6 +117,10 @@ def test_quick_benchmark_end_to_end(tmp_path):
         "cost_minutes"]
     assert all(t["met"] in (True, False) for t in found["targets"].values())
     assert found["runs"]["aiokd-one-stage"]["updates"] == 4  # 2U in one stage
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=DRIVER, capture_output=True,
+                            text=True, check=True).stdout.strip()
+    assert all(record["code"] and record["code"][0].startswith(commit)
+               for record in found["runs"].values())
     assert "| separate students, Word-KD (`word-kd`) |" in (
         results / "multi30k-quick.md").read_text()
 

@@ -6,7 +6,7 @@ A *run record* describes one finished ``aiokd train`` run and its ``aiokd evalua
     {"run": "scratch-4-2", "system": "scratch", "student": "4-2", "bleu": {"4-2": 31.2},
      "chrf": {"4-2": 55.0}, "train_minutes": 12.5, "extra_minutes": 0.0, "updates": 1800,
      "device": "...", "signatures": {"bleu": "...", "chrf": "..."}, "test_set": "...",
-     "commands": ["aiokd ..."]}
+     "commands": ["aiokd ..."], "code": ["<git commit>"]}
 
 Everything else (averages, costs, targets) is computed here from the records, so results written
 by separate invocations of the driver (``--group``) merge by taking the union of their records.
@@ -206,11 +206,17 @@ def summary(results: dict[str, Any]) -> str:
     return _score_table(results, "bleu") + "\n\n" + _targets_table(results["targets"])
 
 
+def _code(record: dict[str, Any]) -> str:
+    """`` (code COMMIT)`` for a record that says which code trained it."""
+    versions = record.get("code") or []
+    return f" (code {', '.join(versions)})" if versions else ""
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The report: BLEU and chrF tables, targets, and how the numbers were obtained."""
     signatures = "\n".join(f"  - {metric}: `{signature}`"
                            for metric, signature in results["sacrebleu_signature"].items())
-    commands = "\n".join(f"# {name}\n" + "\n".join(record["commands"])
+    commands = "\n".join(f"# {name}{_code(record)}\n" + "\n".join(record["commands"])
                          for name, record in results["runs"].items())
     drivers = "\n".join(results["driver_commands"])
     return f"""# AIO-KD vs separately trained students on Multi30k De->En ({results['preset']})

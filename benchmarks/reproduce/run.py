@@ -91,6 +91,28 @@ def command_line(step: Step) -> str:
     return "aiokd " + shlex.join(step.args)
 
 
+def code_version() -> str:
+    """The git commit of the code that runs, ``+modified`` if ``aiokd/`` differs from it (or
+    ``unknown`` outside a git checkout)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    try:
+        commit, changes = git("rev-parse", "HEAD"), git("status", "--porcelain", "--", "aiokd")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+modified" if changes else "")
+
+
+CODE_LINE = "# code: "
+
+
+def code_versions(log: Path) -> list[str]:
+    """The code versions that a step's attempts ran (``CODE_LINE`` lines of its log)."""
+    lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
+    return sorted({line[len(CODE_LINE):] for line in lines if line.startswith(CODE_LINE)})
+
+
 @contextlib.contextmanager
 def locked(root: Path) -> Iterator[None]:
     """Exclusive use of the work directory's shared files (timings, results) while drivers of
@@ -135,7 +157,7 @@ def execute(step: Step, log: Path, timings: Timings, threads: int | None) -> int
     started = time.perf_counter()
     try:
         with open(log, "a", encoding="utf-8") as out:
-            out.write(f"$ {command_line(step)}\n")
+            out.write(f"$ {command_line(step)}\n{CODE_LINE}{code_version()}\n")
             out.flush()
             return subprocess.run([sys.executable, "-m", "aiokd", *step.args], stdout=out,
                                   stderr=subprocess.STDOUT, env=env, check=False).returncode
@@ -165,7 +187,12 @@ def test_set_name(test: dict[str, Any]) -> str:
     return f"the first {test['sentences']} lines of Multi30k test_2016_flickr"
 
 
-def run_record(run: Run, steps: list[Step], timings: Timings) -> dict[str, Any] | None:
+def step_log(work: Work, key: str) -> Path:
+    return work.root / "logs" / f"{key.replace(':', '-')}.log"
+
+
+def run_record(run: Run, steps: list[Step], timings: Timings,
+               work: Work) -> dict[str, Any] | None:
     """The record of a finished and evaluated run (see :mod:`report`), or None."""
     path = run.path / "results.json"
     if not evaluated_all(path, run.students):
@@ -182,6 +209,7 @@ def run_record(run: Run, steps: list[Step], timings: Timings) -> dict[str, Any] 
         "updates": updates_done(run.path), "device": device_name(results),
         "signatures": results["signatures"], "test_set": test_set_name(results["test_set"]),
         "commands": [command_line(s) for s in steps if s.run == run.name],
+        "code": code_versions(step_log(work, f"train:{run.name}")),
     }
     if run.system in report.SEPARATE:
         record["student"] = run.students[0]
@@ -228,7 +256,7 @@ def _write_results(preset: Preset, work: Work, steps: list[Step], timings: Timin
         ".json").is_file() else {}
     runs = dict(old.get("runs", {}))
     for run in work.runs.values():
-        record = run_record(run, steps, timings)
+        record = run_record(run, steps, timings, work)
         if record:
             runs[run.name] = record
     drivers = [d for d in old.get("driver_commands", []) if d != driver] + [driver]
@@ -265,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{where}: done already", flush=True)
             continue
         print(f"{where} ...", flush=True)
-        log = work.root / "logs" / f"{step.key.replace(':', '-')}.log"
+        log = step_log(work, step.key)
         started = time.perf_counter()
         status = execute(step, log, timings, preset.threads)
         if status:
