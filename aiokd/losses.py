@@ -99,9 +99,9 @@ class _LabelSmoothedNLLFromLogits(torch.autograd.Function):
 
 def label_smoothed_nll_from_logits(logits: Tensor, target: Tensor,
                                    epsilon: float) -> tuple[Tensor, Tensor]:
-    """:func:`label_smoothed_nll` of ``log_softmax(logits)`` (in float32 at least), fused: neither the
-    log-probabilities nor their gradient are materialised.  For a model trained on the
-    cross-entropy alone.
+    """:func:`label_smoothed_nll` of ``log_softmax(logits)`` (in float32 at least), fused:
+    neither the log-probabilities nor their gradient are materialised.  For a model trained on
+    the cross-entropy alone.
 
     Args:
         logits: ``(N, V)`` scores, any float dtype.

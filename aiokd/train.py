@@ -370,6 +370,18 @@ def make_optimizer(model: Transformer, cfg: Config) -> torch.optim.AdamW:
                              eps=t.adam_eps, weight_decay=t.weight_decay, fused=True)
 
 
+def scale_and_clip_gradients(model: Transformer, factor: float, max_norm: float) -> None:
+    """``g <- c * factor * g`` with ``c = min(1, max_norm / (||factor * g|| + 1e-6))`` (no
+    clipping when ``max_norm <= 0``), as ``g *= factor`` then ``clip_grad_norm_`` would do, in one
+    pass over the gradients after one read for the norm."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if max_norm > 0:
+        norm = torch.nn.utils.get_total_norm(grads) * factor
+        torch._foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp(max=1.0) * factor)
+    else:
+        torch._foreach_mul_(grads, factor)
+
+
 class Stage:
     """Trains one stage to its end, resuming from its ``last`` checkpoint if there is one."""
 
@@ -477,10 +489,8 @@ class Stage:
     def step(self, total_tokens: float) -> None:
         """Adam step on the gradient of ``loss_sum / total_tokens`` (over all processes)."""
         self.scaler.unscale_(self.optimizer)
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        torch._foreach_mul_(grads, self.dist.world / total_tokens)
-        if self.cfg.train.clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_norm)
+        scale_and_clip_gradients(self.model, self.dist.world / total_tokens,
+                                 self.cfg.train.clip_norm)
         for group in self.optimizer.param_groups:
             group["lr"] = inverse_sqrt_lr(self.cfg, self.state.update + 1)
         self.scaler.step(self.optimizer)

@@ -51,7 +51,7 @@ from aiokd.data import ParallelSplit, load_manifest
 from aiokd.model import Transformer
 from aiokd.objective import Objective, validation_nll
 from aiokd.students import Student, parse_student, sample_students, student_name
-from aiokd.train import make_batch, make_optimizer
+from aiokd.train import make_batch, make_optimizer, scale_and_clip_gradients
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 """Precision name -> autocast dtype (``None``: no autocast)."""
@@ -334,10 +334,7 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
             loss, _ = self.objective(batch.src, batch.prev_tgt, batch.target, students, stage)
         loss.backward()
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        torch._foreach_mul_(grads, 1.0 / batch.tokens)
-        if self.cfg.train.clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_norm)
+        scale_and_clip_gradients(self.model, 1.0 / batch.tokens, self.cfg.train.clip_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 

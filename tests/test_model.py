@@ -1,10 +1,13 @@
-"""Building blocks of the Transformer."""
+"""Building blocks of the model and of its training step."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from aiokd.model import dropout
+from aiokd.config import load_config
+from aiokd.model import Transformer, dropout
+from aiokd.train import scale_and_clip_gradients
+from tests.conftest import TINY_MODEL
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -34,3 +37,22 @@ def test_dropout_masks_are_reproducible_from_the_seed():
     a = dropout(x, 0.5, training=True)
     torch.manual_seed(3)
     assert torch.equal(a, dropout(x, 0.5, training=True))
+
+
+@pytest.mark.parametrize("max_norm", [0.0, 0.05, 1e6])
+def test_gradient_scaling_and_clipping_in_one_pass_equals_scale_then_clip(max_norm):
+    cfg = load_config("tiny", overrides=[*TINY_MODEL, "model.vocab_size=50"])
+    torch.manual_seed(0)
+    models = [Transformer(cfg.model) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    for model in models:
+        torch.manual_seed(1)
+        for p in model.parameters():
+            p.grad = 3 * torch.randn_like(p)
+    grads = [p.grad for p in models[0].parameters()]
+    torch._foreach_mul_(grads, 0.01)
+    if max_norm > 0:
+        torch.nn.utils.clip_grad_norm_(models[0].parameters(), max_norm)
+    scale_and_clip_gradients(models[1], 0.01, max_norm)
+    for expected, found in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(found.grad, expected.grad)
