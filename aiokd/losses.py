@@ -12,6 +12,8 @@ number.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -63,6 +65,27 @@ def _at_least_float32(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+def _row_blocks(rows: int, vocab: int, block_bytes: int = 1 << 20) -> list[slice]:
+    """Consecutive blocks of the ``rows`` of an ``(N, V)`` float32 table, each about
+    ``block_bytes`` (at least one row): a full-vocabulary temporary of one block stays in the
+    cache instead of costing a fresh ``(N, V)`` allocation."""
+    step = max(1, block_bytes // (4 * vocab))
+    return [slice(start, start + step) for start in range(0, rows, step)]
+
+
+def _logsumexp_and_sum(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """``lse_i = logsumexp_v x_iv`` and ``sum_v x_iv`` of ``(N, V)`` logits, each ``(N,)`` in
+    float32 at least, computed block by block (:func:`_row_blocks`)."""
+    x_dtype = _at_least_float32(logits[:0]).dtype
+    lse = logits.new_empty(logits.shape[0], dtype=x_dtype)
+    sums = torch.empty_like(lse)
+    for rows in _row_blocks(*logits.shape):
+        block = _at_least_float32(logits[rows])
+        torch.logsumexp(block, dim=-1, out=lse[rows])
+        torch.sum(block, dim=-1, out=sums[rows])
+    return lse, sums
+
+
 class _LabelSmoothedNLLFromLogits(torch.autograd.Function):
     """Forward and backward of :func:`label_smoothed_nll_from_logits`.  With ``p = softmax(x)``
     and ``c = 1 - eps - eps_i`` (so that ``c + V eps_i = 1``):
@@ -70,20 +93,22 @@ class _LabelSmoothedNLLFromLogits(torch.autograd.Function):
         loss_i          = c (lse_i - x_iy) + eps_i (V lse_i - sum_v x_iv),  lse_i = logsumexp_v x_iv
         dloss_i/dx_iv   = p_iv - eps_i - c 1[v = y_i]
 
-    The forward reads the logits twice (``logsumexp``, row sums) and writes no ``(N, V)`` tensor;
-    the backward writes the gradient once, in place over ``exp(x - lse)``.
+    The forward reads the logits once, block by block, and writes no ``(N, V)`` tensor; the
+    backward writes the gradient once, block by block, into a new tensor or, with
+    ``overwrite``, over the logits themselves.
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, target: Tensor, epsilon: float) -> tuple[Tensor, Tensor]:
-        x = _at_least_float32(logits)
-        vocab = x.shape[-1]
-        lse = torch.logsumexp(x, dim=-1)
-        nll_sum = (lse - x.gather(-1, target[:, None]).squeeze(-1)).sum()
-        smooth_sum = (vocab * lse - x.sum(-1)).sum()
+    def forward(ctx, logits: Tensor, target: Tensor, epsilon: float,
+                overwrite: bool) -> tuple[Tensor, Tensor]:
+        vocab = logits.shape[-1]
+        lse, sums = _logsumexp_and_sum(logits)
+        gold = _at_least_float32(logits.gather(-1, target[:, None]).squeeze(-1))
+        nll_sum = (lse - gold).sum()
+        smooth_sum = (vocab * lse - sums).sum()
         eps_i = epsilon / (vocab - 1)
         ctx.save_for_backward(logits, target, lse)
-        ctx.coefficients = (1.0 - epsilon - eps_i, eps_i)
+        ctx.coefficients, ctx.overwrite = (1.0 - epsilon - eps_i, eps_i), overwrite
         ctx.mark_non_differentiable(nll_sum)
         return ctx.coefficients[0] * nll_sum + eps_i * smooth_sum, nll_sum
 
@@ -91,14 +116,21 @@ class _LabelSmoothedNLLFromLogits(torch.autograd.Function):
     def backward(ctx, grad: Tensor, _grad_nll: Tensor):
         logits, target, lse = ctx.saved_tensors
         on_target, everywhere = ctx.coefficients
-        logits_grad = torch.sub(_at_least_float32(logits), lse[:, None]).exp_()
-        logits_grad.sub_(everywhere).mul_(grad)
-        logits_grad.scatter_add_(-1, target[:, None], (grad * -on_target).expand(len(target), 1))
-        return logits_grad.to(logits.dtype), None, None
+        logits_grad = logits if ctx.overwrite else torch.empty_like(logits)
+        for rows in _row_blocks(*logits.shape):
+            x, out = _at_least_float32(logits[rows]), logits_grad[rows]
+            # float32: exp(x - lse) straight into the output block; else in the float32 copy
+            p = torch.sub(x, lse[rows, None], out=out if x.dtype == out.dtype else x)
+            p.exp_().sub_(everywhere).mul_(grad)
+            if p is not out:
+                out.copy_(p)
+        logits_grad.scatter_add_(-1, target[:, None],
+                                 (grad * -on_target).to(logits.dtype).expand(len(target), 1))
+        return logits_grad, None, None, None
 
 
-def label_smoothed_nll_from_logits(logits: Tensor, target: Tensor,
-                                   epsilon: float) -> tuple[Tensor, Tensor]:
+def label_smoothed_nll_from_logits(logits: Tensor, target: Tensor, epsilon: float,
+                                   overwrite: bool = False) -> tuple[Tensor, Tensor]:
     """:func:`label_smoothed_nll` of ``log_softmax(logits)`` (in float32 at least), fused:
     neither the log-probabilities nor their gradient are materialised.  For a model trained on
     the cross-entropy alone.
@@ -106,17 +138,29 @@ def label_smoothed_nll_from_logits(logits: Tensor, target: Tensor,
     Args:
         logits: ``(N, V)`` scores, any float dtype.
         target: ``(N,)`` reference token ids.
+        overwrite: the backward writes the gradient over ``logits`` (no new ``(N, V)`` tensor);
+            only for logits that nothing else reads afterwards (e.g. a projection's output used
+            by this loss alone).
     Returns:
         ``(loss, nll)``, both summed over the ``N`` tokens; ``nll`` is a statistic (no gradient).
     """
-    return _LabelSmoothedNLLFromLogits.apply(logits, target, epsilon)
+    return _LabelSmoothedNLLFromLogits.apply(logits, target, epsilon, overwrite)
 
 
 def token_nll_from_logits(logits: Tensor, target: Tensor) -> Tensor:
     """``-log p(y_i) = logsumexp_v x_iv - x_iy`` per token from ``(N, V)`` logits, ``(N,)``,
     in float32 at least, without the ``(N, V)`` log-probabilities."""
-    x = _at_least_float32(logits)
-    return torch.logsumexp(x, dim=-1) - x.gather(-1, target[:, None]).squeeze(-1)
+    lse, _ = _logsumexp_and_sum(logits)
+    return lse - _at_least_float32(logits.gather(-1, target[:, None]).squeeze(-1))
+
+
+def token_nll_from_hidden(hidden: Tensor, project: Callable[[Tensor], Tensor], target: Tensor,
+                          vocab: int) -> Tensor:
+    """:func:`token_nll_from_logits` of ``project(hidden)``, ``(N,)``: the final hidden states
+    ``hidden (N, C)`` are projected to their ``(n, V)`` logits by ``project`` a block of rows at a
+    time (about 8 MB of logits each), so that no ``(N, V)`` tensor is made."""
+    return torch.cat([token_nll_from_logits(project(hidden[rows]), target[rows])
+                      for rows in _row_blocks(len(hidden), vocab, block_bytes=8 << 20)])
 
 
 def token_nll(lprobs: Tensor, target: Tensor) -> Tensor:

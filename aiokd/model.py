@@ -320,16 +320,24 @@ class Transformer(nn.Module):
                 dec_layers: int | None = None, select: Tensor | None = None) -> Tensor:
         """Logits ``(B, T, V)`` of student ``(enc_layers, dec_layers)`` (default: the teacher), or
         ``(N, V)`` at the positions where ``select (B, T)`` is True."""
+        return self.project(self.hidden(src, prev_tgt, enc_layers, dec_layers, select))
+
+    def hidden(self, src: Tensor, prev_tgt: Tensor, enc_layers: int | None = None,
+               dec_layers: int | None = None, select: Tensor | None = None) -> Tensor:
+        """The last decoder layer's output that :meth:`forward` projects, ``(B, T, C)`` or
+        ``(N, C)``."""
         encoded = self.encode(src, enc_layers)
         memory = self.memory(encoded, len(encoded.states))
         hidden = self.decode(prev_tgt, memory, encoded.mask, dec_layers)[-1]
-        return self.project(_select(hidden, select))
+        return _select(hidden, select)
 
     def forward_students(self, src: Tensor, prev_tgt: Tensor, students: list[Student],
-                         reuse_prefix: bool = True,
-                         select: Tensor | None = None) -> dict[Student, Tensor]:
+                         reuse_prefix: bool = True, select: Tensor | None = None,
+                         project: bool = True) -> dict[Student, Tensor]:
         """Logits ``(B, T, V)`` of each distinct student in ``students``; with a boolean ``select
-        (B, T)`` only the ``N`` selected positions are projected, giving ``(N, V)``.
+        (B, T)`` only the ``N`` selected positions are projected, giving ``(N, V)``.  With
+        ``project=False`` the final hidden states ``(B, T, C)`` or ``(N, C)`` instead, for the
+        caller to :meth:`project`.
 
         ``reuse_prefix``: one encoder pass keeps every layer's output; then one decoder pass per
         distinct ``l_e``, as deep as the deepest ``l_d`` asked for with that ``l_e``, yields every
@@ -337,17 +345,18 @@ class Transformer(nn.Module):
         implementation (every sampled student then gets its own dropout noise).
         """
         wanted = list(dict.fromkeys(students))
+        output = self.project if project else (lambda hidden: hidden)
         if not reuse_prefix:
-            return {s: self(src, prev_tgt, *s, select=select) for s in wanted}
+            return {s: output(self.hidden(src, prev_tgt, *s, select=select)) for s in wanted}
         encoded = self.encode(src, max(le for le, _ in wanted))
-        logits = {}
+        found = {}
         for le in sorted({le for le, _ in wanted}, reverse=True):
             depth = max(ld for e, ld in wanted if e == le)
             states = self.decode(prev_tgt, self.memory(encoded, le), encoded.mask, depth)
             for e, ld in wanted:
                 if e == le:
-                    logits[(e, ld)] = self.project(_select(states[ld - 1], select))
-        return {s: logits[s] for s in wanted}
+                    found[(e, ld)] = output(_select(states[ld - 1], select))
+        return {s: found[s] for s in wanted}
 
     def decode_step(self, tokens: Tensor, memory_kv: list[tuple[Tensor, Tensor]],
                     memory_mask: Tensor, caches: list[dict[str, Tensor]], step: int) -> Tensor:

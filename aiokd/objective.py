@@ -31,7 +31,7 @@ from aiokd.losses import (
     mutual_learning,
     selective_kd_mask,
     token_nll,
-    token_nll_from_logits,
+    token_nll_from_hidden,
     word_kd,
 )
 from aiokd.model import Transformer
@@ -103,7 +103,7 @@ class Objective(nn.Module):
         d, eps = self.cfg.distill, self.cfg.train.label_smoothing
         logits = self.model(src, prev_tgt, select=mask)
         if self.frozen_teacher is None:
-            ce, nll = label_smoothed_nll_from_logits(logits, gold, eps)
+            ce, nll = label_smoothed_nll_from_logits(logits, gold, eps, overwrite=True)
             kd = torch.zeros((), device=ce.device)
             return ce, {"nll": nll.detach(), "ce": ce.detach(), "kd": kd}
         lprobs = log_probs(logits)
@@ -126,6 +126,7 @@ def validation_nll(model: Transformer, src: Tensor, prev_tgt: Tensor, target: Te
     """Summed token NLL of every student on one batch, ``(len(students),)``, in one shared pass."""
     mask = target != model.cfg.pad_id
     gold = target[mask]
-    logits = model.forward_students(src, prev_tgt, students, reuse_prefix=reuse_prefix,
-                                    select=mask)
-    return torch.stack([token_nll_from_logits(logits[s], gold).sum() for s in students])
+    hidden = model.forward_students(src, prev_tgt, students, reuse_prefix=reuse_prefix,
+                                    select=mask, project=False)
+    return torch.stack([token_nll_from_hidden(hidden[s], model.project, gold,
+                                              model.cfg.vocab_size).sum() for s in students])

@@ -16,6 +16,7 @@ from aiokd.losses import (
     pair_kl,
     selective_kd_mask,
     token_nll,
+    token_nll_from_hidden,
     token_nll_from_logits,
     word_kd,
 )
@@ -80,6 +81,46 @@ def test_label_smoothed_nll_from_logits_equals_it_on_log_softmax(epsilon):
     assert torch.allclose(loss, expected_loss) and torch.allclose(nll, expected_nll)
     assert torch.allclose(fused_grad, logits.grad, atol=1e-12)
     assert not nll.requires_grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_label_smoothed_nll_from_logits_over_many_row_blocks_and_overwriting(dtype):
+    """A vocabulary of 2^17 makes blocks of 2 rows (the last one short); with ``overwrite`` the
+    gradient reaches the projection through the logits' own buffer."""
+    torch.manual_seed(4)
+    hidden, weight = torch.randn(5, 3), torch.randn(2**17, 3).requires_grad_()
+    target = torch.tensor([7, 2**17 - 1, 0, 99, 7])
+    grads = []
+    for overwrite in (False, True):
+        logits = F.linear(hidden.to(dtype), weight.to(dtype))
+        loss, nll = label_smoothed_nll_from_logits(logits, target, 0.1, overwrite=overwrite)
+        loss.backward()
+        grads.append(weight.grad)
+        weight.grad = None
+    expected, expected_nll = label_smoothed_nll(F.log_softmax(F.linear(hidden, weight), -1),
+                                                target, 0.1)
+    expected.backward()
+    tolerance = 1e-9 if dtype == torch.float64 else 1e-2
+    assert torch.allclose(loss.double(), expected, rtol=tolerance)
+    assert torch.allclose(nll.double(), expected_nll, rtol=tolerance)
+    assert torch.equal(grads[0], grads[1])
+    assert torch.allclose(grads[0].double(), weight.grad, atol=tolerance)
+
+
+def test_token_nll_from_hidden_projects_block_by_block():
+    """A vocabulary of 2^20 makes blocks of 2 rows of the 5 (the last one short)."""
+    torch.manual_seed(5)
+    hidden, weight = torch.randn(5, 3), torch.randn(2**20, 3)
+    target = torch.tensor([3, 2**20 - 1, 0, 12345, 3])
+    blocks = []
+
+    def project(rows):
+        blocks.append(len(rows))
+        return F.linear(rows, weight)
+
+    nll = token_nll_from_hidden(hidden, project, target, 2**20)
+    assert blocks == [2, 2, 1]
+    assert torch.allclose(nll, token_nll(F.log_softmax(F.linear(hidden, weight), -1), target))
 
 
 def test_from_logits_losses_work_in_float32_on_bfloat16_logits():

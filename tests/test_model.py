@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from aiokd.config import load_config
 from aiokd.model import Transformer, dropout
+from aiokd.objective import validation_nll
 from aiokd.train import scale_and_clip_gradients
 from tests.conftest import TINY_MODEL
 
@@ -56,3 +58,22 @@ def test_gradient_scaling_and_clipping_in_one_pass_equals_scale_then_clip(max_no
     scale_and_clip_gradients(models[1], 0.01, max_norm)
     for expected, found in zip(models[0].parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(found.grad, expected.grad)
+
+
+@pytest.mark.parametrize("reuse_prefix", [True, False])
+def test_validation_nll_is_each_students_own_token_nll(reuse_prefix):
+    """The shared pass, projected block by block, against each student run on its own."""
+    torch.manual_seed(0)
+    cfg = load_config("tiny", overrides=[*TINY_MODEL, "model.vocab_size=50"]).model
+    model = Transformer(cfg).eval()
+    src = torch.randint(4, cfg.vocab_size, (3, 7))
+    prev_tgt = torch.randint(4, cfg.vocab_size, (3, 5))
+    target = torch.randint(4, cfg.vocab_size, (3, 5))
+    target[0, 3:] = cfg.pad_id
+    students = [(2, 2), (3, 1), (3, 3), (1, 1)]
+    found = validation_nll(model, src, prev_tgt, target, students, reuse_prefix)
+    mask = target != cfg.pad_id
+    expected = torch.stack([
+        F.cross_entropy(model(src, prev_tgt, *student)[mask], target[mask], reduction="sum")
+        for student in students])
+    assert torch.allclose(found, expected, rtol=1e-5)
