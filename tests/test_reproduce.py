@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from aiokd.cli import build_parser
+from aiokd.prepare import prepare
 from aiokd.train import build_config
-from tests.conftest import subprocess_env
+from tests.conftest import TINY_VOCAB, make_corpus, subprocess_env
 
 DRIVER = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce"
 sys.path.insert(0, str(DRIVER))
@@ -95,11 +96,11 @@ def test_cost_for_15_students_follows_the_layers():
     assert report.extrapolate_15({}, candidates) is None
 
 
-def run_driver(work: Path, results: Path) -> subprocess.CompletedProcess:
+def run_driver(work: Path, results: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(DRIVER / "run.py"), "--quick", "--out", str(work), "--results-dir",
-         str(results)], capture_output=True, text=True, env=subprocess_env(), timeout=600,
-        check=False)
+         str(results), *extra], capture_output=True, text=True, env=subprocess_env(),
+        timeout=600, check=False)
 
 
 @pytest.mark.slow
@@ -142,3 +143,54 @@ def test_kd_systems_pay_for_their_teacher():
     assert systems["scratch"]["cost_minutes"] == 12.0
     assert systems["word-kd"]["cost_minutes"] == 32.0
     assert systems["word-kd"]["cost_minutes_15"] == pytest.approx(20.0 * 120 / 12 + 12.0)
+
+
+@pytest.fixture(scope="module")
+def english_german(tmp_path_factory, tiny_corpus):
+    """Another language pair (English->German: the synthetic corpus reversed) as a data
+    directory, and a held-out test set of it as raw files."""
+    root = tmp_path_factory.mktemp("en-de")
+    flip = {split: (tgt, src) for split, (src, tgt) in tiny_corpus.items()}
+    prepare(root / "en-de", "en", "de", flip["train"], flip["valid"], {"test": flip["test"]},
+            vocab_size=TINY_VOCAB)
+    held_out_de, held_out_en = make_corpus(12, seed=9)
+    (root / "held-out.en").write_text("\n".join(held_out_en) + "\n", encoding="utf-8")
+    (root / "held-out.de").write_text("\n".join(held_out_de) + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.mark.slow
+def test_quick_benchmark_on_another_language_pair_and_test_set(tmp_path, english_german):
+    work, results = tmp_path / "work", tmp_path / "results"
+    data = ["--data", str(english_german / "en-de"), "--systems", "scratch,aiokd"]
+    done = run_driver(work, results, *data)
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = json.loads((results / "en-de-quick.json").read_text())
+    assert found["benchmark"] == "en-de-en-de" and found["title"] == "en-de En->De"
+    assert found["test_set"] == "en-de/test (30 sentences)"
+    assert set(found["systems"]) == {"scratch", "aiokd"}
+    assert not (work / "data").exists()
+
+    held_out = ["--test-src", str(english_german / "held-out.en"),
+                "--test-ref", str(english_german / "held-out.de")]
+    again = run_driver(work, results, *data, *held_out)
+    assert again.returncode == 0, again.stdout + again.stderr
+    trained = [line for line in again.stdout.splitlines() if line.startswith("[")
+               and " train " in line]
+    assert trained and all(line.endswith("done already") for line in trained)
+    other = json.loads((results / "en-de-held-out-quick.json").read_text())
+    assert other["test_set"] == "held-out.de (12 sentences)"
+    assert set(other["runs"]) == set(found["runs"])
+    assert (work / "runs" / "aiokd" / "results-held-out.json").is_file()
+    assert json.loads((results / "en-de-quick.json").read_text())["runs"] == found["runs"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--data", "nowhere"], "--data nowhere: not a data directory"),
+    (["--test-src", "a.de"], "--test-src and --test-ref go together"),
+    (["--test-src", "a.de", "--test-ref", "a.en"], "no such file"),
+])
+def test_bad_data_options_are_one_line_errors(tmp_path, extra, message):
+    done = run_driver(tmp_path / "work", tmp_path / "results", *extra)
+    assert done.returncode != 0 and message in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1

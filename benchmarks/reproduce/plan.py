@@ -2,7 +2,8 @@
 
 Work directory layout (``--out W``)::
 
-    W/data/                    aiokd prepare multi30k (quick: W/multi30k-subset/ prepared)
+    W/data/                    aiokd prepare multi30k (quick: W/multi30k-subset/ prepared;
+                               none with --data DIR, which is used as it is)
     W/data-seqkd/              aiokd distill-data from the from-scratch 6-6 teacher
     W/runs/NAME/               one aiokd train run each: model.safetensors, results.json, ...
     W/logs/STEP.log            output of each step
@@ -138,27 +139,54 @@ class Step:
 
 @dataclass
 class Run:
-    """One ``aiokd train`` run and what its evaluation reports."""
+    """One ``aiokd train`` run and the file its evaluation writes."""
 
     name: str
     system: str
     students: list[str]
     path: Path
+    results: Path
+
+
+@dataclass(frozen=True)
+class TestSet:
+    """What every ``aiokd evaluate`` scores: a split of the data directory, or a raw source and
+    reference file.  ``key`` names the evaluation files (``results.json`` for the data
+    directory's ``test`` split, else ``results-KEY.json``): the split, or the reference file's
+    name up to its first dot."""
+
+    split: str = "test"
+    files: tuple[Path, Path] | None = None
+
+    @property
+    def key(self) -> str:
+        return self.files[1].name.split(".")[0] if self.files else self.split
+
+    def results_file(self, run_dir: Path) -> Path:
+        return run_dir / ("results.json" if self.key == "test" else f"results-{self.key}.json")
 
 
 class Work:
-    """Paths of the work directory and the commands that fill it."""
+    """Paths of the work directory and the commands that fill it.
 
-    def __init__(self, root: Path, preset: Preset):
-        self.root, self.preset = root, preset
-        self.data, self.seqkd_data = root / "data", root / "data-seqkd"
+    ``data``: a data directory made by ``aiokd prepare`` (any language pair), used instead of
+    preparing Multi30k; ``test``: what to evaluate on (default: the ``test`` split of the data).
+    """
+
+    def __init__(self, root: Path, preset: Preset, data: Path | None = None,
+                 test: TestSet = TestSet()):
+        self.root, self.preset, self.given_data, self.test = root, preset, data, test
+        self.data, self.seqkd_data = data or root / "data", root / "data-seqkd"
         self.subset_dir = root / "multi30k-subset"
         self.runs: dict[str, Run] = {}
 
     def run_dir(self, name: str) -> Path:
         return self.root / "runs" / name
 
-    def prepare(self) -> Step:
+    def prepare(self) -> list[Step]:
+        """Preparing Multi30k (none with a given data directory)."""
+        if self.given_data is not None:
+            return []
         out = ["--out", str(self.data)]
         if self.preset.subset is None:
             args = ["prepare", "multi30k", *out]
@@ -167,13 +195,16 @@ class Work:
             args = ["prepare", "--train", str(sub / "train"), "--valid", str(sub / "val"),
                     "--test", f"test_2016_flickr={sub / 'test_2016_flickr'}", "--vocab-size",
                     str(self.preset.data["vocab_size"]), *out]
-        return Step("prepare", "prepare Multi30k", args,
-                    lambda: (self.data / "manifest.json").is_file())
+        return [Step("prepare", "prepare Multi30k", args,
+                     lambda: (self.data / "manifest.json").is_file())]
 
     def test_args(self) -> list[str]:
-        """The test set of ``aiokd evaluate``: test_2016_flickr (quick: its first lines)."""
-        if self.preset.subset is None:
-            return ["--data", str(self.data), "--split", "test"]
+        """The test set of ``aiokd evaluate``: :attr:`test`; with the quick preset's Multi30k
+        subset, the first lines of test_2016_flickr."""
+        if self.test.files:
+            return ["--src", str(self.test.files[0]), "--ref", str(self.test.files[1])]
+        if self.preset.subset is None or self.given_data is not None:
+            return ["--data", str(self.data), "--split", self.test.split]
         stem = self.subset_dir / "test_2016_flickr"
         return ["--src", f"{stem}.de", "--ref", f"{stem}.en"]
 
@@ -200,18 +231,18 @@ class Work:
         args += [f"train.validate_every={p.validate_every}", f"train.patience={p.patience}",
                  *p.overrides, *ABLATIONS.get(system, [])]
         evaluated = [student] if student else students
-        self.runs[name] = Run(name, system, evaluated, path)
+        results = self.test.results_file(path)
+        self.runs[name] = Run(name, system, evaluated, path, results)
         evaluate = ["evaluate", "--model", str(path), *self.test_args(), "--students",
-                    ",".join(evaluated), "--beam", "5", "--no-latency", "--out",
-                    str(path / "results.json")]
+                    ",".join(evaluated), "--beam", "5", "--no-latency", "--out", str(results)]
         return [Step(f"train:{name}", f"train {name}", args,
                      lambda: (path / "model.safetensors").is_file(), run=name),
                 Step(f"evaluate:{name}", f"evaluate {name}", evaluate,
-                     lambda: evaluated_all(path / "results.json", evaluated), run=name)]
+                     lambda: evaluated_all(results, evaluated), run=name)]
 
     def steps(self, chosen: list[tuple[str, list[str]]]) -> list[Step]:
         """Every step of ``chosen``, dependencies first, each once."""
-        steps = [self.prepare()]
+        steps = self.prepare()
         for system, students in sorted(chosen, key=lambda item: ORDER.index(item[0])):
             if system in FROM_TEACHER:
                 steps += self.train_steps("scratch", students, TEACHER)

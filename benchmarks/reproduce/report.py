@@ -1,4 +1,4 @@
-"""The benchmark's results: per-system BLEU and cost from per-run records, the issue's targets,
+"""The benchmark's results: per-system BLEU and cost from per-run records, the targets,
 and the Markdown report.
 
 A *run record* describes one finished ``aiokd train`` run and its ``aiokd evaluate`` results::
@@ -219,7 +219,7 @@ def markdown(results: dict[str, Any]) -> str:
     commands = "\n".join(f"# {name}{_code(record)}\n" + "\n".join(record["commands"])
                          for name, record in results["runs"].items())
     drivers = "\n".join(results["driver_commands"])
-    return f"""# AIO-KD vs separately trained students on Multi30k De->En ({results['preset']})
+    return f"""# AIO-KD vs separately trained students on {results['title']} ({results['preset']})
 
 - Test set: {results['test_set']}; beam 5; sacreBLEU BLEU and chrF.
 - Device: {results['device']}; threads: {results['threads'] or 'default'}.

@@ -4,10 +4,13 @@ trained separately (from scratch, Word-KD, optionally Selective-KD), and AIO-KD'
     python benchmarks/reproduce/run.py --preset tiny --out benchmarks/work/multi30k-tiny \\
         --students 2-2,4-2,6-2,4-4,6-6
 
+``--data DIR`` runs the same comparison on another corpus or language pair (a directory made by
+``aiokd prepare``), ``--test-split``/``--test-src``/``--test-ref`` on another test set.
+
 Every step is a subprocess of the ``aiokd`` command line (its output goes to ``W/logs/``; one
 progress line per step here).  A step whose output exists is skipped and an interrupted
 ``aiokd train`` resumes, so running the same command again continues an interrupted benchmark.
-After each evaluation ``RESULTS_DIR/multi30k-PRESET.{json,md}`` is rewritten, merged with the
+After each evaluation ``RESULTS_DIR/NAME-PRESET.{json,md}`` is rewritten, merged with the
 runs already in that file (so ``--group`` invocations on different machines, or side by side on
 one, add up).  See ``README.md`` beside this file.
 """
@@ -35,6 +38,7 @@ from plan import (
     Preset,
     Run,
     Step,
+    TestSet,
     Work,
     evaluated_all,
     load_preset,
@@ -72,8 +76,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS of every step "
                    "(default: the preset's)")
     p.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"),
-                   help="where multi30k-PRESET.{json,md} go (default: benchmarks/results)")
+                   help="where NAME-PRESET.{json,md} go (default: benchmarks/results)")
+    p.add_argument("--data", help="a data directory made by `aiokd prepare` (any language "
+                   "pair) instead of Multi30k")
+    p.add_argument("--test-split", default="test",
+                   help="the split of the data directory to evaluate on (default: test)")
+    p.add_argument("--test-src", help="evaluate on this raw source file instead (with "
+                   "--test-ref)")
+    p.add_argument("--test-ref", help="the reference file of --test-src")
+    p.add_argument("--name", help="the benchmark's name, the stem of its results files "
+                   "(default: multi30k, or the --data directory's name; a test set other than "
+                   "the test split is added to it)")
     return p.parse_args(argv)
+
+
+def data_and_test(args: argparse.Namespace) -> tuple[Path | None, TestSet, str]:
+    """The given data directory, the test set and the benchmark's name, checked."""
+    data = Path(args.data) if args.data else None
+    if data is not None and not (data / "manifest.json").is_file():
+        raise SystemExit(f"run.py: --data {data}: not a data directory made by `aiokd "
+                         "prepare` (no manifest.json)")
+    if bool(args.test_src) != bool(args.test_ref):
+        raise SystemExit("run.py: --test-src and --test-ref go together")
+    files = None
+    if args.test_src:
+        files = (Path(args.test_src).resolve(), Path(args.test_ref).resolve())
+        for option, path in zip(("--test-src", "--test-ref"), files, strict=True):
+            if not path.is_file():
+                raise SystemExit(f"run.py: {option} {path}: no such file")
+    test = TestSet(args.test_split, files)
+    name = args.name or (data.resolve().name if data else "multi30k")
+    if test.key != "test" and not args.name:
+        name += f"-{test.key}"
+    return data, test, name
 
 
 def write_subset(preset: Preset, work: Work) -> None:
@@ -181,10 +216,16 @@ def device_name(results: dict[str, Any]) -> str:
     return f"CPU: {results['hardware']}, {os.cpu_count()} cores"
 
 
-def test_set_name(test: dict[str, Any]) -> str:
-    if "split" in test:
-        return f"Multi30k test_2016_flickr ({test['sentences']} sentences)"
-    return f"the first {test['sentences']} lines of Multi30k test_2016_flickr"
+def test_set_name(test: dict[str, Any], work: Work) -> str:
+    """The test set of an evaluation, in words (``test``: its ``test_set`` record)."""
+    if "ref" in test:
+        if work.test.files is None:
+            return f"the first {test['sentences']} lines of Multi30k test_2016_flickr"
+        return f"{Path(test['ref']).name} ({test['sentences']} sentences)"
+    if work.given_data is None:
+        split = "test_2016_flickr" if test["split"] == "test" else test["split"]
+        return f"Multi30k {split} ({test['sentences']} sentences)"
+    return f"{Path(test['data']).name}/{test['split']} ({test['sentences']} sentences)"
 
 
 def step_log(work: Work, key: str) -> Path:
@@ -194,7 +235,7 @@ def step_log(work: Work, key: str) -> Path:
 def run_record(run: Run, steps: list[Step], timings: Timings,
                work: Work) -> dict[str, Any] | None:
     """The record of a finished and evaluated run (see :mod:`report`), or None."""
-    path = run.path / "results.json"
+    path = run.results
     if not evaluated_all(path, run.students):
         return None
     results = json.loads(path.read_text())
@@ -207,7 +248,8 @@ def run_record(run: Run, steps: list[Step], timings: Timings,
         "extra_minutes": timings.minutes("distill-data") if run.system == "aiokd-seqkd" else 0.0,
         "evaluate_minutes": timings.minutes(f"evaluate:{run.name}"),
         "updates": updates_done(run.path), "device": device_name(results),
-        "signatures": results["signatures"], "test_set": test_set_name(results["test_set"]),
+        "signatures": results["signatures"],
+        "test_set": test_set_name(results["test_set"], work),
         "commands": [command_line(s) for s in steps if s.run == run.name],
         "code": code_versions(step_log(work, f"train:{run.name}")),
     }
@@ -216,16 +258,28 @@ def run_record(run: Run, steps: list[Step], timings: Timings,
     return record
 
 
+def languages(work: Work) -> tuple[str, str]:
+    """Source and target language of the data (Multi30k's before it is prepared)."""
+    manifest = work.data / "manifest.json"
+    if not manifest.is_file():
+        return "de", "en"
+    found = json.loads(manifest.read_text())
+    return found["src_lang"], found["tgt_lang"]
+
+
 def build_results(preset: Preset, runs: dict[str, dict[str, Any]], drivers: list[str],
-                  ) -> dict[str, Any]:
+                  name: str, work: Work) -> dict[str, Any]:
     """The results file: systems, teacher, targets and how they were obtained."""
     students = [s for s in CANDIDATES if any(s in r["bleu"] for r in runs.values())]
     systems = report.summarize(runs, students, CANDIDATES)
     teacher = runs.get(report.TEACHER_RUN)
     seeds = [o.split("=", 1)[1] for o in preset.overrides if o.startswith("train.seed=")]
     signatures = sorted({json.dumps(r["signatures"], sort_keys=True) for r in runs.values()})
+    src, tgt = languages(work)
     return {
-        "benchmark": "multi30k-de-en", "preset": preset.name,
+        "benchmark": f"{name}-{src}-{tgt}", "preset": preset.name,
+        "title": f"{'Multi30k' if name == 'multi30k' else name} "
+                 f"{src.capitalize()}->{tgt.capitalize()}",
         "device": "; ".join(sorted({r["device"] for r in runs.values()})),
         "test_set": "; ".join(sorted({r["test_set"] for r in runs.values()})),
         "sacrebleu_signature": json.loads(signatures[-1]) if signatures else {},
@@ -242,28 +296,28 @@ def build_results(preset: Preset, runs: dict[str, dict[str, Any]], drivers: list
 
 
 def write_results(preset: Preset, work: Work, steps: list[Step], timings: Timings,
-                  results_dir: Path, driver: str) -> dict[str, Any]:
-    """Merge this invocation's finished runs into the results file; write it and its report."""
+                  results_dir: Path, driver: str, name: str) -> dict[str, Any]:
+    """Merge this invocation's finished runs into ``RESULTS_DIR/NAME-PRESET.json``; write it
+    and its report."""
     with locked(work.root):
         timings.reload()
-        return _write_results(preset, work, steps, timings, results_dir, driver)
+        return _write_results(preset, work, steps, timings, results_dir, driver, name)
 
 
 def _write_results(preset: Preset, work: Work, steps: list[Step], timings: Timings,
-                   results_dir: Path, driver: str) -> dict[str, Any]:
-    stem = results_dir / f"multi30k-{preset.name}"
-    old = json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(
-        ".json").is_file() else {}
+                   results_dir: Path, driver: str, name: str) -> dict[str, Any]:
+    json_path, md_path = (results_dir / f"{name}-{preset.name}.{kind}" for kind in ("json", "md"))
+    old = json.loads(json_path.read_text()) if json_path.is_file() else {}
     runs = dict(old.get("runs", {}))
     for run in work.runs.values():
         record = run_record(run, steps, timings, work)
         if record:
             runs[run.name] = record
     drivers = [d for d in old.get("driver_commands", []) if d != driver] + [driver]
-    results = build_results(preset, runs, drivers)
+    results = build_results(preset, runs, drivers, name, work)
     results_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(stem.with_suffix(".json"), results)
-    atomic_write_bytes(stem.with_suffix(".md"), report.markdown(results).encode())
+    atomic_write_json(json_path, results)
+    atomic_write_bytes(md_path, report.markdown(results).encode())
     return results
 
 
@@ -277,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     students = args.students.split(",") if args.students else preset.students
     chosen = selection(preset, args.systems and args.systems.split(","), args.group,
                        sort_students(students))
-    work = Work(Path(args.out), preset)
+    data, test, name = data_and_test(args)
+    work = Work(Path(args.out), preset, data, test)
     steps = work.steps(chosen)
     work.root.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(work.root / ".gitignore", b"*\n")
@@ -285,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     driver = "python benchmarks/reproduce/run.py " + shlex.join(sys.argv[1:] if argv is None
                                                                  else argv)
     results_dir = Path(args.results_dir)
-    if preset.subset is not None:
+    if preset.subset is not None and data is None:
         write_subset(preset, work)
     for number, step in enumerate(steps, 1):
         where = f"[{number:>2}/{len(steps)}] {step.title}"
@@ -299,16 +354,16 @@ def main(argv: list[str] | None = None) -> int:
         if status:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
             print(f"{where}: failed (exit {status}); last lines of {log}:\n{tail}", flush=True)
-            write_results(preset, work, steps, timings, results_dir, driver)
+            write_results(preset, work, steps, timings, results_dir, driver, name)
             return status
         seconds = time.perf_counter() - started
         took = f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
         print(f"{where}: {took}", flush=True)
         if step.key.startswith("evaluate:"):
-            write_results(preset, work, steps, timings, results_dir, driver)
-    results = write_results(preset, work, steps, timings, results_dir, driver)
+            write_results(preset, work, steps, timings, results_dir, driver, name)
+    results = write_results(preset, work, steps, timings, results_dir, driver, name)
     print("\n" + report.summary(results))
-    print(f"\nwrote {results_dir / f'multi30k-{preset.name}'}.json and .md")
+    print(f"\nwrote {results_dir / f'{name}-{preset.name}'}.json and .md")
     return 0
 
 
