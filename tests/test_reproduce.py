@@ -21,8 +21,8 @@ sys.path.insert(0, str(DRIVER))
 import plan  # noqa: E402
 import report  # noqa: E402
 
-SYSTEMS = ("scratch", "word-kd", "aiokd", "aiokd-sandwich", "aiokd-no-dgd", "aiokd-no-ml",
-           "aiokd-one-stage", "aiokd-seqkd")
+SYSTEMS = ("scratch", "word-kd", "aiokd", "aiokd-sandwich", "aiokd-sandwich-kd1", "aiokd-no-dgd",
+           "aiokd-no-ml", "aiokd-one-stage", "aiokd-seqkd")
 
 
 def tiny_steps(tmp_path, systems=None, groups=(), preset="tiny"):
@@ -34,7 +34,7 @@ def tiny_steps(tmp_path, systems=None, groups=(), preset="tiny"):
 def test_every_train_command_is_a_valid_aiokd_train(tmp_path):
     p, steps = tiny_steps(tmp_path, systems=list(report.ORDER))
     trains = {s.key: s.args for s in steps if s.key.startswith("train:")}
-    assert len(trains) == 6 + 3 * 5  # 6 AIO-KD systems; 5 students x 3 separate systems
+    assert len(trains) == 7 + 3 * 5  # 7 AIO-KD systems; 5 students x 3 separate systems
     for key, args in trains.items():
         cfg = build_config(build_parser().parse_args(args))
         u = p.updates_per_stage
@@ -43,6 +43,8 @@ def test_every_train_command_is_a_valid_aiokd_train(tmp_path):
         assert cfg.train.patience == p.patience and cfg.train.validate_every == p.validate_every
         assert cfg.train.stages == ("1" if key == "train:aiokd-one-stage" else "both")
     assert build_config(build_parser().parse_args(trains["train:aiokd-sandwich"])).distill.sandwich
+    low_kd = build_config(build_parser().parse_args(trains["train:aiokd-sandwich-kd1"])).distill
+    assert low_kd.sandwich and low_kd.alpha == 1.0
     assert not build_config(build_parser().parse_args(trains["train:aiokd-no-dgd"])).distill.detach
 
 

@@ -32,6 +32,7 @@ DEFAULT_SYSTEMS = tuple(s for s in ORDER if s != "selective-kd")
 ABLATIONS = {
     "aiokd": [],
     "aiokd-sandwich": ["distill.sandwich=true"],
+    "aiokd-sandwich-kd1": ["distill.sandwich=true", "distill.alpha=1.0"],
     "aiokd-no-dgd": ["distill.detach=false"],
     "aiokd-no-ml": ["distill.ml_mode=none"],
     "aiokd-one-stage": ["train.stages=1"],
