@@ -88,6 +88,9 @@ def test_targets_are_computed_from_the_numbers():
                                                                  "aiokd-sandwich": []}
     assert found["every_student_vs_word_kd"]["met"] is True
     assert report.targets({"aiokd": systems["aiokd"]})["avg_vs_scratch"]["met"] is None
+    assert found["avg_vs_word_kd/aiokd-sandwich"]["met"] is True  # 25 >= 24.5 + 0.5
+    assert found["teacher_vs_scratch/aiokd-sandwich"]["value"] == 27.5  # its own 6-6
+    assert "avg_vs_scratch/aiokd-sandwich-kd1" not in found  # no results for it
 
 
 def test_cost_for_15_students_follows_the_layers():
