@@ -73,16 +73,16 @@ def _row_blocks(rows: int, vocab: int, block_bytes: int = 1 << 20) -> list[slice
     return [slice(start, start + step) for start in range(0, rows, step)]
 
 
-def _logsumexp_and_sum(logits: Tensor) -> tuple[Tensor, Tensor]:
-    """``lse_i = logsumexp_v x_iv`` and ``sum_v x_iv`` of ``(N, V)`` logits, each ``(N,)`` in
-    float32 at least, computed block by block (:func:`_row_blocks`)."""
-    x_dtype = _at_least_float32(logits[:0]).dtype
-    lse = logits.new_empty(logits.shape[0], dtype=x_dtype)
-    sums = torch.empty_like(lse)
+def _logsumexp(logits: Tensor, with_sums: bool = False) -> tuple[Tensor, Tensor | None]:
+    """``lse_i = logsumexp_v x_iv`` of ``(N, V)`` logits and, ``with_sums``, ``sum_v x_iv``, each
+    ``(N,)`` in float32 at least, computed block by block (:func:`_row_blocks`)."""
+    lse = logits.new_empty(logits.shape[0], dtype=torch.promote_types(logits.dtype, torch.float32))
+    sums = torch.empty_like(lse) if with_sums else None
     for rows in _row_blocks(*logits.shape):
         block = _at_least_float32(logits[rows])
         torch.logsumexp(block, dim=-1, out=lse[rows])
-        torch.sum(block, dim=-1, out=sums[rows])
+        if sums is not None:
+            torch.sum(block, dim=-1, out=sums[rows])
     return lse, sums
 
 
@@ -102,7 +102,7 @@ class _LabelSmoothedNLLFromLogits(torch.autograd.Function):
     def forward(ctx, logits: Tensor, target: Tensor, epsilon: float,
                 overwrite: bool) -> tuple[Tensor, Tensor]:
         vocab = logits.shape[-1]
-        lse, sums = _logsumexp_and_sum(logits)
+        lse, sums = _logsumexp(logits, with_sums=True)
         gold = _at_least_float32(logits.gather(-1, target[:, None]).squeeze(-1))
         nll_sum = (lse - gold).sum()
         smooth_sum = (vocab * lse - sums).sum()
@@ -150,7 +150,7 @@ def label_smoothed_nll_from_logits(logits: Tensor, target: Tensor, epsilon: floa
 def token_nll_from_logits(logits: Tensor, target: Tensor) -> Tensor:
     """``-log p(y_i) = logsumexp_v x_iv - x_iy`` per token from ``(N, V)`` logits, ``(N,)``,
     in float32 at least, without the ``(N, V)`` log-probabilities."""
-    lse, _ = _logsumexp_and_sum(logits)
+    lse, _ = _logsumexp(logits)
     return lse - _at_least_float32(logits.gather(-1, target[:, None]).squeeze(-1))
 
 
