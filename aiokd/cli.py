@@ -166,8 +166,20 @@ def _run_handler(spec: str, args: argparse.Namespace) -> int:
     return function(args) or 0
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, except that ``key=value`` overrides may stand anywhere among a
+    command's options (``... key=value --max-updates 5 key=value``), not only in one run."""
+    args, extra = parser.parse_known_args(argv)
+    overrides = [word for word in extra if "=" in word and not word.startswith("-")]
+    if extra and (overrides != extra or getattr(args, "overrides", None) is None):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     try:
         status = _run_handler(args.handler, args)
     except UserError as error:

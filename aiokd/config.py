@@ -169,6 +169,10 @@ class TrainConfig:
     """Tokens per validation batch (0: same as max_tokens)."""
     threads: int = 0
     """CPU threads for PyTorch (0: leave PyTorch's default)."""
+    compile: bool = False
+    """Compile every encoder and decoder layer with ``torch.compile`` (dynamic shapes) for
+    training and validation.  Whether it pays depends on the machine: ``benchmarks/speed.py
+    --compile`` measures it (on a 2-core CPU it makes a step slower)."""
 
     def __post_init__(self) -> None:
         self.adam_betas = tuple(self.adam_betas)

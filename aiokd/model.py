@@ -269,6 +269,13 @@ class Transformer(nn.Module):
     def teacher(self) -> Student:
         return (self.cfg.enc_layers, self.cfg.dec_layers)
 
+    def compile_layers(self) -> None:
+        """Run every encoder and decoder layer through ``torch.compile`` with dynamic shapes:
+        one graph for the encoder layers and one for the decoder layers, reused by every layer,
+        every student and every batch shape.  Parameter names are unchanged."""
+        for layer in [*self.encoder, *self.decoder]:
+            layer.compile(dynamic=True)
+
     def embed_tokens(self, tokens: Tensor, offset: int = 0) -> Tensor:
         """``sqrt(C) * E[tokens] + PE[offset + t]``, then dropout. ``(B, T)`` -> ``(B, T, C)``."""
         t = tokens.shape[1]

@@ -52,7 +52,7 @@ from aiokd.objective import Objective, validation_nll
 from aiokd.students import Student, parse_student, sample_students, student_name
 
 RESUMABLE_CHANGES = {"max_updates", "max_epochs", "patience", "validate_every", "save_every",
-                     "log_every", "threads", "max_bad_steps"}
+                     "log_every", "threads", "max_bad_steps", "compile"}
 """Training options that may differ when a run is resumed; any other change needs a new run."""
 
 
@@ -358,8 +358,12 @@ def _seed_update(cfg: Config, stage: int, update: int, rank: int) -> None:
 
 
 def build_model(cfg: Config, device: torch.device) -> Transformer:
+    """The seeded model on ``device``, its layers compiled if ``train.compile``."""
     torch.manual_seed(cfg.train.seed)
-    return Transformer(cfg.model).to(device)
+    model = Transformer(cfg.model).to(device)
+    if cfg.train.compile:
+        model.compile_layers()
+    return model
 
 
 def make_optimizer(model: Transformer, cfg: Config) -> torch.optim.AdamW:

@@ -51,7 +51,7 @@ from aiokd.data import ParallelSplit, load_manifest
 from aiokd.model import Transformer
 from aiokd.objective import Objective, validation_nll
 from aiokd.students import Student, parse_student, sample_students, student_name
-from aiokd.train import make_batch, make_optimizer, scale_and_clip_gradients
+from aiokd.train import build_model, make_batch, make_optimizer, scale_and_clip_gradients
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 """Precision name -> autocast dtype (``None``: no autocast)."""
@@ -275,15 +275,19 @@ def training_batches(split: ParallelSplit, max_tokens: int, count: int, seed: in
 
 @dataclass(frozen=True)
 class Variant:
-    """One way to train: ``scratch`` (the teacher alone) or AIO-KD at a stage with K students."""
+    """One way to train: ``scratch`` (the teacher alone) or AIO-KD at a stage with K students;
+    ``compiled``: with ``train.compile`` (the layers through ``torch.compile``)."""
 
     name: str
     method: str
     stage: int = 1
     k: int = 0
     reuse_prefix: bool = True
+    compiled: bool = False
 
     def config(self, preset: str, manifest: dict[str, Any], overrides: list[str]) -> Config:
+        if self.compiled:
+            overrides = [*overrides, "train.compile=true"]
         if self.method == "scratch":
             base = load_config(preset, overrides=overrides).model
             return bench_config(preset, manifest, overrides, method="scratch",
@@ -297,13 +301,18 @@ def headline_k(ks: list[int]) -> int:
     return 2 if 2 in ks else ks[0]
 
 
-def variants(ks: list[int]) -> list[Variant]:
-    """Teacher alone, stage 1 and stage 2 for every K, and stage 1 without prefix reuse."""
+def variants(ks: list[int], compiled: bool = False) -> list[Variant]:
+    """Teacher alone, stage 1 and stage 2 for every K, and stage 1 without prefix reuse; with
+    ``compiled`` also the teacher and stage 1 with their layers compiled."""
     found = [Variant("teacher", "scratch")]
     for stage in (1, 2):
         found += [Variant(f"stage{stage}_k{k}", "aiokd", stage, k) for k in ks]
     k = headline_k(ks)
-    return found + [Variant(f"stage1_k{k}_no_reuse", "aiokd", 1, k, reuse_prefix=False)]
+    found.append(Variant(f"stage1_k{k}_no_reuse", "aiokd", 1, k, reuse_prefix=False))
+    if compiled:
+        found += [Variant("teacher_compiled", "scratch", compiled=True),
+                  Variant(f"stage1_k{k}_compiled", "aiokd", 1, k, compiled=True)]
+    return found
 
 
 def sampled_students(cfg: Config, k: int, steps: int) -> list[list[Student]]:
@@ -322,9 +331,8 @@ class Trainer:
     the training loop does it (autocast forward, backward, gradient / tokens, clipping, Adam)."""
 
     def __init__(self, cfg: Config, device: torch.device, dtype: torch.dtype | None):
-        torch.manual_seed(cfg.train.seed)
         self.cfg, self.device, self.dtype = cfg, device, dtype
-        self.model = Transformer(cfg.model).to(device).train()
+        self.model = build_model(cfg, device).train()
         self.optimizer = make_optimizer(self.model, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.train.lr
@@ -344,25 +352,29 @@ def bench_training(variants: list[tuple[Variant, Config]], batches: list[Batch],
                    gemm_ceiling: float | None = None) -> dict[str, dict[str, Any]]:
     """Time training steps of every variant on the same ``batches``.
 
-    Each variant gets a fresh model and optimizer and makes ``warmup`` untimed steps; its peak
-    memory is measured over these (:class:`PeakMemory`: the weights, Adam's moments, and a
-    step's gradients and activations).  Then, for each batch ``i`` in turn, every variant makes
-    one timed step on it with the sampler's students of step ``i``; interleaving the variants
-    so spreads a slow spell of a shared machine over all of them.
+    Each variant gets a fresh model and optimizer and makes ``warmup`` untimed steps (a compiled
+    one at least one on each batch, so that no timed step compiles); its peak memory is measured
+    over these (:class:`PeakMemory`: the weights, Adam's moments, and a step's gradients and
+    activations) and their time is ``warmup_s``.  Then, for each batch ``i`` in turn, every
+    variant makes one timed step on it with the sampler's students of step ``i``; interleaving
+    the variants so spreads a slow spell of a shared machine over all of them.
 
-    Returns, per variant name: the median step time, target tokens per second over the timed
-    steps, the analytic FLOPs per step (mean), the achieved FLOP/s and its fraction of
-    ``gemm_ceiling``, and the peak memory in MiB.
+    Returns, per variant name: the median step time, the warm-up time, target tokens per second
+    over the timed steps, the analytic FLOPs per step (mean), the achieved FLOP/s and its
+    fraction of ``gemm_ceiling``, and the peak memory in MiB.
     """
     runs = len(batches)
-    trainers, students, memory = {}, {}, {}
+    trainers, students, memory, warmup_s = {}, {}, {}, {}
     for variant, cfg in variants:
+        steps = max(warmup, runs) if cfg.train.compile else warmup
+        started = time.perf_counter()
         with PeakMemory(device) as peak:
             trainer = Trainer(cfg, device, dtype)
             chosen = sampled_students(cfg, variant.k, runs)
-            for i in range(warmup):
+            for i in range(steps):
                 trainer.step(batches[i % runs], chosen[i % runs], variant.stage)
         trainers[variant], students[variant], memory[variant] = trainer, chosen, peak.peak
+        warmup_s[variant] = time.perf_counter() - started
     times: dict[Variant, list[float]] = {variant: [] for variant, _ in variants}
     for i, batch in enumerate(batches):
         for variant, _ in variants:
@@ -377,7 +389,8 @@ def bench_training(variants: list[tuple[Variant, Config]], batches: list[Batch],
         achieved = sum(flops) / sum(times[variant])
         found[variant.name] = {
             "method": variant.method, "stage": variant.stage, "k": variant.k,
-            "reuse_prefix": variant.reuse_prefix,
+            "reuse_prefix": variant.reuse_prefix, "compiled": variant.compiled,
+            "warmup_s": warmup_s[variant],
             "students": [[student_name(s) for s in chosen] for chosen in students[variant]],
             "step_s_median": statistics.median(times[variant]), "step_s": times[variant],
             "tokens_per_s": tokens / sum(times[variant]), "tokens_per_step": tokens / runs,
@@ -656,6 +669,7 @@ class Plan:
     batch1_sentences: int
     decode_students: list[str]
     fairseq_updates: int
+    compiled: bool = False
 
 
 def bench_preset(preset: str, data_dir: Path, overrides: list[str], plan: Plan,
@@ -672,7 +686,7 @@ def bench_preset(preset: str, data_dir: Path, overrides: list[str], plan: Plan,
             cache[variant] = variant.config(preset, manifest, overrides)
         return cache[variant]
 
-    all_variants = variants(plan.ks)
+    all_variants = variants(plan.ks, plan.compiled)
     base = make_cfg(all_variants[1])
     model = Transformer(base.model)
     batches = training_batches(train_split, base.train.max_tokens, plan.runs, base.train.seed,
@@ -825,7 +839,7 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"[{preset}, {precision}] training, {entry['parameters'] / 1e6:.1f}M "
                          f"parameters, max_tokens {entry['max_tokens']}")
             lines.append(f"{'variant':<22}{'step ms':>9}{'tok/s':>9}{'x teacher':>10}"
-                         f"{'GFLOP/s':>9}{'% GEMM':>8}{'peak MiB':>10}")
+                         f"{'GFLOP/s':>9}{'% GEMM':>8}{'peak MiB':>10}{'warm-up s':>11}")
             for name, row in figures["training"].items():
                 ratio = figures["ratios"].get(f"{name}_vs_teacher", 1.0)
                 fraction = row["fraction_of_gemm_ceiling"]
@@ -833,7 +847,7 @@ def format_report(report: dict[str, Any]) -> str:
                     f"{name:<22}{row['step_s_median'] * 1e3:>9.0f}{row['tokens_per_s']:>9.0f}"
                     f"{ratio:>10.2f}{row['achieved_flops_per_s'] / 1e9:>9.1f}"
                     f"{_fmt(fraction and 100 * fraction, '.0f'):>8}"
-                    f"{_fmt(row['peak_memory_mb'], '.0f'):>10}")
+                    f"{_fmt(row['peak_memory_mb'], '.0f'):>10}{row['warmup_s']:>11.1f}")
             if "validation" in figures:
                 v = figures["validation"]
                 lines.append(f"validation ({v['batches']} batches): teacher "
@@ -931,6 +945,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target-length bucket edges of the scaling sweep (default: 10,20,30)")
     p.add_argument("--skip", default="",
                    help="comma-separated sections to leave out: validation, scaling, decoding")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the teacher and stage 1 with train.compile=true (every layer "
+                   "through torch.compile), after warm-up steps on every timed batch")
     p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides for every variant, e.g. train.max_tokens=2048")
     p.add_argument("--model", default=None,
@@ -971,6 +988,7 @@ def make_plan(args: argparse.Namespace, skip: set[str]) -> Plan:
         batch1_sentences=args.batch1_sentences or (8 if quick else 32),
         decode_students=(["teacher"] if quick else ["teacher", "2-2", "4-2", "6-2"]),
         fairseq_updates=args.fairseq_updates or (5 if quick else 12),
+        compiled=args.compile,
     )
 
 

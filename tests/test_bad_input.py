@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import aiokd.train
-from aiokd.cli import build_parser
+from aiokd.cli import build_parser, parse_args
 from aiokd.cli import main as cli_main
 from aiokd.config import load_config, parse_override
 from aiokd.data import load_manifest
@@ -242,6 +242,24 @@ def test_train_refuses_unreadable_yaml(tmp_path, tiny_data_dir, capsys, make):
 def test_train_refuses_bad_flags(tmp_path, tiny_data_dir, capsys, argv, names):
     out = tmp_path / "run"
     assert_refused(train_argv(tiny_data_dir, out, *argv), capsys, *names, out=out)
+
+
+def test_overrides_may_stand_among_the_options():
+    args = parse_args(build_parser(), ["train", "--data", "D", "--out", "R", "train.lr=1e-3",
+                                       "--max-updates", "5", "model.dropout=0.2"])
+    assert args.overrides == ["train.lr=1e-3", "model.dropout=0.2"]
+    assert args.max_updates == 5
+
+
+@pytest.mark.parametrize("argv, names", [
+    (["train", "--data", "D", "--out", "R", "a.b=1", "--bogus"], ["--bogus"]),
+    (["train", "--data", "D", "--out", "R", "a.b=1", "--max-updates", "2", "stray"], ["stray"]),
+    (["translate", "--model", "M", "train.lr=1e-3"], ["train.lr=1e-3"]),
+])
+def test_unknown_arguments_are_refused(capsys, argv, names):
+    status, _, stderr = run_cli(argv, capsys)
+    assert status == 2 and "Traceback" not in stderr
+    assert "unrecognized arguments" in stderr and all(name in stderr for name in names)
 
 
 @pytest.mark.slow

@@ -41,7 +41,7 @@ def test_quick_run_writes_every_headline_figure(tiny_data_dir, tmp_path, one_thr
     report = speed.main([
         "--quick", "--preset", "tiny", "--data", str(tiny_data_dir), "--runs", "1",
         "--warmup", "1", "--scaling-tokens", "256", "--length-edges", "6", "--threads", "1",
-        "--skip", "decoding", "--json", str(out), "--set", *TINY,
+        "--skip", "decoding", "--compile", "--json", str(out), "--set", *TINY,
     ])
     saved = json.loads(out.read_text())
     assert saved["command"] == report["command"]
@@ -54,7 +54,10 @@ def test_quick_run_writes_every_headline_figure(tiny_data_dir, tmp_path, one_thr
     assert saved["runs"] == 1
     figures = saved["presets"]["tiny"]["precisions"]["float32"]
     assert set(figures["training"]) == {"teacher", "stage1_k2", "stage2_k2",
-                                        "stage1_k2_no_reuse"}
+                                        "stage1_k2_no_reuse", "teacher_compiled",
+                                        "stage1_k2_compiled"}
+    assert [name for name, row in figures["training"].items() if row["compiled"]] == [
+        "teacher_compiled", "stage1_k2_compiled"]
     for row in figures["training"].values():
         assert _positive(row["tokens_per_s"]) and _positive(row["achieved_flops_per_s"])
         assert row["peak_memory_mb"] is None or row["peak_memory_mb"] >= 0

@@ -145,8 +145,9 @@ def test_resumable_changes_are_the_only_allowed_ones(tmp_path):
     saved = load_config("tiny")
     for key in sorted(RESUMABLE_CHANGES):
         value = getattr(saved.train, key)
+        other = (not value) if isinstance(value, bool) else value + 1
         changed = dataclasses.replace(saved, train=dataclasses.replace(saved.train,
-                                                                       **{key: value + 1}))
+                                                                       **{key: other}))
         _check_same_settings(saved, changed, tmp_path)
     for override in ("train.lr=1e-3", "model.dropout=0.2", "distill.alpha=1", "train.seed=2"):
         with pytest.raises(UserError, match=override.split("=")[0].replace(".", r"\.")):

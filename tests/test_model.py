@@ -77,3 +77,29 @@ def test_validation_nll_is_each_students_own_token_nll(reuse_prefix):
         F.cross_entropy(model(src, prev_tgt, *student)[mask], target[mask], reduction="sum")
         for student in students])
     assert torch.allclose(found, expected, rtol=1e-5)
+
+
+def test_compiled_layers_give_the_eager_logits_and_gradients():
+    """``compile_layers`` changes how the layers run, not what they compute or are named."""
+    cfg = load_config("tiny", overrides=[*TINY_MODEL, "model.vocab_size=50", "model.dropout=0.0",
+                                         "model.attention_dropout=0.0",
+                                         "model.activation_dropout=0.0"]).model
+    torch.manual_seed(0)
+    eager = Transformer(cfg).train()
+    compiled = Transformer(cfg).train()
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile_layers()
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    students = [(3, 3), (2, 1), (1, 1)]
+    for batch, src_len, tgt_len in [(3, 7, 5), (4, 6, 9)]:  # two shapes: no recompile needed
+        src = torch.randint(4, cfg.vocab_size, (batch, src_len))
+        prev_tgt = torch.randint(4, cfg.vocab_size, (batch, tgt_len))
+        logits = {}
+        for model in (eager, compiled):
+            model.zero_grad()
+            logits[model] = model.forward_students(src, prev_tgt, students)
+            sum(out.square().mean() for out in logits[model].values()).backward()
+        for student in students:
+            torch.testing.assert_close(logits[compiled][student], logits[eager][student])
+        for expected, found in zip(eager.parameters(), compiled.parameters(), strict=True):
+            torch.testing.assert_close(found.grad, expected.grad, rtol=1e-4, atol=1e-6)

@@ -90,6 +90,12 @@ def test_stage_one_alone(tmp_path, tiny_data_dir):
     assert (out / "model.safetensors").is_file()
 
 
+def test_training_with_compiled_layers(tmp_path, tiny_data_dir):
+    out = tmp_path / "compiled"
+    train(tiny_data_dir, out, "--max-updates", "2", "--stage", "1", "train.compile=true")
+    assert load_model_files(out).model.teacher == (3, 3)
+
+
 @pytest.mark.parametrize("method", ["scratch", "word-kd", "selective-kd"])
 def test_baselines_train_one_student(tmp_path, tiny_data_dir, aiokd_run, method):
     teacher, _ = aiokd_run
