@@ -1,13 +1,10 @@
-"""The terms of the AIO-KD objective, each with its equation.
+"""Cross-entropy and KL terms, each with its equation, for the single-student methods, validation
+and :mod:`aiokd.aiokd_loss`.
 
-All functions take log-probabilities ``(N, V)`` in float32 over the ``N`` non-pad target tokens of a
-batch and return sums over those tokens (the caller divides by the token count).  Every
-Kullback-Leibler term is computed from log-probabilities (``log_softmax``), never from
-``log(softmax(x))``, which underflows to ``-inf`` in half precision.
-
-The weights decided from cross-entropy ratios (dynamic gradient detaching, the better student of a
-pair) are 0-dim tensors used inside the graph, so the step never waits for the device to report a
-number.
+The functions take log-probabilities (or logits, where the name says so) ``(N, V)`` over the ``N``
+non-pad target tokens of a batch and return sums over those tokens (the caller divides by the
+token count).  Every Kullback-Leibler term is computed from log-probabilities (``log_softmax``),
+never from ``log(softmax(x))``, which underflows to ``-inf`` in half precision.
 """
 
 from __future__ import annotations
@@ -60,12 +57,12 @@ def label_smoothed_nll(lprobs: Tensor, target: Tensor, epsilon: float) -> tuple[
     return _LabelSmoothedNLL.apply(lprobs, target, epsilon)
 
 
-def _at_least_float32(x: Tensor) -> Tensor:
+def at_least_float32(x: Tensor) -> Tensor:
     """``x`` in float32 if it is in a half-precision type, else as it is."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def _row_blocks(rows: int, vocab: int, block_bytes: int = 1 << 20) -> list[slice]:
+def row_blocks(rows: int, vocab: int, block_bytes: int = 1 << 20) -> list[slice]:
     """Consecutive blocks of the ``rows`` of an ``(N, V)`` float32 table, each about
     ``block_bytes`` (at least one row): a full-vocabulary temporary of one block stays in the
     cache instead of costing a fresh ``(N, V)`` allocation."""
@@ -75,11 +72,11 @@ def _row_blocks(rows: int, vocab: int, block_bytes: int = 1 << 20) -> list[slice
 
 def _logsumexp(logits: Tensor, with_sums: bool = False) -> tuple[Tensor, Tensor | None]:
     """``lse_i = logsumexp_v x_iv`` of ``(N, V)`` logits and, ``with_sums``, ``sum_v x_iv``, each
-    ``(N,)`` in float32 at least, computed block by block (:func:`_row_blocks`)."""
+    ``(N,)`` in float32 at least, computed block by block (:func:`row_blocks`)."""
     lse = logits.new_empty(logits.shape[0], dtype=torch.promote_types(logits.dtype, torch.float32))
     sums = torch.empty_like(lse) if with_sums else None
-    for rows in _row_blocks(*logits.shape):
-        block = _at_least_float32(logits[rows])
+    for rows in row_blocks(*logits.shape):
+        block = at_least_float32(logits[rows])
         torch.logsumexp(block, dim=-1, out=lse[rows])
         if sums is not None:
             torch.sum(block, dim=-1, out=sums[rows])
@@ -103,7 +100,7 @@ class _LabelSmoothedNLLFromLogits(torch.autograd.Function):
                 overwrite: bool) -> tuple[Tensor, Tensor]:
         vocab = logits.shape[-1]
         lse, sums = _logsumexp(logits, with_sums=True)
-        gold = _at_least_float32(logits.gather(-1, target[:, None]).squeeze(-1))
+        gold = at_least_float32(logits.gather(-1, target[:, None]).squeeze(-1))
         nll_sum = (lse - gold).sum()
         smooth_sum = (vocab * lse - sums).sum()
         eps_i = epsilon / (vocab - 1)
@@ -117,8 +114,8 @@ class _LabelSmoothedNLLFromLogits(torch.autograd.Function):
         logits, target, lse = ctx.saved_tensors
         on_target, everywhere = ctx.coefficients
         logits_grad = logits if ctx.overwrite else torch.empty_like(logits)
-        for rows in _row_blocks(*logits.shape):
-            x, out = _at_least_float32(logits[rows]), logits_grad[rows]
+        for rows in row_blocks(*logits.shape):
+            x, out = at_least_float32(logits[rows]), logits_grad[rows]
             # float32: exp(x - lse) straight into the output block; else in the float32 copy
             p = torch.sub(x, lse[rows, None], out=out if x.dtype == out.dtype else x)
             p.exp_().sub_(everywhere).mul_(grad)
@@ -151,7 +148,7 @@ def token_nll_from_logits(logits: Tensor, target: Tensor) -> Tensor:
     """``-log p(y_i) = logsumexp_v x_iv - x_iy`` per token from ``(N, V)`` logits, ``(N,)``,
     in float32 at least, without the ``(N, V)`` log-probabilities."""
     lse, _ = _logsumexp(logits)
-    return lse - _at_least_float32(logits.gather(-1, target[:, None]).squeeze(-1))
+    return lse - at_least_float32(logits.gather(-1, target[:, None]).squeeze(-1))
 
 
 def token_nll_from_hidden(hidden: Tensor, project: Callable[[Tensor], Tensor], target: Tensor,
@@ -160,7 +157,7 @@ def token_nll_from_hidden(hidden: Tensor, project: Callable[[Tensor], Tensor], t
     ``hidden (N, C)`` are projected to their ``(n, V)`` logits by ``project`` a block of rows at a
     time (about 8 MB of logits each), so that no ``(N, V)`` tensor is made."""
     return torch.cat([token_nll_from_logits(project(hidden[rows]), target[rows])
-                      for rows in _row_blocks(len(hidden), vocab, block_bytes=8 << 20)])
+                      for rows in row_blocks(len(hidden), vocab, block_bytes=8 << 20)])
 
 
 def token_nll(lprobs: Tensor, target: Tensor) -> Tensor:
@@ -187,129 +184,6 @@ def detaching_gates(student_ce: Tensor, teacher_ce: Tensor, eta: float) -> Tenso
     distribution towards itself; a good one may teach the teacher too.
     """
     return (student_ce <= eta * teacher_ce).float()
-
-
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """``sum(a * b)`` over all elements without building ``a * b``."""
-    return torch.dot(a.reshape(-1), b.reshape(-1))
-
-
-class _WordKD(torch.autograd.Function):
-    """``(1/K) sum_k KL(P_T || P_k)`` with the teacher's gradient of term ``k`` scaled by
-    ``gates[k]``; the backward pass is written out so that no ``(N, V)`` tensor is built per
-    term in the forward pass.
-
-    With ``p = exp(t)`` the teacher's probabilities and ``s_k`` the students' log-probabilities:
-
-        L        = <p, t> - (1/K) sum_k <p, s_k>
-        dL/ds_k  = -(1/K) p
-        dL/dt    = p * (g_mean * (t + 1) - (1/K) sum_k g_k s_k)       (gated teacher side)
-    """
-
-    @staticmethod
-    def forward(ctx, gates: Tensor, teacher: Tensor, *students: Tensor) -> Tensor:
-        probs = teacher.exp()
-        k = len(students)
-        value = _dot(probs, teacher) - sum(_dot(probs, s) for s in students) / k
-        ctx.save_for_backward(gates, teacher, probs, *students)
-        return value
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        gates, teacher, probs, *students = ctx.saved_tensors
-        k = len(students)
-        student_grads = [None] * k
-        student_grad = probs * (-grad / k)
-        for i in range(k):
-            if ctx.needs_input_grad[2 + i]:
-                student_grads[i] = student_grad
-        teacher_grad = None
-        if ctx.needs_input_grad[1]:
-            weights = gates * (grad / k)
-            teacher_grad = (teacher + 1.0).mul_(gates.mean() * grad)
-            for i, s in enumerate(students):
-                teacher_grad.addcmul_(s, weights[i], value=-1.0)
-            teacher_grad.mul_(probs)
-        return None, teacher_grad, *student_grads
-
-
-def word_kd(teacher_lprobs: Tensor, student_lprobs: list[Tensor], gates: Tensor) -> Tensor:
-    """``L_kd = (1/K) sum_k KL(P_T || P_Sk)``, the teacher's side gated by ``gates (K,)``.
-
-    The student side always receives gradient; the teacher side of term ``k`` receives
-    ``gates[k]`` times its gradient (0: detached, as dynamic gradient detaching decides).
-    Args: ``teacher_lprobs (N, V)``, each of ``student_lprobs (N, V)``. Returns the sum over the
-    ``N`` tokens.
-    """
-    return _WordKD.apply(gates, teacher_lprobs, *student_lprobs)
-
-
-class _PairKL(torch.autograd.Function):
-    """``w_ij KL(P_i || P_j) + w_ji KL(P_j || P_i)``, the target side of each term's gradient
-    scaled by ``g_i`` / ``g_j``.  With ``d = log P_i - log P_j``:
-
-        L      = <w_ij p_i - w_ji p_j, d>
-        dL/dlog P_i = w_ij g_i p_i (d + 1) - w_ji p_j
-        dL/dlog P_j = w_ji g_j p_j (1 - d) - w_ij p_i
-    """
-
-    @staticmethod
-    def forward(ctx, weights: Tensor, lp_i: Tensor, lp_j: Tensor) -> Tensor:
-        w_ij, w_ji = weights[0], weights[1]
-        p_i, p_j, d = lp_i.exp(), lp_j.exp(), lp_i - lp_j
-        ctx.save_for_backward(weights, p_i, p_j, d)
-        return w_ij * _dot(p_i, d) - w_ji * _dot(p_j, d)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        weights, p_i, p_j, d = ctx.saved_tensors
-        w_ij, w_ji, g_i, g_j = weights
-        w_ij, w_ji = w_ij * grad, w_ji * grad
-        grad_i = (d + 1.0).mul_(p_i).mul_(w_ij * g_i).addcmul_(p_j, w_ji, value=-1.0)
-        grad_j = (1.0 - d).mul_(p_j).mul_(w_ji * g_j).addcmul_(p_i, w_ij, value=-1.0)
-        return None, grad_i, grad_j
-
-
-def pair_kl(lp_i: Tensor, lp_j: Tensor, w_ij: Tensor, w_ji: Tensor, g_i: Tensor,
-            g_j: Tensor) -> Tensor:
-    """``w_ij KL(P_i || P_j) + w_ji KL(P_j || P_i)`` summed over tokens; ``g_i``/``g_j`` scale the
-    gradient that reaches the target side of each term (1: kept, 0: detached). All weights are
-    0-dim tensors."""
-    return _PairKL.apply(torch.stack([w_ij, w_ji, g_i, g_j]).float(), lp_i, lp_j)
-
-
-def mutual_learning(student_lprobs: list[Tensor], student_ce: Tensor, mode: str,
-                    eta: float) -> Tensor:
-    """``L_ml``: KL between every pair of sampled students, averaged over the K(K-1)/2 pairs.
-
-    Modes (those of the reference implementation):
-        ``no_weight``: the student with the lower CE is the target, ``KL(P_better || P_worse)``,
-            both sides receive gradient (the paper's setting).
-        ``full``: ``KL(P_i || P_j) + KL(P_j || P_i)``.
-        ``detaching``: as ``no_weight``, the better side detached when
-            ``CE_worse / CE_better >= eta``.
-        ``none``: 0.
-
-    Which student is better is a 0-dim weight ``w = 1[CE_i <= CE_j]`` in the graph, so the step
-    does not wait on the device: ``w KL(P_i || P_j) + (1 - w) KL(P_j || P_i)``.
-    """
-    k = len(student_lprobs)
-    total = student_ce.new_zeros(())
-    if mode == "none" or k < 2:
-        return total
-    one = student_ce.new_ones(())
-    for i in range(k):
-        for j in range(i + 1, k):
-            ce_i, ce_j = student_ce[i], student_ce[j]
-            if mode == "full":
-                weights = (one, one, one, one)
-            else:
-                i_better = (ce_i <= ce_j).float()
-                gate_i = (ce_j < eta * ce_i).float() if mode == "detaching" else one
-                gate_j = (ce_i < eta * ce_j).float() if mode == "detaching" else one
-                weights = (i_better, 1.0 - i_better, gate_i, gate_j)
-            total = total + pair_kl(student_lprobs[i], student_lprobs[j], *weights)
-    return total / (k * (k - 1) / 2)
 
 
 def selective_kd_mask(student_nll: Tensor, ratio: float) -> Tensor:

@@ -22,17 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aiokd.aiokd_loss import LossSettings, aiokd_loss
 from aiokd.config import Config
 from aiokd.losses import (
-    detaching_gates,
     kl_divergence,
     label_smoothed_nll,
     label_smoothed_nll_from_logits,
-    mutual_learning,
     selective_kd_mask,
     token_nll,
     token_nll_from_hidden,
-    word_kd,
 )
 from aiokd.model import Transformer
 from aiokd.students import Student
@@ -77,27 +75,19 @@ class Objective(nn.Module):
         return self._single_student(src, prev_tgt, mask, gold)
 
     def _aiokd(self, src, prev_tgt, mask, gold, students, stage):
-        d, eps = self.cfg.distill, self.cfg.train.label_smoothing
+        d = self.cfg.distill
         teacher = self.model.teacher
         logits = self.model.forward_students(src, prev_tgt, [teacher, *students],
                                              reuse_prefix=d.reuse_prefix, select=mask)
-        lprobs = {s: log_probs(x) for s, x in logits.items()}
-        teacher_ce, teacher_nll = label_smoothed_nll(lprobs[teacher], gold, eps)
-        student_lprobs = [lprobs[s] for s in students]
-        student_ce = torch.stack([label_smoothed_nll(lp, gold, eps)[0] for lp in student_lprobs])
-        if d.detach:
-            gates = detaching_gates(student_ce.detach(), teacher_ce.detach(), d.eta)
-        else:
-            gates = torch.ones_like(student_ce)
-        kd = word_kd(lprobs[teacher], student_lprobs, gates)
-        loss = teacher_ce + student_ce.sum() + d.alpha * kd
-        ml = torch.zeros((), device=loss.device)
-        if stage == 2 and d.beta > 0:
-            ml = mutual_learning(student_lprobs, student_ce.detach(), d.ml_mode, d.eta)
-            loss = loss + d.beta * ml
-        stats = {"nll": teacher_nll, "ce": teacher_ce, "student_ce": student_ce.sum(), "kd": kd,
-                 "ml": ml, "detached": (1.0 - gates).sum()}
-        return loss, {key: value.detach() for key, value in stats.items()}
+        settings = LossSettings(epsilon=self.cfg.train.label_smoothing, alpha=d.alpha,
+                                beta=d.beta if stage == 2 else 0.0, eta=d.eta, detach=d.detach,
+                                ml_mode=d.ml_mode)
+        # The projections' outputs feed this loss alone: their gradient may overwrite them.
+        terms = aiokd_loss(logits[teacher], [logits[s] for s in students], gold, settings,
+                           overwrite=True)
+        stats = {"nll": terms.teacher_nll, "ce": terms.ce[0], "student_ce": terms.ce[1:].sum(),
+                 "kd": terms.kd, "ml": terms.ml, "detached": (1.0 - terms.gates).sum()}
+        return terms.loss, stats
 
     def _single_student(self, src, prev_tgt, mask, gold):
         d, eps = self.cfg.distill, self.cfg.train.label_smoothing

@@ -1,6 +1,5 @@
 """Each term of the AIO-KD objective against a direct computation on tiny tensors."""
 
-import itertools
 
 import pytest
 import torch
@@ -12,13 +11,10 @@ from aiokd.losses import (
     kl_divergence,
     label_smoothed_nll,
     label_smoothed_nll_from_logits,
-    mutual_learning,
-    pair_kl,
     selective_kd_mask,
     token_nll,
     token_nll_from_hidden,
     token_nll_from_logits,
-    word_kd,
 )
 from aiokd.model import Transformer
 from aiokd.objective import Objective
@@ -153,95 +149,10 @@ def test_kl_divergence_matches_definition():
     assert torch.allclose(got, direct_kl(p, q))
 
 
-def _grads(fn, *tensors):
-    tensors = [t.clone().requires_grad_(True) for t in tensors]
-    value = fn(*tensors)
-    if value.requires_grad:
-        value.backward()
-    return [torch.zeros_like(t) if t.grad is None else t.grad for t in tensors]
-
-
-@pytest.mark.parametrize("gates", [(1.0, 1.0), (0.0, 1.0), (1.0, 0.0), (0.0, 0.0)])
-def test_word_kd_value_and_gated_gradients(gates):
-    torch.manual_seed(1)
-    t, s1, s2 = torch.randn(6, 11), torch.randn(6, 11), torch.randn(6, 11)
-    g = torch.tensor(gates)
-
-    def ours(t, s1, s2):
-        lp = [F.log_softmax(x, -1) for x in (t, s1, s2)]
-        return word_kd(lp[0], lp[1:], g)
-
-    def direct(t, s1, s2):
-        # Detaching = the teacher side of term k is a constant when gate k is 0.
-        t1 = t if gates[0] else t.detach()
-        t2 = t if gates[1] else t.detach()
-        return (direct_kl(t1, s1) + direct_kl(t2, s2)) / 2
-
-    assert torch.allclose(ours(t, s1, s2), direct(t, s1, s2))
-    for a, b in zip(_grads(ours, t, s1, s2), _grads(direct, t, s1, s2), strict=True):
-        assert torch.allclose(a, b, atol=1e-10)
-
-
-def test_teacher_gets_kd_gradient_exactly_when_ratio_at_most_eta():
-    eta = 1.1
+def test_detaching_gates_open_exactly_when_the_ratio_is_at_most_eta():
     teacher_ce = torch.tensor(10.0)
-    for student_ce, expect_gradient in [(10.9, True), (11.0, True), (11.2, False), (30.0, False),
-                                        (5.0, True)]:
-        gates = detaching_gates(torch.tensor([student_ce]), teacher_ce, eta)
-        t = torch.randn(3, 5, requires_grad=True)
-        s = torch.randn(3, 5, requires_grad=True)
-        word_kd(F.log_softmax(t, -1), [F.log_softmax(s, -1)], gates).backward()
-        assert (t.grad.abs().sum() > 0) == expect_gradient, student_ce
-        assert s.grad.abs().sum() > 0
-
-
-@pytest.mark.parametrize("weights", list(itertools.product([0.0, 1.0], repeat=4)))
-def test_pair_kl_value_and_gradients(weights):
-    torch.manual_seed(2)
-    a, b = torch.randn(4, 8), torch.randn(4, 8)
-    w_ij, w_ji, g_i, g_j = (torch.tensor(w) for w in weights)
-
-    def ours(a, b):
-        return pair_kl(F.log_softmax(a, -1), F.log_softmax(b, -1), w_ij, w_ji, g_i, g_j)
-
-    def direct(a, b):
-        a_target = a if weights[2] else a.detach()
-        b_target = b if weights[3] else b.detach()
-        return weights[0] * direct_kl(a_target, b) + weights[1] * direct_kl(b_target, a)
-
-    assert torch.allclose(ours(a, b), direct(a, b))
-    for x, y in zip(_grads(ours, a, b), _grads(direct, a, b), strict=True):
-        assert torch.allclose(x, y, atol=1e-10)
-
-
-@pytest.mark.parametrize("mode", ["none", "no_weight", "full", "detaching"])
-def test_mutual_learning_modes(mode):
-    torch.manual_seed(3)
-    logits = [torch.randn(5, 6) for _ in range(3)]
-    ce = torch.tensor([4.0, 3.0, 5.0])
-    eta = 1.3
-
-    def ours(*xs):
-        return mutual_learning([F.log_softmax(x, -1) for x in xs], ce, mode, eta)
-
-    def direct(*xs):
-        if mode == "none":
-            return torch.zeros(())
-        total = 0
-        for i, j in itertools.combinations(range(3), 2):
-            if mode == "full":
-                total = total + direct_kl(xs[i], xs[j]) + direct_kl(xs[j], xs[i])
-                continue
-            better, worse = (i, j) if ce[i] <= ce[j] else (j, i)
-            target = xs[better]
-            if mode == "detaching" and ce[worse] / ce[better] >= eta:
-                target = target.detach()
-            total = total + direct_kl(target, xs[worse])
-        return total / 3
-
-    assert torch.allclose(ours(*logits), direct(*logits))
-    for x, y in zip(_grads(ours, *logits), _grads(direct, *logits), strict=True):
-        assert torch.allclose(x, y, atol=1e-10)
+    student_ce = torch.tensor([10.9, 11.0, 11.2, 30.0, 5.0])
+    assert detaching_gates(student_ce, teacher_ce, 1.1).tolist() == [1, 1, 0, 0, 1]
 
 
 def test_selective_kd_mask_keeps_hardest_tokens():

@@ -10,9 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from aiokd.aiokd_loss import LossSettings, aiokd_loss
 from aiokd.checkpoint import read_checkpoint
 from aiokd.cli import main as cli_main
-from aiokd.losses import kl_divergence, label_smoothed_nll, mutual_learning, word_kd
+from aiokd.losses import kl_divergence
 from aiokd.model import Transformer
 from aiokd.objective import Objective, log_probs
 from tests.conftest import TINY_MODEL
@@ -127,17 +128,13 @@ def test_kl_terms_are_finite_on_extreme_half_precision_logits(dtype):
     assert not torch.isfinite(naive_kl(teacher_logits, student_logits[0]))  # what is avoided
 
     teacher = log_probs(teacher_logits)
-    students = [log_probs(x) for x in student_logits]
     assert teacher.dtype == torch.float32
     gold = torch.randint(0, 50, (6,), generator=torch.Generator().manual_seed(4))
-    ce = torch.stack([label_smoothed_nll(s, gold, 0.1)[0] for s in students])
-    terms = {
-        "kl": kl_divergence(teacher, students[0]),
-        "word_kd": word_kd(teacher, students, torch.tensor([1.0, 0.0, 1.0])),
-        "ml_no_weight": mutual_learning(students, ce.detach(), "no_weight", 1.1),
-        "ml_full": mutual_learning(students, ce.detach(), "full", 1.1),
-        "ml_detaching": mutual_learning(students, ce.detach(), "detaching", 1.1),
-    }
+    terms = {"kl": kl_divergence(teacher, log_probs(student_logits[0]))}
+    for mode in ("no_weight", "full", "detaching"):
+        found = aiokd_loss(teacher_logits, student_logits, gold,
+                           LossSettings(0.1, 5.5, 0.5, 1.1, True, mode))
+        terms.update({f"kd {mode}": found.kd, f"ml {mode}": found.ml, f"loss {mode}": found.loss})
     for name, value in terms.items():
         assert torch.isfinite(value), name
         assert value >= 0, name
@@ -151,4 +148,6 @@ def test_identical_extreme_distributions_have_zero_kl(dtype):
     logits = extreme_logits(dtype, 7)
     lp = log_probs(logits)
     assert kl_divergence(lp, lp).item() == 0.0
-    assert word_kd(lp, [lp, lp], torch.ones(2)).item() == 0.0
+    gold = torch.zeros(6, dtype=torch.long)
+    found = aiokd_loss(logits, [logits, logits], gold, LossSettings(0.1, 5.5, 0.5, 1.1))
+    assert found.kd.item() == 0.0 and found.ml.item() == 0.0
