@@ -29,9 +29,9 @@ and through the log-softmax ``dL/dx_m = G_m - p_m sum_v G_m``.  The CE part of `
 ``-1`` over ``v``, so ``dL/dx_m = p_m - eps_i - c 1[v = y] + H_m - p_m sum_v H_m`` with ``H_m`` the
 KD and mutual-learning part.
 
-The forward pass reads the logits once and keeps ``logsumexp`` per token and model; the backward
-pass recomputes ``lp`` and ``p`` a block of rows at a time and writes ``dL/dx`` over the logits
-(``overwrite``) or into new tensors.
+Both passes work a block of rows at a time (temporaries of a block stay in the cache).  The
+forward pass keeps only ``logsumexp`` per token and model; the backward pass recomputes ``lp`` and
+``p`` from it and writes ``dL/dx`` over the logits (``overwrite``) or into new tensors.
 """
 
 from __future__ import annotations
@@ -180,22 +180,23 @@ class _AIOKDLoss(torch.autograd.Function):
         for rows in row_blocks(n, vocab * models):
             lp = _log_probs(logits, lse, rows)
             p = [x.exp() for x in lp]
-            h = [torch.zeros_like(x) for x in lp]
             if k:  # KD: the students' side, and the teacher's side gated by g_k
                 teacher_side = (lp[0] + 1.0).mul_(gates.mean())
                 for s in range(1, models):
-                    h[s].add_(p[0], alpha=-alpha_k)
                     teacher_side.addcmul_(lp[s], gates[s - 1], value=-1.0 / k)
-                h[0].addcmul_(p[0], teacher_side, value=settings.alpha)
-            for (i, j), (w_ij, w_ji, h_i, h_j) in zip(pairs, weights, strict=True):
+                h = [teacher_side.mul_(p[0]).mul_(settings.alpha)]
+                h += [p[0] * -alpha_k for _ in range(k)]
+            else:
+                h = [torch.zeros_like(lp[0])]
+            for (i, j), (w_ij, w_ji, gate_i, gate_j) in zip(pairs, weights, strict=True):
                 d = lp[i] - lp[j]
-                h[i].addcmul_(p[i], (d + 1.0).mul_(w_ij * h_i * b)).add_(p[j] * (-w_ji * b))
-                h[j].addcmul_(p[j], (1.0 - d).mul_(w_ji * h_j * b)).add_(p[i] * (-w_ij * b))
+                h[i].addcmul_(p[i], (d + 1.0).mul_(w_ij * gate_i * b)).addcmul_(p[j], -w_ji * b)
+                h[j].addcmul_(p[j], (1.0 - d).mul_(w_ji * gate_j * b)).addcmul_(p[i], -w_ij * b)
             for m in range(models):
                 # dL/dx = p - eps_i - c 1[v = y] + h - p sum_v h
                 g = h[m].addcmul_(p[m], 1.0 - h[m].sum(dim=-1, keepdim=True)).sub_(eps_i)
                 g.scatter_add_(-1, gold[rows, None], g.new_full((g.shape[0], 1), -c))
-                grads[m][rows] = g.mul_(grad)
+                torch.mul(g, grad, out=grads[m][rows])
         return None, None, None, *grads
 
 
