@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from unfused_objective import UnfusedObjective
 
 from aiokd.batching import Batch, token_batches
 from aiokd.config import Config, ModelConfig, load_config
@@ -276,7 +277,8 @@ def training_batches(split: ParallelSplit, max_tokens: int, count: int, seed: in
 @dataclass(frozen=True)
 class Variant:
     """One way to train: ``scratch`` (the teacher alone) or AIO-KD at a stage with K students;
-    ``compiled``: with ``train.compile`` (the layers through ``torch.compile``)."""
+    ``compiled``: with ``train.compile`` (the layers through ``torch.compile``); ``unfused``: the
+    loss term by term (:mod:`unfused_objective`) instead of :mod:`aiokd.aiokd_loss`."""
 
     name: str
     method: str
@@ -284,6 +286,7 @@ class Variant:
     k: int = 0
     reuse_prefix: bool = True
     compiled: bool = False
+    unfused: bool = False
 
     def config(self, preset: str, manifest: dict[str, Any], overrides: list[str]) -> Config:
         if self.compiled:
@@ -301,9 +304,10 @@ def headline_k(ks: list[int]) -> int:
     return 2 if 2 in ks else ks[0]
 
 
-def variants(ks: list[int], compiled: bool = False) -> list[Variant]:
+def variants(ks: list[int], compiled: bool = False, unfused: bool = False) -> list[Variant]:
     """Teacher alone, stage 1 and stage 2 for every K, and stage 1 without prefix reuse; with
-    ``compiled`` also the teacher and stage 1 with their layers compiled."""
+    ``compiled`` also the teacher and stage 1 with their layers compiled, with ``unfused`` stage
+    1 and 2 with the loss computed term by term."""
     found = [Variant("teacher", "scratch")]
     for stage in (1, 2):
         found += [Variant(f"stage{stage}_k{k}", "aiokd", stage, k) for k in ks]
@@ -312,6 +316,9 @@ def variants(ks: list[int], compiled: bool = False) -> list[Variant]:
     if compiled:
         found += [Variant("teacher_compiled", "scratch", compiled=True),
                   Variant(f"stage1_k{k}_compiled", "aiokd", 1, k, compiled=True)]
+    if unfused:
+        found += [Variant(f"stage{stage}_k{k}_unfused", "aiokd", stage, k, unfused=True)
+                  for stage in (1, 2)]
     return found
 
 
@@ -330,13 +337,14 @@ class Trainer:
     """A fresh model, Adam and objective for one variant; :meth:`step` is one training update as
     the training loop does it (autocast forward, backward, gradient / tokens, clipping, Adam)."""
 
-    def __init__(self, cfg: Config, device: torch.device, dtype: torch.dtype | None):
+    def __init__(self, cfg: Config, device: torch.device, dtype: torch.dtype | None,
+                 unfused: bool = False):
         self.cfg, self.device, self.dtype = cfg, device, dtype
         self.model = build_model(cfg, device).train()
         self.optimizer = make_optimizer(self.model, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.train.lr
-        self.objective = Objective(self.model, cfg)
+        self.objective = (UnfusedObjective if unfused else Objective)(self.model, cfg)
 
     def step(self, batch: Batch, students: list[Student], stage: int) -> None:
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
@@ -369,7 +377,7 @@ def bench_training(variants: list[tuple[Variant, Config]], batches: list[Batch],
         steps = max(warmup, runs) if cfg.train.compile else warmup
         started = time.perf_counter()
         with PeakMemory(device) as peak:
-            trainer = Trainer(cfg, device, dtype)
+            trainer = Trainer(cfg, device, dtype, variant.unfused)
             chosen = sampled_students(cfg, variant.k, runs)
             for i in range(steps):
                 trainer.step(batches[i % runs], chosen[i % runs], variant.stage)
@@ -390,6 +398,7 @@ def bench_training(variants: list[tuple[Variant, Config]], batches: list[Batch],
         found[variant.name] = {
             "method": variant.method, "stage": variant.stage, "k": variant.k,
             "reuse_prefix": variant.reuse_prefix, "compiled": variant.compiled,
+            "unfused": variant.unfused,
             "warmup_s": warmup_s[variant],
             "students": [[student_name(s) for s in chosen] for chosen in students[variant]],
             "step_s_median": statistics.median(times[variant]), "step_s": times[variant],
@@ -670,6 +679,7 @@ class Plan:
     decode_students: list[str]
     fairseq_updates: int
     compiled: bool = False
+    unfused: bool = False
 
 
 def bench_preset(preset: str, data_dir: Path, overrides: list[str], plan: Plan,
@@ -686,7 +696,7 @@ def bench_preset(preset: str, data_dir: Path, overrides: list[str], plan: Plan,
             cache[variant] = variant.config(preset, manifest, overrides)
         return cache[variant]
 
-    all_variants = variants(plan.ks, plan.compiled)
+    all_variants = variants(plan.ks, plan.compiled, plan.unfused)
     base = make_cfg(all_variants[1])
     model = Transformer(base.model)
     batches = training_batches(train_split, base.train.max_tokens, plan.runs, base.train.seed,
@@ -948,6 +958,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="also time the teacher and stage 1 with train.compile=true (every layer "
                    "through torch.compile), after warm-up steps on every timed batch")
+    p.add_argument("--unfused", action="store_true",
+                   help="also time stage 1 and 2 with the loss computed term by term with "
+                   "autograd (benchmarks/unfused_objective.py), as a direct implementation does")
     p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides for every variant, e.g. train.max_tokens=2048")
     p.add_argument("--model", default=None,
@@ -989,6 +1002,7 @@ def make_plan(args: argparse.Namespace, skip: set[str]) -> Plan:
         decode_students=(["teacher"] if quick else ["teacher", "2-2", "4-2", "6-2"]),
         fairseq_updates=args.fairseq_updates or (5 if quick else 12),
         compiled=args.compile,
+        unfused=args.unfused,
     )
 
 

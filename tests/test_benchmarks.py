@@ -19,6 +19,7 @@ from aiokd.model import Transformer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import speed  # noqa: E402
+from unfused_objective import UnfusedObjective  # noqa: E402
 
 
 def _positive(value) -> bool:
@@ -41,7 +42,7 @@ def test_quick_run_writes_every_headline_figure(tiny_data_dir, tmp_path, one_thr
     report = speed.main([
         "--quick", "--preset", "tiny", "--data", str(tiny_data_dir), "--runs", "1",
         "--warmup", "1", "--scaling-tokens", "256", "--length-edges", "6", "--threads", "1",
-        "--skip", "decoding", "--compile", "--json", str(out), "--set", *TINY,
+        "--skip", "decoding", "--compile", "--unfused", "--json", str(out), "--set", *TINY,
     ])
     saved = json.loads(out.read_text())
     assert saved["command"] == report["command"]
@@ -55,7 +56,8 @@ def test_quick_run_writes_every_headline_figure(tiny_data_dir, tmp_path, one_thr
     figures = saved["presets"]["tiny"]["precisions"]["float32"]
     assert set(figures["training"]) == {"teacher", "stage1_k2", "stage2_k2",
                                         "stage1_k2_no_reuse", "teacher_compiled",
-                                        "stage1_k2_compiled"}
+                                        "stage1_k2_compiled", "stage1_k2_unfused",
+                                        "stage2_k2_unfused"}
     assert [name for name, row in figures["training"].items() if row["compiled"]] == [
         "teacher_compiled", "stage1_k2_compiled"]
     for row in figures["training"].values():
@@ -106,3 +108,29 @@ def test_analytic_flops_match_pytorch_flop_counter(students, reuse_prefix):
                                         select=batch.target != 0)
         sum(x.sum() for x in logits.values()).backward()
     assert counter.get_total_flops() == speed.training_flops(cfg, batch, students, reuse_prefix)
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+@pytest.mark.parametrize("eta", [1e-6, 1e6])  # every student detached / none
+def test_the_unfused_objective_is_the_same_loss(stage, eta):
+    """What the ``--unfused`` variants time is the loss aiokd trains with, term by term."""
+    cfg = speed.load_config("tiny", overrides=[
+        "model.vocab_size=40", "model.d_model=16", "model.ffn_dim=32", "model.heads=2",
+        "model.dropout=0.0", "model.attention_dropout=0.0", "model.activation_dropout=0.0",
+        f"distill.eta={eta}", "distill.k=3"])
+    torch.manual_seed(0)
+    src, target = torch.randint(4, 40, (3, 6)), torch.randint(4, 40, (3, 5))
+    target[1, 3:] = cfg.model.pad_id
+    prev = torch.cat([torch.full((3, 1), cfg.model.bos_id), target[:, :-1]], dim=1)
+    students = [(2, 2), (6, 3), (4, 4)]
+    found = []
+    for objective in (speed.Objective, UnfusedObjective):
+        torch.manual_seed(1)
+        model = Transformer(cfg.model).double()
+        loss, _ = objective(model, cfg)(src, prev, target, students, stage)
+        loss.backward()
+        found.append((loss.detach(), [p.grad for p in model.parameters()]))
+    # the unfused loss takes float32 log-probabilities whatever the model's precision
+    assert torch.allclose(found[0][0].float(), found[1][0], rtol=1e-6)
+    for a, b in zip(found[0][1], found[1][1], strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
