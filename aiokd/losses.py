@@ -117,12 +117,13 @@ class _LabelSmoothedNLLFromLogits(torch.autograd.Function):
         for rows in row_blocks(*logits.shape):
             x, out = at_least_float32(logits[rows]), logits_grad[rows]
             # float32: exp(x - lse) straight into the output block; else in the float32 copy
+            # (a half-precision scatter would convert the whole table to float32 and back)
             p = torch.sub(x, lse[rows, None], out=out if x.dtype == out.dtype else x)
-            p.exp_().sub_(everywhere).mul_(grad)
+            p.exp_().sub_(everywhere)
+            p.scatter_add_(-1, target[rows, None], p.new_full((len(p), 1), -on_target))
+            p.mul_(grad)
             if p is not out:
                 out.copy_(p)
-        logits_grad.scatter_add_(-1, target[:, None],
-                                 (grad * -on_target).to(logits.dtype).expand(len(target), 1))
         return logits_grad, None, None, None
 
 
