@@ -132,11 +132,11 @@ class _AIOKDLoss(torch.autograd.Function):
         row_sums = logits[0].new_zeros(models, dtype=float_type)
         kl = logits[0].new_zeros((models, models), dtype=float_type)  # kl[a, b] = KL(P_a || P_b)
         for rows in row_blocks(n, vocab * models):
-            for m, x in enumerate(logits):
-                block = at_least_float32(x[rows])
+            blocks = [at_least_float32(x[rows]) for x in logits]
+            for m, block in enumerate(blocks):
                 torch.logsumexp(block, dim=-1, out=lse[m, rows])
                 row_sums[m] += block.sum()
-            lp = _log_probs(logits, lse, rows)
+            lp = [torch.sub(block, lse[m, rows, None]) for m, block in enumerate(blocks)]
             p = [x.exp() for x in (lp if pairs else lp[:1])]
             for s in range(1, models):
                 kl[0, s] += _kl(p[0], lp[0], lp[s])
@@ -150,7 +150,7 @@ class _AIOKDLoss(torch.autograd.Function):
         nll = (lse - gold_logits).sum(dim=1)
         ce = c * nll + eps_i * (vocab * lse.sum(dim=1) - row_sums)
         if settings.detach:
-            gates = detaching_gates(ce[1:], ce[0], settings.eta).to(ce.dtype)
+            gates = detaching_gates(ce[1:], ce[0], settings.eta)
         else:
             gates = ce.new_ones(k)
         kd = kl[0, 1:].sum() / k if k else ce.new_zeros(())

@@ -90,7 +90,7 @@ class _LabelSmoothedNLLFromLogits(torch.autograd.Function):
         loss_i          = c (lse_i - x_iy) + eps_i (V lse_i - sum_v x_iv),  lse_i = logsumexp_v x_iv
         dloss_i/dx_iv   = p_iv - eps_i - c 1[v = y_i]
 
-    The forward reads the logits once, block by block, and writes no ``(N, V)`` tensor; the
+    The forward reads the logits block by block and writes no ``(N, V)`` tensor; the
     backward writes the gradient once, block by block, into a new tensor or, with
     ``overwrite``, over the logits themselves.
     """
@@ -179,12 +179,13 @@ def kl_divergence(target_lprobs: Tensor, lprobs: Tensor) -> Tensor:
 
 
 def detaching_gates(student_ce: Tensor, teacher_ce: Tensor, eta: float) -> Tensor:
-    """Dynamic gradient detaching: ``g_k = 1[CE(S_k) / CE(T) <= eta]``, shape ``(K,)``.
+    """Dynamic gradient detaching: ``g_k = 1[CE(S_k) / CE(T) <= eta]``, shape ``(K,)``, in the
+    cross-entropies' dtype.
 
     A student much worse than the teacher (ratio above ``eta``) must not pull the teacher's
     distribution towards itself; a good one may teach the teacher too.
     """
-    return (student_ce <= eta * teacher_ce).float()
+    return (student_ce <= eta * teacher_ce).to(student_ce.dtype)
 
 
 def selective_kd_mask(student_nll: Tensor, ratio: float) -> Tensor:
