@@ -3,7 +3,8 @@
 Vaswani et al. (2017), as in the AIO-KD paper: post-norm by default (pre-norm as an option),
 sinusoidal positions, one joint vocabulary whose embedding matrix serves the encoder input, the
 decoder input and the output projection.  Attention runs through
-``F.scaled_dot_product_attention``.
+``F.scaled_dot_product_attention`` (when training in half precision on a CPU, through two
+batched matrix products, which are faster there).
 
 A student ``(l_e, l_d)`` is the bottom ``l_e`` encoder and bottom ``l_d`` decoder layers:
 
@@ -25,9 +26,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from aiokd.config import ModelConfig
+from aiokd.losses import at_least_float32
 from aiokd.students import Student
 
 
@@ -45,37 +46,63 @@ def sinusoidal_positions(max_positions: int, dim: int) -> Tensor:
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool,
-              dropout: float) -> Tensor:
-    """``softmax(q k^T / sqrt(d) + mask) v`` through ``F.scaled_dot_product_attention``.
+              dropout_p: float) -> Tensor:
+    """``softmax(q k^T / sqrt(d) + mask) v``.
 
-    ``q (B, H, T, d)``, ``k``/``v (B, H, S, d)``, ``mask (B, 1, 1, S)`` True where allowed.  When
-    training in bf16 on CPU the math kernel is used: at sentence lengths the CPU flash kernel's
-    forward and backward take several times as long in bf16, though less time than the math
-    kernel in float32 (``benchmarks/attention_kernels.py``).  Otherwise PyTorch picks the kernel
-    (at inference the flash kernel reads the memory's keys in place, where the math kernel
-    rescales and copies them at every decoding step).
+    ``q (B, H, T, d)``, ``k``/``v (B, H, S, d)``, ``mask (B, 1, 1, S)`` True where allowed.
+    Through ``F.scaled_dot_product_attention``, except when training in half precision on a CPU:
+    there its kernels take about twice as long, forward and backward, as the two batched matrix
+    products around a float32 softmax (:func:`attention_products`;
+    ``benchmarks/attention_kernels.py``).  At inference PyTorch's flash kernel is the fastest,
+    and it reads the memory's keys in place at every decoding step.
     """
-    if q.device.type != "cpu" or q.dtype == torch.float32 or not torch.is_grad_enabled():
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                              dropout_p=dropout)
-    with sdpa_kernel(SDPBackend.MATH):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                              dropout_p=dropout)
+    if (q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
+            and torch.is_grad_enabled()):
+        return attention_products(q, k, v, mask, causal, dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                          dropout_p=dropout_p)
+
+
+def attention_products(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool,
+                       dropout_p: float) -> Tensor:
+    """:func:`attention` as ``P = softmax(q k^T / sqrt(d))`` in (at least) float32, with masked
+    keys and, if ``causal``, key positions after the query's at ``-inf``; dropout on ``P``; then
+    ``P v`` in ``v``'s dtype.
+
+    The scores ``(B, H, T, S)`` are its only float32 temporary."""
+    scores = at_least_float32(torch.matmul(q, k.transpose(-1, -2))).mul_(q.shape[-1] ** -0.5)
+    if mask is not None:
+        scores.masked_fill_(~mask, float("-inf"))
+    if causal:
+        later = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).triu_(1)
+        scores.masked_fill_(later, float("-inf"))
+    probabilities = dropout(torch.softmax(scores, dim=-1), dropout_p, True)
+    return torch.matmul(probabilities.to(v.dtype), v)
+
+
+DROPOUT_BITS = 15
 
 
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """Inverted dropout ``x * m / (1 - p)``, ``m_i ~ Bernoulli(1 - p)``.
 
-    On a CPU the mask is drawn as ``u >= p`` with ``u ~ U[0, 1)`` from ``torch.rand``, cheaper
-    per element than ``F.dropout``'s Bernoulli sampler there; elsewhere ``F.dropout``'s fused
-    kernel.
+    On a CPU, ``F.dropout``'s Bernoulli sampler and ``torch.rand`` draw one random number per
+    element; here each 64-bit draw of the generator gives four 15-bit uniform integers ``u`` and
+    ``m = [u >= round(p 2^15)]``, so ``p`` is rounded to a multiple of ``2^-15`` and the scale
+    uses the rounded rate (``E[output] = x`` exactly).  Elsewhere ``F.dropout``'s fused kernel.
     """
     if not training or p == 0.0:
         return x
     if x.device.type != "cpu":
         return F.dropout(x, p, training=True)
-    keep = torch.rand_like(x, dtype=torch.float32).ge_(p).mul_(1.0 / (1.0 - p))
-    return x * keep.to(x.dtype)
+    levels = 1 << DROPOUT_BITS
+    threshold = round(p * levels)
+    if threshold >= levels:
+        return torch.zeros_like(x)
+    words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_()
+    uniform = words.view(torch.int16)[:x.numel()].view(x.shape).bitwise_and_(levels - 1)
+    keep = uniform.ge_(threshold).to(x.dtype).mul_(levels / (levels - threshold))
+    return x * keep
 
 
 def _split_heads(x: Tensor, heads: int) -> Tensor:

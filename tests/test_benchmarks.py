@@ -134,3 +134,19 @@ def test_the_unfused_objective_is_the_same_loss(stage, eta):
     assert torch.allclose(found[0][0].float(), found[1][0], rtol=1e-6)
     for a, b in zip(found[0][1], found[1][1], strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("script, args, rows", [
+    ("attention_kernels", ["--batch", "3", "--length", "5", "--head-dim", "8", "--repeats", "2"],
+     ["sdpa math", "products"]),
+    ("dropout_masks", ["--shape", "4", "9", "--repeats", "2"], ["F.dropout", "aiokd / torch.rand"]),
+])
+def test_kernel_benchmarks_print_every_variant(script, args, rows, capsys, monkeypatch, one_thread):
+    module = __import__(script)
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    module.main()
+    out = capsys.readouterr().out
+    for dtype in ("torch.float32", "torch.bfloat16"):
+        assert dtype in out
+    for row in rows:
+        assert row in out

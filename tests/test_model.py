@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from aiokd.config import load_config
-from aiokd.model import Transformer, dropout
+from aiokd.model import DROPOUT_BITS, Transformer, attention_products, dropout
 from aiokd.objective import validation_nll
 from aiokd.train import scale_and_clip_gradients
 from tests.conftest import TINY_MODEL
@@ -27,6 +27,24 @@ def test_dropout_zeroes_a_fraction_p_and_rescales_the_rest(dtype):
     assert torch.equal(x.grad, y.detach())  # d y_i / d x_i = m_i / (1 - p) = y_i / x_i
 
 
+@pytest.mark.parametrize("p", [0.1, 0.25, 0.6])
+def test_dropout_rate_is_p_rounded_to_the_mask_resolution_and_neighbours_are_independent(p):
+    """Four mask bits of a position come from one 64-bit draw: neighbours must still be
+    independent, and the kept scale must use the rounded rate (E[y] = x exactly)."""
+    torch.manual_seed(1)
+    x = torch.ones(400_000, dtype=torch.float64)
+    y = dropout(x, p, training=True)
+    levels = 1 << DROPOUT_BITS
+    rate = round(p * levels) / levels
+    assert abs(rate - p) <= 0.5 / levels
+    assert set(y.unique().tolist()) == {0.0, 1 / (1 - rate)}
+    dropped = y == 0
+    assert abs(dropped.double().mean().item() - rate) < 0.004
+    for shift in (1, 2, 3, 4):
+        both = (dropped[shift:] & dropped[:-shift]).double().mean().item()
+        assert abs(both - rate * rate) < 0.004, shift
+
+
 def test_dropout_is_the_identity_when_not_training_or_p_is_zero():
     x = torch.randn(10, 7)
     assert dropout(x, 0.3, training=False) is x
@@ -39,6 +57,36 @@ def test_dropout_masks_are_reproducible_from_the_seed():
     a = dropout(x, 0.5, training=True)
     torch.manual_seed(3)
     assert torch.equal(a, dropout(x, 0.5, training=True))
+
+
+@pytest.mark.parametrize("case", ["padding", "causal", "none"])
+def test_attention_products_equal_scaled_dot_product_attention(case):
+    """Values and gradients in float64, against PyTorch's kernel."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 6, 8, dtype=torch.float64, requires_grad=True)
+               for _ in range(3))
+    mask = torch.ones(3, 1, 1, 6, dtype=torch.bool)
+    mask[0, ..., 4:] = False
+    mask[2, ..., 1:] = False
+    mask = mask if case == "padding" else None
+    causal = case == "causal"
+    found = attention_products(q, k, v, mask, causal, 0.0)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    torch.testing.assert_close(found, expected, rtol=1e-12, atol=1e-12)
+    weights = torch.randn_like(found)
+    grads = torch.autograd.grad((found * weights).sum(), (q, k, v))
+    expected_grads = torch.autograd.grad((expected * weights).sum(), (q, k, v))
+    for g, e in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+
+
+def test_attention_products_in_bf16_keep_the_softmax_in_float32():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(4, 2, 9, 16) for _ in range(3))
+    expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    found = attention_products(*(t.bfloat16() for t in (q, k, v)), None, True, 0.0)
+    assert found.dtype == torch.bfloat16
+    torch.testing.assert_close(found.float(), expected, rtol=0.02, atol=0.02)
 
 
 @pytest.mark.parametrize("max_norm", [0.0, 0.05, 1e6])
