@@ -140,6 +140,7 @@ def test_the_unfused_objective_is_the_same_loss(stage, eta):
     ("attention_kernels", ["--batch", "3", "--length", "5", "--head-dim", "8", "--repeats", "2"],
      ["sdpa math", "products"]),
     ("dropout_masks", ["--shape", "4", "9", "--repeats", "2"], ["F.dropout", "aiokd / torch.rand"]),
+    ("loss_stages", ["--tokens", "5", "--vocab", "11", "--repeats", "2"], ["stage 2 adds"]),
 ])
 def test_kernel_benchmarks_print_every_variant(script, args, rows, capsys, monkeypatch, one_thread):
     module = __import__(script)
