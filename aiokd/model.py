@@ -51,8 +51,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool
 
     ``q (B, H, T, d)``, ``k``/``v (B, H, S, d)``, ``mask (B, 1, 1, S)`` True where allowed.
     Through ``F.scaled_dot_product_attention``, except when training in half precision on a CPU:
-    there its kernels take about twice as long, forward and backward, as the two batched matrix
-    products around a float32 softmax (:func:`attention_products`;
+    there its kernels take two to four times as long, forward and backward, as two batched
+    matrix products around a float32 softmax (:func:`attention_products`;
     ``benchmarks/attention_kernels.py``).  At inference PyTorch's flash kernel is the fastest,
     and it reads the memory's keys in place at every decoding step.
     """
@@ -80,7 +80,7 @@ def attention_products(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, cau
     return torch.matmul(probabilities.to(v.dtype), v)
 
 
-DROPOUT_BITS = 15
+DROPOUT_BITS = 15  # bits of each uniform integer of a CPU dropout mask
 
 
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
@@ -98,7 +98,7 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     levels = 1 << DROPOUT_BITS
     threshold = round(p * levels)
     if threshold >= levels:
-        return torch.zeros_like(x)
+        return x * 0.0
     words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_()
     uniform = words.view(torch.int16)[:x.numel()].view(x.shape).bitwise_and_(levels - 1)
     keep = uniform.ge_(threshold).to(x.dtype).mul_(levels / (levels - threshold))
