@@ -199,8 +199,8 @@ class Residual(nn.Module):
     post-norm: ``x = LN(x + dropout(f(x)))``;  pre-norm: ``x = x + dropout(f(LN(x)))``.
 
     Under autocast the residual stream ``x`` stays float32 and ``f(x)`` comes out in half
-    precision; ``f(x)`` is cast to float32 before the sum, since PyTorch's CPU addition of two
-    dtypes is several times slower than a cast and an addition of one.
+    precision; ``f(x)`` is cast to float32 before the sum, since on a CPU PyTorch adds two dtypes
+    more slowly than it casts and adds one.
     """
 
     def __init__(self, dim: int, dropout: float, pre_norm: bool):
