@@ -15,6 +15,14 @@ The PyTorch engine decodes with :func:`aiokd.generate.generate`; the CTranslate2
 and CTranslate2's length penalty, which divides by the length with the EOS as ours does.  Given a
 model that is not a CTranslate2 export, the CTranslate2 engine exports each student it is asked
 for, in float32, to a temporary directory that is removed once the model is loaded.
+
+``dtype`` sets the precision of the weights and activations: ``float32`` (the default for the
+PyTorch engine), ``bfloat16`` or ``float16``.  The PyTorch engine casts the model to it (the beam
+scores stay float32); the CTranslate2 engine passes it as ``compute_type`` (default: the type the
+export was saved in) and accepts only those this CTranslate2 build supports on the device.
+Where the hardware multiplies bf16 natively (recent GPUs, CPUs with Intel AMX), ``bfloat16``
+translates batches faster than ``float32``, and a few outputs differ
+(``benchmarks/decoding_precision.py`` measures both).
 """
 
 from __future__ import annotations
@@ -39,6 +47,9 @@ from aiokd.students import Student, parse_student, student_name
 
 Progress = Callable[[int], object]
 """Called with the number of lines just finished."""
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""The precisions a model can translate in, by name."""
 
 
 def choose_student(name: str | None, students: list[Student], source: str | os.PathLike) -> Student:
@@ -85,13 +96,25 @@ def _ctranslate2_device(device: str | None) -> tuple[str, int]:
     return kind, int(index or 0)
 
 
-def _open_ctranslate2(directory: Path, device: str | None):
+def _ctranslate2_options(device: str | None, dtype: str | None) -> dict[str, object]:
+    """The ``ctranslate2.Translator`` arguments for ``--device`` and ``--dtype``, checked; without
+    ``dtype`` the export's own type (``compute_type="default"``)."""
     import ctranslate2
 
     kind, index = _ctranslate2_device(device)
+    supported = ctranslate2.get_supported_compute_types(kind)
+    if dtype is not None and dtype not in supported:
+        raise UserError(f"--dtype {dtype}: CTranslate2 cannot compute in it on {kind} here "
+                        f"(it can in: {', '.join(sorted(supported))})")
+    return {"device": kind, "device_index": index, "compute_type": dtype or "default",
+            "intra_threads": torch.get_num_threads()}
+
+
+def _open_ctranslate2(directory: Path, options: dict[str, object]):
+    import ctranslate2
+
     try:
-        return ctranslate2.Translator(str(directory), device=kind, device_index=index,
-                                      intra_threads=torch.get_num_threads())
+        return ctranslate2.Translator(str(directory), **options)
     except (RuntimeError, ValueError) as error:
         raise UserError(f"{directory}: CTranslate2 cannot load it ({error})") from None
 
@@ -204,19 +227,19 @@ def _torch_device(device: str | None) -> torch.device:
     return chosen
 
 
-def _exporting(files: ModelFiles, device: str | None) -> Callable[[Student], object]:
+def _exporting(files: ModelFiles, options: dict[str, object]) -> Callable[[Student], object]:
     """Opens a student of ``files`` in CTranslate2 by exporting it to a temporary directory."""
     from aiokd.export import write_ctranslate2
 
     def open_student(student: Student):
         with tempfile.TemporaryDirectory(prefix="aiokd-ctranslate2-") as directory:
             write_ctranslate2(Path(directory), files, student, "none")
-            return _open_ctranslate2(Path(directory), device)
+            return _open_ctranslate2(Path(directory), options)
 
     return open_student
 
 
-def _load_export(directory: Path, device: str | None) -> Translator:
+def _load_export(directory: Path, options: dict[str, object]) -> Translator:
     from aiokd.export import read_export_info, sentencepiece_pieces
 
     info = read_export_info(directory)
@@ -226,14 +249,14 @@ def _load_export(directory: Path, device: str | None) -> Translator:
         raise UserError(f"{spm_path}: missing SentencePiece model")
     spm_bytes = spm_path.read_bytes()
     processor = _sentencepiece(spm_bytes, spm_path)
-    translator = _open_ctranslate2(directory, device)
+    translator = _open_ctranslate2(directory, options)
     engine = _CTranslate2Engine(lambda student: translator, sentencepiece_pieces(spm_bytes)[0],
                                 cfg)
     return Translator(engine, processor, cfg, [(cfg.enc_layers, cfg.dec_layers)], directory)
 
 
-def load(path: str | os.PathLike, device: str | None = None,
-         engine: str | None = None) -> Translator:
+def load(path: str | os.PathLike, device: str | None = None, engine: str | None = None,
+         dtype: str | None = None) -> Translator:
     """Load a model to translate with.
 
     Args:
@@ -242,26 +265,31 @@ def load(path: str | os.PathLike, device: str | None = None,
         device: ``cpu``, ``cuda`` or ``cuda:N``; default: CUDA when available.
         engine: ``torch`` or ``ctranslate2``; default: ``ctranslate2`` for an export, else
             ``torch``.
+        dtype: ``float32``, ``bfloat16`` or ``float16`` (see the module docstring); default:
+            float32 in PyTorch, the export's own type in CTranslate2.
 
     Raises:
-        UserError: the path is not a model, a file is damaged, or ``engine="torch"`` for an
-            export.
+        UserError: the path is not a model, a file is damaged, ``engine="torch"`` for an
+            export, or a ``dtype`` the engine cannot compute in.
     """
     from aiokd.export import is_ctranslate2_export, sentencepiece_pieces
 
     path = Path(path)
     if engine not in (None, "torch", "ctranslate2"):
         raise UserError(f"--engine {engine}: expected torch or ctranslate2")
+    if dtype not in (None, *DTYPES):
+        raise UserError(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
     if is_ctranslate2_export(path):
         if engine == "torch":
             raise UserError(f"{path} is a CTranslate2 export; translate with --engine ctranslate2")
-        return _load_export(path, device)
+        return _load_export(path, _ctranslate2_options(device, dtype))
     files = load_model_files(path)
     processor = _sentencepiece(files.spm_bytes, files.source)
     cfg = files.model.cfg
     if engine == "ctranslate2":
         pieces = sentencepiece_pieces(files.spm_bytes)[0]
-        chosen = _CTranslate2Engine(_exporting(files, device), pieces, cfg)
+        open_student = _exporting(files, _ctranslate2_options(device, dtype))
+        chosen = _CTranslate2Engine(open_student, pieces, cfg)
     else:
-        chosen = _TorchEngine(files.model.to(_torch_device(device)))
+        chosen = _TorchEngine(files.model.to(_torch_device(device), DTYPES[dtype or "float32"]))
     return Translator(chosen, processor, cfg, files.students, files.source)

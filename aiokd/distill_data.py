@@ -5,7 +5,7 @@ any student), and a new data directory is written that ``aiokd train`` accepts: 
 SentencePiece model, the same validation and test splits (copied), and ``train`` = (original
 source, model translation), the translations encoded with that SentencePiece model.  Every pair is
 kept, so ``train`` has as many pairs as before; the manifest notes the recipe (``distill-data``,
-model, student, beam) and how many translations came out empty.
+model, student, beam, dtype) and how many translations came out empty.
 
 Translation is done in chunks of :data:`CHUNK_LINES` lines, each saved as soon as it is done
 under ``.<out>.partial/`` beside the output; running the same command again after an
@@ -150,18 +150,19 @@ def write_distilled(data: Path, out: Path, translations: list[str],
 
 def distill_data(model: str | Path, data: str | Path, out: str | Path, student: str | None = None,
                  beam: int = 5, device: str | None = None, overwrite: bool = False,
-                 chunk_lines: int = CHUNK_LINES) -> dict[str, Any]:
-    """Translate the training source of ``data`` with ``student`` of ``model`` and write the
-    sequence-level KD data directory ``out``; return its manifest (see the module docstring)."""
+                 chunk_lines: int = CHUNK_LINES, dtype: str | None = None) -> dict[str, Any]:
+    """Translate the training source of ``data`` with ``student`` of ``model`` (in precision
+    ``dtype``, see :func:`aiokd.api.load`) and write the sequence-level KD data directory
+    ``out``; return its manifest (see the module docstring)."""
     data, out = Path(data), Path(out)
     if beam < 1:
         raise UserError(f"--beam {beam}: must be at least 1")
     check_new_directory(out, overwrite)
     sources = ParallelSplit.load(data, "train").source_lines()
-    translator = load(model, device=device)
+    translator = load(model, device=device, dtype=dtype)
     name = student_name(translator.check_student(student))
     recipe = {"name": "distill-data", "model": str(Path(model).resolve()), "student": name,
-              "beam": beam}
+              "beam": beam, "dtype": dtype or "float32"}
     job = {**recipe, "model_files": _fingerprint(Path(model)),
            "data": str(data.resolve()), "train": _fingerprint(data / side_files(
                "train", load_manifest(data)["src_lang"])["text"]), "chunk_lines": chunk_lines}
@@ -175,7 +176,7 @@ def distill_data(model: str | Path, data: str | Path, out: str | Path, student: 
 def main(args: argparse.Namespace) -> int:
     """Run ``aiokd distill-data`` with parsed command-line options."""
     manifest = distill_data(args.model, args.data, args.out, args.student, args.beam, args.device,
-                            overwrite=args.force)
+                            overwrite=args.force, dtype=args.dtype)
     train = manifest["splits"]["train"]
     print(f"wrote {args.out}: {train['pairs']:,} training pairs translated by student "
           f"{manifest['recipe']['student']} of {manifest['recipe']['model']} (beam "

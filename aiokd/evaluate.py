@@ -154,14 +154,15 @@ def _entry(name: str, scores: tuple[Score, Score, Score | None], footprint: Foot
 def evaluate(model: str | os.PathLike, test: EvalSet, students: str | list[str] | None = None,
              beam: int = 5, engine: str = "torch", device: str | None = None,
              tok_bleu: bool = False, latency: LatencySettings | None = DEFAULT_LATENCY,
-             progress: bool = True) -> dict[str, Any]:
-    """Evaluate students of ``model`` on ``test``; returns the results (see
-    :mod:`aiokd.results`).  ``latency=None`` skips timing."""
+             progress: bool = True, dtype: str | None = None) -> dict[str, Any]:
+    """Evaluate students of ``model`` on ``test``, translating in precision ``dtype`` (see
+    :func:`aiokd.api.load`); returns the results (see :mod:`aiokd.results`).  ``latency=None``
+    skips timing."""
     if beam < 1:
         raise UserError(f"--beam {beam}: must be at least 1")
     if latency is not None and (latency.sample < 1 or latency.runs < 1):
         raise UserError("--latency-sample and --latency-runs must be at least 1")
-    translator = load(model, device=device, engine=engine)
+    translator = load(model, device=device, engine=engine, dtype=dtype)
     names = choose_students(students, translator)
     facts = inspect_model(model, [parse_student(name) for name in names], engine)
     _check_languages(test, facts)
@@ -195,6 +196,7 @@ def evaluate(model: str | os.PathLike, test: EvalSet, students: str | list[str] 
         "test_set": {**test.description, "sentences": len(test.sources)},
         "beam": beam,
         "engine": engine,
+        "dtype": dtype or ("default" if engine == "ctranslate2" else "float32"),
         "device": device_name,
         "hardware": _hardware(device_name),
         "threads": torch.get_num_threads(),
@@ -256,8 +258,8 @@ def summary(results: dict[str, Any]) -> str:
     if results["tok_bleu"]:
         lines.append(f"tok BLEU = {results['tok_bleu']}")
     lines.append(f"size: {results['size']}")
-    device = (f"{results['engine']} on {results['device']} ({results['hardware']}), "
-              f"torch threads: {results['threads']}")
+    device = (f"{results['engine']} in {results.get('dtype', 'float32')} on {results['device']} "
+              f"({results['hardware']}), torch threads: {results['threads']}")
     latency = results["latency"]
     if latency:
         lines.append(f"latency: {device}; ms/sent = {latency['batch1_sample_sentences']} "
@@ -281,7 +283,8 @@ def main(args: argparse.Namespace) -> int:
     test = read_test_set(args.data, args.split, args.src, args.ref)
     latency = None if args.no_latency else LatencySettings(args.latency_sample, args.latency_runs)
     results = evaluate(args.model, test, args.students, beam=args.beam, engine=args.engine,
-                       device=args.device, tok_bleu=args.tok_bleu, latency=latency)
+                       device=args.device, tok_bleu=args.tok_bleu, latency=latency,
+                       dtype=args.dtype)
     written = write_outputs(results, out)
     print(summary(results))
     print("\nwrote " + ", ".join(str(path) for path in written))

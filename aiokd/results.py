@@ -1,7 +1,8 @@
 """The results file of ``aiokd evaluate``: its format, and the table and CSV made from it.
 
-``results.json`` holds the settings of the evaluation (model, test set, beam, engine, device,
-threads, the sacreBLEU signatures, how size and latency were measured) and one entry per student::
+``results.json`` holds the settings of the evaluation (model, test set, beam, engine, dtype,
+device, threads, the sacreBLEU signatures, how size and latency were measured) and one entry per
+student::
 
     {"student": "6-2", "enc_layers": 6, "dec_layers": 2, "bleu": 34.1, "chrf": 60.2,
      "tok_bleu": 35.0 | null, "params": 9_870_000, "params_no_embeddings": 7_820_000,

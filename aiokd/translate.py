@@ -62,7 +62,7 @@ def write_output(name: str, lines: list[str]) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.output != "-" and Path(args.output).is_dir():
         raise UserError(f"-o {args.output}: is a directory")
-    model = load(args.model, device=args.device, engine=args.engine)
+    model = load(args.model, device=args.device, engine=args.engine, dtype=args.dtype)
     model.check_student(args.student)
     lines = read_input(args.input)
     with tqdm(total=len(lines), unit="line", file=sys.stderr,

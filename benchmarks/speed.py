@@ -8,8 +8,8 @@ One process measures, on one device and with the same batches for every variant:
   stage 1 with ``distill.reuse_prefix=false`` (every student its own forward pass);
 * validation of all candidate students against the teacher alone;
 * how a training step grows with the batch size and with the sentence length;
-* decoding (greedy and beam 5, batch 1 and 64) in PyTorch and through CTranslate2, when
-  ``aiokd.generate`` is installed;
+* decoding (greedy and beam 5, batch 1 and 64) in PyTorch (float32, and bfloat16 where the
+  device computes in it natively) and through CTranslate2 (float32 and int8);
 * optionally the fairseq peer (``--fairseq``): its training throughput and ``fairseq-generate``
   speed on the same model, data and thread count (see ``benchmarks/fairseq_peer.py``).
 
@@ -22,6 +22,7 @@ See ``benchmarks/README.md`` for what every figure means.
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import datetime
 import importlib.util
@@ -52,7 +53,13 @@ from aiokd.data import ParallelSplit, load_manifest
 from aiokd.model import Transformer
 from aiokd.objective import Objective, validation_nll
 from aiokd.students import Student, parse_student, sample_students, student_name
-from aiokd.train import build_model, make_batch, make_optimizer, scale_and_clip_gradients
+from aiokd.train import (
+    bf16_is_native,
+    build_model,
+    make_batch,
+    make_optimizer,
+    scale_and_clip_gradients,
+)
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 """Precision name -> autocast dtype (``None``: no autocast)."""
@@ -599,25 +606,30 @@ def ctranslate2_decoder(translator, pieces: list[str], cfg: ModelConfig,
 
 
 def bench_decoding(files, sources: list[list[int]], students: list[Student], beams: list[int],
-                   batch_sizes: list[int], quantizations: list[str], search: Search, runs: int,
-                   device: torch.device, workdir: Path, batch1_sentences: int) -> dict[str, Any]:
-    """Sentences/s and tokens/s of :func:`aiokd.generate.generate` and of the CTranslate2 export
-    of each student (in each quantization) for every beam size and batch size.
+                   batch_sizes: list[int], dtypes: list[str], quantizations: list[str],
+                   search: Search, runs: int, device: torch.device, workdir: Path,
+                   batch1_sentences: int) -> dict[str, Any]:
+    """Sentences/s and tokens/s of :func:`aiokd.generate.generate` with the model in each of
+    ``dtypes`` (engine ``torch`` for float32, ``torch_<dtype>`` otherwise, as ``aiokd translate
+    --dtype`` casts it) and of the CTranslate2 export of each student (in each quantization) for
+    every beam size and batch size.
 
     Batch 1 decodes the first ``batch1_sentences`` sources one by one; larger batches decode all
     of them.  ``search`` gives the output limit; its beam is replaced by each of ``beams``.
     """
     import ctranslate2
 
+    from aiokd.api import DTYPES
     from aiokd.export import sentencepiece_pieces, write_ctranslate2
 
-    model = files.model.to(device).eval()
-    cfg = model.cfg
+    models = {("torch" if dtype == "float32" else f"torch_{dtype}"):
+              copy.deepcopy(files.model).to(device, DTYPES[dtype]).eval() for dtype in dtypes}
+    cfg = files.model.cfg
     pieces = sentencepiece_pieces(files.spm_bytes)[0]
     found: dict[str, Any] = {}
     for student in students:
         name = student_name(student)
-        engines: dict[str, Any] = {"torch": None}
+        engines: dict[str, Any] = dict(models)
         for quantization in quantizations:
             directory = workdir / f"ct2-{name}-{quantization}"
             if not directory.exists():
@@ -626,11 +638,11 @@ def bench_decoding(files, sources: list[list[int]], students: list[Student], bea
             engine = f"ctranslate2_{'float32' if quantization == 'none' else quantization}"
             engines[engine] = ctranslate2.Translator(
                 str(directory), device=device.type, intra_threads=torch.get_num_threads())
-        for engine, translator in engines.items():
+        for engine, decoder in engines.items():
             for beam in beams:
                 chosen = Search(beam, search.max_len_a, search.max_len_b)
-                run = (torch_decoder(model, student, chosen) if translator is None
-                       else ctranslate2_decoder(translator, pieces, cfg, chosen))
+                run = (torch_decoder(decoder, student, chosen) if engine.startswith("torch")
+                       else ctranslate2_decoder(decoder, pieces, cfg, chosen))
                 options = chosen.options()
                 for batch_size in batch_sizes:
                     print(f"  decoding {name} {engine} beam {beam} batch {batch_size} ...",
@@ -759,6 +771,12 @@ def decoding_sources(data_dir: Path, count: int) -> tuple[list[list[int]], int]:
     return sources, length
 
 
+def decoding_dtypes(device: torch.device) -> list[str]:
+    """float32, and bfloat16 where the device computes in it natively (GPUs, CPUs with AMX or
+    AVX512-BF16)."""
+    return ["float32", "bfloat16"] if bf16_is_native(device) else ["float32"]
+
+
 def run_decoding(args: argparse.Namespace, plan: Plan, data_dir: Path, workdir: Path,
                  device: torch.device) -> dict[str, Any]:
     """The decoding section: the ``--preset`` model (``--model`` if given, else untrained)."""
@@ -775,8 +793,9 @@ def run_decoding(args: argparse.Namespace, plan: Plan, data_dir: Path, workdir: 
     wanted = [teacher if name == "teacher" else parse_student(name)
               for name in plan.decode_students]
     students = [s for s in dict.fromkeys(wanted) if s in files.students]
-    found = bench_decoding(files, sources, students, [5, 1], [1, 64], ["none", "int8"], search,
-                           plan.runs, device, workdir, plan.batch1_sentences)
+    found = bench_decoding(files, sources, students, [5, 1], [1, 64], args.decode_dtypes or
+                           decoding_dtypes(device), ["none", "int8"], search, plan.runs, device,
+                           workdir, plan.batch1_sentences)
     return {"model": description, "length_rule": rule, "sentences": len(sources),
             "batch1_sentences": min(plan.batch1_sentences, len(sources)), "results": found,
             "ratios": decoding_ratios(found)}
@@ -925,6 +944,14 @@ def _ints(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
 
+def _dtypes(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in ("float32", "bfloat16", "float16")]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"expected float32, bfloat16 or float16, got {text!r}")
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -966,6 +993,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None,
                    help="trained model directory for the decoding section (default: train one "
                    "briefly)")
+    p.add_argument("--decode-dtypes", type=_dtypes, default=None,
+                   help="precisions of our PyTorch decoding, from float32, bfloat16, float16 "
+                   "(default: float32, and bfloat16 where the device computes in it natively)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--threads", type=int, default=0,
                    help="PyTorch CPU threads (default: PyTorch's choice)")

@@ -80,15 +80,15 @@ def test_decoding_in_pytorch_and_ctranslate2(tiny_data_dir, tmp_path, one_thread
     cfg = speed.bench_config("tiny", manifest, TINY)
     files, _ = speed.decoding_model(None, cfg, tiny_data_dir)
     sources, length = speed.decoding_sources(tiny_data_dir, 3)
-    found = speed.bench_decoding(files, sources, [(6, 2)], [5], [64], ["none", "int8"],
-                                 speed.Search(5, 0.0, length), 1, torch.device("cpu"), tmp_path,
-                                 1)
+    found = speed.bench_decoding(files, sources, [(6, 2)], [5], [64], ["float32", "bfloat16"],
+                                 ["none", "int8"], speed.Search(5, 0.0, length), 1,
+                                 torch.device("cpu"), tmp_path, 1)
     rows = found["6-2"]
-    assert set(rows) == {"torch", "ctranslate2_float32", "ctranslate2_int8"}
+    assert set(rows) == {"torch", "torch_bfloat16", "ctranslate2_float32", "ctranslate2_int8"}
     for engine in rows.values():
         assert engine["beam5_batch64"]["tokens_per_sentence"] == length
     ratios = speed.decoding_ratios(found)
-    assert len(ratios) == 2 and all(_positive(ratio) for ratio in ratios.values())
+    assert len(ratios) == 3 and all(_positive(ratio) for ratio in ratios.values())
 
 
 @pytest.mark.parametrize("students, reuse_prefix", [
@@ -151,3 +151,25 @@ def test_kernel_benchmarks_print_every_variant(script, args, rows, capsys, monke
         assert dtype in out
     for row in rows:
         assert row in out
+
+
+def test_decoding_precision_scores_and_times_both(tiny_model_dir, tiny_data_dir, tmp_path,
+                                                  capsys, monkeypatch, one_thread):
+    import decoding_precision
+
+    out = tmp_path / "precision.json"
+    monkeypatch.setattr(sys, "argv", [
+        "decoding_precision.py", "--model", str(tiny_model_dir), "--data", str(tiny_data_dir),
+        "--students", "2-2,3-3,6-6", "--runs", "2", "--sample", "2", "--threads", "1",
+        "--json", str(out)])
+    assert decoding_precision.main() == 0
+    report = json.loads(out.read_text())
+    assert list(report["students"]) == ["2-2", "3-3"]
+    for found in report["students"].values():
+        assert len(found["float32"]["batched_s"]) == len(found["bfloat16"]["batch1_s"]) == 2
+        versus = found["bfloat16_vs_float32"]
+        assert 0 <= versus["same_output_fraction"] <= 1
+        assert _positive(versus["speedup_batched"]) and _positive(versus["speedup_batch1"])
+        assert math.isclose(versus["bleu_difference"],
+                            found["bfloat16"]["bleu"] - found["float32"]["bleu"])
+    assert "bfloat16" in capsys.readouterr().out

@@ -36,6 +36,7 @@ def test_same_pairs_same_vocabulary_translated_targets(distilled, tiny_data_dir)
     assert manifest == load_manifest(out)
     assert manifest["recipe"]["name"] == "distill-data"
     assert (manifest["recipe"]["student"], manifest["recipe"]["beam"]) == ("3-2", 2)
+    assert manifest["recipe"]["dtype"] == "float32"
     assert manifest["splits"]["train"]["pairs"] == len(original)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from aiokd.checkpoint import load_model_files
 from aiokd.cli import main as cli_main
-from aiokd.evaluate import EvalSet, evaluate, output_paths, read_test_set, write_outputs
+from aiokd.evaluate import EvalSet, evaluate, output_paths, read_test_set, summary, write_outputs
 from aiokd.footprint import directory_bytes
 from aiokd.latency import LatencySettings, sample_indices, trimmed_mean
 from aiokd.results import load_results
@@ -106,6 +106,14 @@ def test_ctranslate2_engine(tiny_model_dir, test_set):
     (entry,) = results["students"]
     assert entry["student"] == "2-2" and entry["ms_per_sentence"] > 0
     assert results["engine"] == "ctranslate2" and "CTranslate2" in results["size"]
+    assert results["dtype"] == "default"
+
+
+def test_evaluates_in_the_dtype_asked(tiny_model_dir, test_set):
+    results = evaluate(tiny_model_dir, test_set, students="3-3", beam=2, device="cpu",
+                       latency=None, progress=False, dtype="bfloat16")
+    assert results["dtype"] == "bfloat16" and "torch in bfloat16 on cpu" in summary(results)
+    assert results["students"][0]["bleu"] >= 0
 
 
 def test_read_test_set_from_a_data_directory(tiny_data_dir, tiny_corpus):

@@ -145,6 +145,17 @@ def test_pad_and_bos_are_forbidden_alike(pad_heavy_dir, lines, beam):
     assert ctranslate2_model.translate(lines, "3-2", beam=beam) == expected
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_ctranslate2_computes_in_the_dtype_asked_if_it_can(exported, lines, dtype):
+    if dtype in ctranslate2.get_supported_compute_types("cpu"):
+        model = aiokd.load(exported / "2-2", device="cpu", dtype=dtype)
+        assert all(model.translate(lines[:3], beam=2))
+    else:
+        with pytest.raises(UserError, match=f"--dtype {dtype}: CTranslate2 cannot compute in it "
+                                            "on cpu here .it can in: .*float32"):
+            aiokd.load(exported / "2-2", device="cpu", dtype=dtype)
+
+
 def test_ctranslate2_engine_exports_on_the_fly(tiny_model_dir, torch_model, lines):
     model = aiokd.load(tiny_model_dir, engine="ctranslate2")
     assert model.students == ["2-2", "3-2", "3-3"]

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import sentencepiece as spm
+import torch
 
 import aiokd
 from aiokd.checkpoint import load_model_files, save_checkpoint
@@ -78,6 +79,18 @@ def test_bad_options(model, tiny_model_dir):
         aiokd.load(tiny_model_dir / "missing")
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_translates_in_half_precision(tiny_model_dir, model, lines, dtype):
+    half = aiokd.load(tiny_model_dir, device="cpu", dtype=dtype)
+    assert {p.dtype for p in half._engine.model.parameters()} == {getattr(torch, dtype)}
+    out = half.translate(lines, student="3-2", beam=3)
+    full = model.translate(lines, student="3-2", beam=3)
+    same = sum(a == b for a, b in zip(out, full, strict=True))
+    assert all(out) and same >= 2 * len(lines) // 3
+    with pytest.raises(UserError, match="--dtype int8: expected one of float32, bfloat16"):
+        aiokd.load(tiny_model_dir, dtype="int8")
+
+
 def test_loads_a_checkpoint(tmp_path, tiny_model_dir, lines):
     files = load_model_files(tiny_model_dir)
     path = tmp_path / "last.safetensors"
@@ -110,6 +123,10 @@ def test_cli_files(monkeypatch, tmp_path, model, tiny_model_dir, lines):
     assert run_cli(monkeypatch, "translate", "--model", tiny_model_dir, "--student", "2-2",
                    "-i", source, "-o", target) == 0
     assert target.read_text().split("\n")[:-1] == model.translate(lines, student="2-2")
+    assert run_cli(monkeypatch, "translate", "--model", tiny_model_dir, "--student", "2-2",
+                   "--dtype", "bfloat16", "-i", source, "-o", target) == 0
+    bf16 = aiokd.load(tiny_model_dir, device="cpu", dtype="bfloat16")
+    assert target.read_text().split("\n")[:-1] == bf16.translate(lines, student="2-2")
     source.write_bytes(b"")
     assert run_cli(monkeypatch, "translate", "--model", tiny_model_dir, "-i", source,
                    "-o", target) == 0
