@@ -133,7 +133,10 @@ def _front_table(results: dict[str, Any], chosen: dict[str, Any]) -> tuple[str, 
              number(e.get("ms_per_sentence"), 1), millions(e["params"]),
              number(e.get("size_mb"), 1)) for e in front]
     table = markdown_table(("student", "BLEU", "ms/sent", "params", "size MB"), rows)
-    return table, ("latency (ms/sentence at batch 1)" if with_latency else "parameters")
+    measured = f"{results.get('engine', 'torch')} in {results.get('dtype', 'float32')}" + (
+        f" on {results['device']}" if "device" in results else "")
+    return table, (f"latency (ms/sentence at batch 1, {measured})" if with_latency
+                   else "parameters")
 
 
 def main(args: argparse.Namespace) -> int:

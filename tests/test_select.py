@@ -124,10 +124,12 @@ def write(tmp_path, results, name="results.json"):
 
 
 def test_cli_prints_the_best_student_and_the_front(tmp_path):
-    path = write(tmp_path, make_results())
+    path = write(tmp_path, {**make_results(), "engine": "torch", "dtype": "bfloat16",
+                            "device": "cpu"})
     result = run_aiokd("select", "--results", path, "--max-latency-ms", "25", "--min-bleu", "31")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("best student: 6-2")
+    assert "latency (ms/sentence at batch 1, torch in bfloat16 on cpu)" in result.stdout
     table = result.stdout.split("Pareto front", 1)[1]
     assert "| * 6-2" in table and "4-4" not in table
     assert all(name in table for name in ("2-2", "4-2", "6-6"))
