@@ -793,9 +793,9 @@ def run_decoding(args: argparse.Namespace, plan: Plan, data_dir: Path, workdir: 
     wanted = [teacher if name == "teacher" else parse_student(name)
               for name in plan.decode_students]
     students = [s for s in dict.fromkeys(wanted) if s in files.students]
-    found = bench_decoding(files, sources, students, [5, 1], [1, 64], args.decode_dtypes or
-                           decoding_dtypes(device), ["none", "int8"], search, plan.runs, device,
-                           workdir, plan.batch1_sentences)
+    dtypes = list(dict.fromkeys(["float32", *(args.decode_dtypes or decoding_dtypes(device))]))
+    found = bench_decoding(files, sources, students, [5, 1], [1, 64], dtypes, ["none", "int8"],
+                           search, plan.runs, device, workdir, plan.batch1_sentences)
     return {"model": description, "length_rule": rule, "sentences": len(sources),
             "batch1_sentences": min(plan.batch1_sentences, len(sources)), "results": found,
             "ratios": decoding_ratios(found)}
@@ -994,8 +994,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trained model directory for the decoding section (default: train one "
                    "briefly)")
     p.add_argument("--decode-dtypes", type=_dtypes, default=None,
-                   help="precisions of our PyTorch decoding, from float32, bfloat16, float16 "
-                   "(default: float32, and bfloat16 where the device computes in it natively)")
+                   help="precisions of our PyTorch decoding besides float32 (the reference), "
+                   "from bfloat16, float16 (default: bfloat16 where the device computes in it "
+                   "natively)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--threads", type=int, default=0,
                    help="PyTorch CPU threads (default: PyTorch's choice)")
