@@ -83,6 +83,16 @@ class _TorchEngine:
         return outputs
 
 
+def set_threads(threads: int | None) -> None:
+    """``--threads``: the CPU threads of PyTorch and of CTranslate2 (``intra_threads``) for the
+    models loaded after it; ``None`` leaves PyTorch's default."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise UserError(f"--threads {threads}: must be at least 1")
+    torch.set_num_threads(threads)
+
+
 def _ctranslate2_device(device: str | None) -> tuple[str, int]:
     import ctranslate2
 

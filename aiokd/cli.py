@@ -75,6 +75,12 @@ def _add_dtype(p: argparse.ArgumentParser) -> None:
                    "hardware multiplies bf16 natively (e.g. CPUs with AMX)")
 
 
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of PyTorch and CTranslate2 (default: PyTorch's, one per "
+                   "core); benchmarks/ctranslate2_threads.py measures CTranslate2's best")
+
+
 def _add_translate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("translate", help="translate text with any student of a model")
     p.add_argument("--model", required=True,
@@ -88,6 +94,7 @@ def _add_translate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lenpen", type=float, default=1.0, help="length penalty")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     _add_dtype(p)
+    _add_threads(p)
     p.set_defaults(handler="aiokd.translate:main")
 
 
@@ -112,6 +119,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="results.json (CSV and PNGs are written beside)")
     p.add_argument("--device", default=None)
     _add_dtype(p)
+    _add_threads(p)
     p.set_defaults(handler="aiokd.evaluate:main")
 
 
@@ -154,6 +162,7 @@ def _add_distill_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--beam", type=int, default=5)
     p.add_argument("--device", default=None)
     _add_dtype(p)
+    _add_threads(p)
     p.add_argument("--force", action="store_true", help="overwrite an existing --out directory")
     p.set_defaults(handler="aiokd.distill_data:main")
 

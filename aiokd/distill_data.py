@@ -25,7 +25,7 @@ from typing import Any
 from tqdm import tqdm
 
 import aiokd
-from aiokd.api import Translator, load
+from aiokd.api import Translator, load, set_threads
 from aiokd.data import MANIFEST, ParallelSplit, Tokenizer, ids_dtype, load_manifest, side_files
 from aiokd.errors import UserError
 from aiokd.io import atomic_directory, atomic_write_bytes, atomic_write_json, check_new_directory
@@ -175,6 +175,7 @@ def distill_data(model: str | Path, data: str | Path, out: str | Path, student: 
 
 def main(args: argparse.Namespace) -> int:
     """Run ``aiokd distill-data`` with parsed command-line options."""
+    set_threads(args.threads)
     manifest = distill_data(args.model, args.data, args.out, args.student, args.beam, args.device,
                             overwrite=args.force, dtype=args.dtype)
     train = manifest["splits"]["train"]

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 import aiokd
 from aiokd import plots
-from aiokd.api import Translator, load
+from aiokd.api import Translator, load, set_threads
 from aiokd.data import ParallelSplit
 from aiokd.errors import UserError
 from aiokd.footprint import Footprint, ModelFacts, inspect_model
@@ -280,6 +280,7 @@ def main(args: argparse.Namespace) -> int:
     """Run ``aiokd evaluate`` with parsed command-line options."""
     out = Path(args.out)
     _check_out(out)
+    set_threads(args.threads)
     test = read_test_set(args.data, args.split, args.src, args.ref)
     latency = None if args.no_latency else LatencySettings(args.latency_sample, args.latency_runs)
     results = evaluate(args.model, test, args.students, beam=args.beam, engine=args.engine,

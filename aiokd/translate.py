@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from aiokd.api import load
+from aiokd.api import load, set_threads
 from aiokd.errors import UserError
 from aiokd.io import atomic_write_bytes
 
@@ -62,6 +62,7 @@ def write_output(name: str, lines: list[str]) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.output != "-" and Path(args.output).is_dir():
         raise UserError(f"-o {args.output}: is a directory")
+    set_threads(args.threads)
     model = load(args.model, device=args.device, engine=args.engine, dtype=args.dtype)
     model.check_student(args.student)
     lines = read_input(args.input)

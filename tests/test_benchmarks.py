@@ -173,3 +173,17 @@ def test_decoding_precision_scores_and_times_both(tiny_model_dir, tiny_data_dir,
         assert math.isclose(versus["bleu_difference"],
                             found["bfloat16"]["bleu"] - found["float32"]["bleu"])
     assert "bfloat16" in capsys.readouterr().out
+
+
+def test_ctranslate2_threads_times_every_count(tiny_model_dir, tiny_data_dir, capsys,
+                                               monkeypatch, one_thread):
+    import ctranslate2_threads
+
+    monkeypatch.setattr(sys, "argv", [
+        "ctranslate2_threads.py", "--model", str(tiny_model_dir), "--data", str(tiny_data_dir),
+        "--student", "3-2", "--threads", "1,2", "--sample", "2", "--sentences", "4",
+        "--runs", "1"])
+    assert ctranslate2_threads.main() == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [row[0] for row in rows] == ["1", "2"]
+    assert all(_positive(float(cell)) for row in rows for cell in row[1:])

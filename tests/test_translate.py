@@ -133,6 +133,19 @@ def test_cli_files(monkeypatch, tmp_path, model, tiny_model_dir, lines):
     assert target.read_bytes() == b""
 
 
+def test_cli_threads(monkeypatch, capsys, tiny_model_dir, lines):
+    threads = torch.get_num_threads()
+    try:
+        assert run_cli(monkeypatch, "translate", "--model", tiny_model_dir, "--threads", "1",
+                       stdin=lines[0].encode()) == 0
+        assert torch.get_num_threads() == 1
+        assert run_cli(monkeypatch, "translate", "--model", tiny_model_dir, "--threads", "0",
+                       stdin=lines[0].encode()) == 2
+        assert "--threads 0: must be at least 1" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_cli_input_errors(monkeypatch, capsys, tmp_path, tiny_model_dir):
     source = tmp_path / "bad.de"
     source.write_bytes(b"Der hund .\nein \xff mann\n")
