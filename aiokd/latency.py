@@ -105,7 +105,8 @@ class Timing:
     hypotheses: list[str]
 
 
-def _timed(function: Callable[[], object]) -> float:
+def timed(function: Callable[[], object]) -> float:
+    """Wall-clock seconds of one call of ``function``."""
     start = time.perf_counter()
     function()
     return time.perf_counter() - start
@@ -123,7 +124,7 @@ def time_translation(translate: Translate, lines: list[str], settings: LatencySe
     sample = [lines[i] for i in sample_indices(len(lines), settings.sample)]
     batch1 = []
     for _ in range(settings.runs):
-        seconds = sum(_timed(lambda line=line: translate([line])) for line in sample)
+        seconds = sum(timed(lambda line=line: translate([line])) for line in sample)
         batch1.append(1000 * seconds / len(sample))
     hypotheses: list[str] = []
     batched = []

@@ -15,7 +15,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import ctranslate2
@@ -24,7 +23,7 @@ import sentencepiece as spm
 from aiokd.checkpoint import load_model_files
 from aiokd.evaluate import read_test_set
 from aiokd.export import write_ctranslate2
-from aiokd.latency import sample_indices
+from aiokd.latency import sample_indices, timed
 from aiokd.students import parse_student
 
 
@@ -35,10 +34,9 @@ def timed_rounds(translators: dict[int, ctranslate2.Translator], batches: list[l
     order = list(translators)
     for round_ in range(runs):
         for threads in order[round_ % len(order):] + order[:round_ % len(order)]:
-            start = time.perf_counter()
-            for batch in batches:
-                translators[threads].translate_batch(batch, beam_size=beam)
-            times[threads].append(time.perf_counter() - start)
+            translate = translators[threads].translate_batch
+            times[threads].append(timed(lambda t=translate: [t(batch, beam_size=beam)
+                                                             for batch in batches]))
     return times
 
 

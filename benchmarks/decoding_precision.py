@@ -16,8 +16,6 @@ import json
 import shlex
 import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,14 +24,8 @@ from speed import device_name
 import aiokd
 from aiokd.api import Translator
 from aiokd.evaluate import read_test_set
-from aiokd.latency import sample_indices
+from aiokd.latency import sample_indices, timed
 from aiokd.scoring import sacrebleu_scores
-
-
-def timed(function: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
 
 
 def compare(models: dict[str, Translator], student: str, sources: list[str],
