@@ -9,10 +9,10 @@ __version__ = "0.1.0"
 
 
 def load(path, device=None, engine=None, dtype=None):
-    """Load a model to translate with; see :func:`aiokd.api.load`.
+    """Load a model to translate with; see :func:`aiokd.inference.api.load`.
 
     ``aiokd.load(PATH).translate(lines, student="6-2")``.
     """
-    from aiokd.api import load as load_model
+    from aiokd.inference.api import load as load_model
 
     return load_model(path, device=device, engine=engine, dtype=dtype)

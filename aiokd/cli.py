@@ -42,7 +42,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-ratio", type=float, default=None,
                    help="drop training pairs whose length ratio exceeds this")
     p.add_argument("--force", action="store_true", help="overwrite an existing data directory")
-    p.set_defaults(handler="aiokd.prepare:main")
+    p.set_defaults(handler="aiokd.data.prepare:main")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -65,7 +65,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--student", help="baselines: the student l_e-l_d to train, e.g. 4-2")
     p.add_argument("--teacher", help="word-kd / selective-kd: teacher run directory or checkpoint")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    p.set_defaults(handler="aiokd.train:main")
+    p.set_defaults(handler="aiokd.train.loop:main")
 
 
 def _add_dtype(p: argparse.ArgumentParser) -> None:
@@ -95,7 +95,7 @@ def _add_translate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     _add_dtype(p)
     _add_threads(p)
-    p.set_defaults(handler="aiokd.translate:main")
+    p.set_defaults(handler="aiokd.inference.translate:main")
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -120,7 +120,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None)
     _add_dtype(p)
     _add_threads(p)
-    p.set_defaults(handler="aiokd.evaluate:main")
+    p.set_defaults(handler="aiokd.evaluation.evaluate:main")
 
 
 def _add_select(sub: argparse._SubParsersAction) -> None:
@@ -130,7 +130,7 @@ def _add_select(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-params", type=float)
     p.add_argument("--max-size-mb", type=float)
     p.add_argument("--min-bleu", type=float)
-    p.set_defaults(handler="aiokd.select:main")
+    p.set_defaults(handler="aiokd.evaluation.select:main")
 
 
 def _add_extract(sub: argparse._SubParsersAction) -> None:
@@ -138,7 +138,7 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--student", required=True)
     p.add_argument("--out", required=True)
-    p.set_defaults(handler="aiokd.export:extract_main")
+    p.set_defaults(handler="aiokd.formats.export:extract_main")
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -149,7 +149,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quantization", choices=["none", "int8", "int8_float32", "float16"],
                    default="none")
     p.add_argument("--out", required=True)
-    p.set_defaults(handler="aiokd.export:export_main")
+    p.set_defaults(handler="aiokd.formats.export:export_main")
 
 
 def _add_distill_data(sub: argparse._SubParsersAction) -> None:
@@ -164,7 +164,7 @@ def _add_distill_data(sub: argparse._SubParsersAction) -> None:
     _add_dtype(p)
     _add_threads(p)
     p.add_argument("--force", action="store_true", help="overwrite an existing --out directory")
-    p.set_defaults(handler="aiokd.distill_data:main")
+    p.set_defaults(handler="aiokd.inference.distill_data:main")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,11 +1,12 @@
 """Time of one attention call on CPU per kernel and precision, at sentence-length sizes: why
-``aiokd.model.attention`` trains in half precision through two matrix products on a CPU.
+``aiokd.model.transformer.attention`` trains in half precision through two matrix products on a CPU.
 
     python benchmarks/attention_kernels.py [--threads 1] [--batch 215] [--length 19]
 
 Queries, keys and values are views of one fused projection ``(B, T, 3C)`` split into heads, as
 in the model.  Training: forward and backward (``F.scaled_dot_product_attention``'s math and
-flash kernels against :func:`aiokd.model.attention_products`); inference: forward only, under
+flash kernels against :func:`aiokd.model.transformer.attention_products`); inference: forward only,
+under
 ``torch.no_grad`` (PyTorch's choice of kernel against the products).  Each figure is the median
 of ``--repeats`` calls; every variant runs in the same process, one after the other.
 """
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from aiokd.model import attention_products
+from aiokd.model.transformer import attention_products
 
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -22,10 +22,10 @@ import torch
 from speed import device_name
 
 import aiokd
-from aiokd.api import Translator
-from aiokd.evaluate import read_test_set
-from aiokd.latency import sample_indices, timed
-from aiokd.scoring import sacrebleu_scores
+from aiokd.evaluation.evaluate import read_test_set
+from aiokd.evaluation.latency import sample_indices, timed
+from aiokd.evaluation.scoring import sacrebleu_scores
+from aiokd.inference.api import Translator
 
 
 def compare(models: dict[str, Translator], student: str, sources: list[str],

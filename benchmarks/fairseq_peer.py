@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import sentencepiece as spm
 
-from aiokd.data import ParallelSplit, load_manifest
+from aiokd.data.corpus import ParallelSplit, load_manifest
 
 FAIRSEQ_MAX_TOKENS = 4096
 TRAIN_ARGS = [

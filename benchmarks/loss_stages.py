@@ -5,7 +5,8 @@ training steps.
     python benchmarks/loss_stages.py [--threads 1] [--tokens 3848] [--vocab 8000] [--k 2]
 
 Random logits of the teacher and ``K`` students; forward and backward of
-:func:`aiokd.aiokd_loss.aiokd_loss` with ``beta = 0`` (stage 1) and ``beta = 1`` (stage 2), the
+:func:`aiokd.distill.aiokd_loss.aiokd_loss` with ``beta = 0`` (stage 1) and ``beta = 1`` (stage 2),
+the
 two alternating, the median of ``--repeats`` calls each.
 """
 
@@ -17,7 +18,7 @@ import time
 
 import torch
 
-from aiokd.aiokd_loss import LossSettings, aiokd_loss
+from aiokd.distill.aiokd_loss import LossSettings, aiokd_loss
 
 
 def time_loss(beta: float, tokens: int, vocab: int, k: int, dtype: torch.dtype) -> float:

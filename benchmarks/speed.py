@@ -47,13 +47,13 @@ import numpy as np
 import torch
 from unfused_objective import UnfusedObjective
 
-from aiokd.batching import Batch, token_batches
 from aiokd.config import Config, ModelConfig, load_config
-from aiokd.data import ParallelSplit, load_manifest
-from aiokd.model import Transformer
-from aiokd.objective import Objective, validation_nll
-from aiokd.students import Student, parse_student, sample_students, student_name
-from aiokd.train import (
+from aiokd.data.batching import Batch, token_batches
+from aiokd.data.corpus import ParallelSplit, load_manifest
+from aiokd.distill.objective import Objective, validation_nll
+from aiokd.distill.students import Student, parse_student, sample_students, student_name
+from aiokd.model.transformer import Transformer
+from aiokd.train.loop import (
     bf16_is_native,
     build_model,
     make_batch,
@@ -285,7 +285,7 @@ def training_batches(split: ParallelSplit, max_tokens: int, count: int, seed: in
 class Variant:
     """One way to train: ``scratch`` (the teacher alone) or AIO-KD at a stage with K students;
     ``compiled``: with ``train.compile`` (the layers through ``torch.compile``); ``unfused``: the
-    loss term by term (:mod:`unfused_objective`) instead of :mod:`aiokd.aiokd_loss`."""
+    loss term by term (:mod:`unfused_objective`) instead of :mod:`aiokd.distill.aiokd_loss`."""
 
     name: str
     method: str
@@ -501,12 +501,13 @@ def _scaling_row(row: dict[str, Any], batches: list[Batch]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Decoding (needs aiokd.generate, aiokd.api and aiokd.export)
+# Decoding (needs aiokd.inference.generate, aiokd.inference.api and aiokd.formats.export)
 
 
 def decoding_available() -> str | None:
     """``None`` if the decoding modules are installed, else why the section is skipped."""
-    for name in ("aiokd.generate", "aiokd.api", "aiokd.export", "ctranslate2"):
+    for name in ("aiokd.inference.generate", "aiokd.inference.api", "aiokd.formats.export",
+                 "ctranslate2"):
         if importlib.util.find_spec(name) is None:
             return f"{name} is not available in this installation"
     return None
@@ -515,7 +516,7 @@ def decoding_available() -> str | None:
 def decoding_model(model_path: str | None, cfg: Config, data_dir: Path):
     """The model to decode with: ``model_path`` loaded, or the preset's model at its seeded
     random initialisation.  Returns ``(ModelFiles, description)``."""
-    from aiokd.checkpoint import ModelFiles, load_model_files, model_config_json
+    from aiokd.model.checkpoint import ModelFiles, load_model_files, model_config_json
 
     if model_path is not None:
         return load_model_files(model_path), f"trained model {model_path}"
@@ -545,7 +546,7 @@ class Search:
     max_len_b: int
 
     def options(self):
-        from aiokd.generate import SearchOptions
+        from aiokd.inference.generate import SearchOptions
 
         return SearchOptions(beam=self.beam, lenpen=1.0, max_len_a=self.max_len_a,
                              max_len_b=self.max_len_b)
@@ -578,8 +579,8 @@ def time_decoding(run: Callable[[list[list[int]]], list[list[int]]], sources: li
 
 def torch_decoder(model: Transformer, student: Student,
                   search: Search) -> Callable[[list[list[int]]], list[list[int]]]:
-    """One batch through :func:`aiokd.generate.generate`."""
-    from aiokd.generate import generate
+    """One batch through :func:`aiokd.inference.generate.generate`."""
+    from aiokd.inference.generate import generate
 
     options = search.options()
     return lambda batch: generate(model, batch, student, options)
@@ -588,7 +589,8 @@ def torch_decoder(model: Transformer, student: Student,
 def ctranslate2_decoder(translator, pieces: list[str], cfg: ModelConfig,
                         search: Search) -> Callable[[list[list[int]]], list[list[int]]]:
     """One batch through ``ctranslate2.Translator.translate_batch`` under the search rules of
-    :mod:`aiokd.api` (pad and BOS suppressed, at least one token), with the limit of the batch's
+    :mod:`aiokd.inference.api` (pad and BOS suppressed, at least one token), with the limit of the
+    batch's
     longest source."""
     ids = {piece: i for i, piece in enumerate(pieces)}
     suppressed = [[pieces[cfg.pad_id]], [pieces[cfg.bos_id]]]
@@ -609,7 +611,8 @@ def bench_decoding(files, sources: list[list[int]], students: list[Student], bea
                    batch_sizes: list[int], dtypes: list[str], quantizations: list[str],
                    search: Search, runs: int, device: torch.device, workdir: Path,
                    batch1_sentences: int) -> dict[str, Any]:
-    """Sentences/s and tokens/s of :func:`aiokd.generate.generate` with the model in each of
+    """Sentences/s and tokens/s of :func:`aiokd.inference.generate.generate` with the model in each
+    of
     ``dtypes`` (engine ``torch`` for float32, ``torch_<dtype>`` otherwise, as ``aiokd translate
     --dtype`` casts it) and of the CTranslate2 export of each student (in each quantization) for
     every beam size and batch size.
@@ -619,8 +622,8 @@ def bench_decoding(files, sources: list[list[int]], students: list[Student], bea
     """
     import ctranslate2
 
-    from aiokd.api import DTYPES
-    from aiokd.export import sentencepiece_pieces, write_ctranslate2
+    from aiokd.formats.export import sentencepiece_pieces, write_ctranslate2
+    from aiokd.inference.api import DTYPES
 
     models = {("torch" if dtype == "float32" else f"torch_{dtype}"):
               copy.deepcopy(files.model).to(device, DTYPES[dtype]).eval() for dtype in dtypes}

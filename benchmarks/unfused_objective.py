@@ -1,14 +1,14 @@
 """The AIO-KD objective written term by term with autograd, as a direct PyTorch implementation
 (and the reference code) computes it: a float32 log-softmax table per model, each CE and KL term
 on those tables, detaching and the better student decided on the host.  The speed benchmark's
-``--unfused`` variants train with it, to measure :mod:`aiokd.aiokd_loss` against it."""
+``--unfused`` variants train with it, to measure :mod:`aiokd.distill.aiokd_loss` against it."""
 
 from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from aiokd.objective import Objective, log_probs
+from aiokd.distill.objective import Objective, log_probs
 
 
 def smoothed_ce(lprobs: Tensor, gold: Tensor, epsilon: float) -> Tensor:
@@ -25,7 +25,8 @@ def kl(target: Tensor, lprobs: Tensor) -> Tensor:
 
 
 class UnfusedObjective(Objective):
-    """:class:`~aiokd.objective.Objective` with the AIO-KD loss computed term by term (mutual
+    """:class:`~aiokd.distill.objective.Objective` with the AIO-KD loss computed term by term
+    (mutual
     learning as the paper sets it: ``KL(P_better || P_worse)``)."""
 
     def _aiokd(self, src, prev_tgt, mask, gold, students, stage):

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from aiokd.prepare import prepare
+from aiokd.data.prepare import prepare
 
 _WORDS = [
     ("der", "the"), ("hund", "dog"), ("katze", "cat"), ("läuft", "runs"), ("schnell", "fast"),
@@ -93,12 +93,12 @@ def tiny_model_dir(tmp_path_factory, tiny_data_dir):
     import torch
     import torch.nn.functional as F
 
-    from aiokd.batching import collate
-    from aiokd.checkpoint import model_config_json, save_model_dir
     from aiokd.config import Config, ModelConfig
-    from aiokd.data import ParallelSplit
-    from aiokd.model import Transformer
-    from aiokd.students import CandidateSpace
+    from aiokd.data.batching import collate
+    from aiokd.data.corpus import ParallelSplit
+    from aiokd.distill.students import CandidateSpace
+    from aiokd.model.checkpoint import model_config_json, save_model_dir
+    from aiokd.model.transformer import Transformer
 
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=TINY_VOCAB, d_model=32, ffn_dim=64, heads=4, enc_layers=3,

@@ -21,7 +21,7 @@ import signal
 import sys
 from pathlib import Path
 
-import aiokd.train
+import aiokd.train.loop
 from aiokd.cli import main
 
 
@@ -30,8 +30,8 @@ def die() -> None:
 
 
 def install(point: str, stage: int, update: int) -> None:
-    """Wrap the function of ``aiokd.train`` where ``point`` lies."""
-    Stage = aiokd.train.Stage
+    """Wrap the function of ``aiokd.train.loop`` where ``point`` lies."""
+    Stage = aiokd.train.loop.Stage
     armed = {"write": False, "validation": False}
     real_replace = os.replace
 
@@ -54,7 +54,7 @@ def install(point: str, stage: int, update: int) -> None:
 
         Stage.step = step
     elif point == "validate":
-        real_validate, real_nll = Stage._validate, aiokd.train.validation_nll
+        real_validate, real_nll = Stage._validate, aiokd.train.loop.validation_nll
 
         def _validate(self):
             armed["validation"] = self.stage == stage and self.state.update == update
@@ -67,7 +67,7 @@ def install(point: str, stage: int, update: int) -> None:
             return result
 
         Stage._validate = _validate
-        aiokd.train.validation_nll = validation_nll
+        aiokd.train.loop.validation_nll = validation_nll
     elif point == "save":
         real_save = Stage.save
 
@@ -78,13 +78,13 @@ def install(point: str, stage: int, update: int) -> None:
 
         Stage.save = save
     elif point == "model":
-        real_save_model_dir = aiokd.train.save_model_dir
+        real_save_model_dir = aiokd.train.loop.save_model_dir
 
         def save_model_dir(*args, **kwargs):
             armed["write"] = True
             real_save_model_dir(*args, **kwargs)
 
-        aiokd.train.save_model_dir = save_model_dir
+        aiokd.train.loop.save_model_dir = save_model_dir
     else:
         raise SystemExit(f"unknown point {point!r}")
 

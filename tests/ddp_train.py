@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from aiokd.cli import main
-from aiokd.train import Stage
+from aiokd.train.loop import Stage
 
 report: dict[str, dict] = {"students": {}, "max_param_diff": {}}
 real_students, real_run_to_end = Stage._students, Stage.run_to_end

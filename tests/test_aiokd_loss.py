@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aiokd.aiokd_loss import LossSettings, aiokd_loss
+from aiokd.distill.aiokd_loss import LossSettings, aiokd_loss
 
 
 def direct_kl(p_logits, q_logits):

@@ -17,13 +17,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import aiokd.train
+import aiokd.train.loop
 from aiokd.cli import build_parser, parse_args
 from aiokd.cli import main as cli_main
 from aiokd.config import load_config, parse_override
-from aiokd.data import load_manifest
+from aiokd.data.corpus import load_manifest
+from aiokd.distill.students import CandidateSpace, parse_student
 from aiokd.errors import UserError
-from aiokd.students import CandidateSpace, parse_student
 from tests.conftest import TINY_MODEL, make_corpus, run_aiokd
 
 TRAIN = ["--max-updates", "2", *TINY_MODEL]
@@ -360,7 +360,7 @@ def finished_run(tmp_path_factory, tiny_data_dir):
     """A finished two-update run of both stages on :func:`tiny_data_dir`."""
     out = tmp_path_factory.mktemp("finished") / "run"
     args = build_parser().parse_args([str(a) for a in train_argv(tiny_data_dir, out)])
-    assert aiokd.train.main(args) == 0
+    assert aiokd.train.loop.main(args) == 0
     return out
 
 
@@ -409,8 +409,8 @@ def _needs(module: str) -> None:
 @pytest.mark.parametrize("command", ["translate", "extract", "export", "evaluate"])
 def test_model_commands_refuse_untrained_students(tmp_path, tiny_model_dir, tiny_data_dir,
                                                   capsys, command, student):
-    module = {"translate": "aiokd.translate", "evaluate": "aiokd.evaluate"}.get(command,
-                                                                               "aiokd.export")
+    module = {"translate": "aiokd.inference.translate",
+              "evaluate": "aiokd.evaluation.evaluate"}.get(command, "aiokd.formats.export")
     _needs(module)
     source = tmp_path / "input.de"
     source.write_text("ein hund .\n", encoding="utf-8")
@@ -430,8 +430,8 @@ def test_model_commands_refuse_untrained_students(tmp_path, tiny_model_dir, tiny
 @pytest.mark.parametrize("command", ["translate", "extract", "evaluate"])
 def test_model_commands_refuse_damaged_models(tmp_path, tiny_model_dir, tiny_data_dir, capsys,
                                               command, how):
-    _needs({"translate": "aiokd.translate", "evaluate": "aiokd.evaluate",
-            "extract": "aiokd.export"}[command])
+    _needs({"translate": "aiokd.inference.translate", "evaluate": "aiokd.evaluation.evaluate",
+            "extract": "aiokd.formats.export"}[command])
     model = shutil.copytree(tiny_model_dir, tmp_path / "model")
     if how == "truncated":
         damaged = model / "model.safetensors"
@@ -460,7 +460,7 @@ def test_model_commands_refuse_damaged_models(tmp_path, tiny_model_dir, tiny_dat
 @pytest.mark.parametrize("content, names", [(b"ein hund\n\xff\xfe\n", [":2", "UTF-8"]),
                                             (bytes(range(256)) * 16, [])])
 def test_translate_refuses_bad_input_text(tmp_path, tiny_model_dir, capsys, content, names):
-    _needs("aiokd.translate")
+    _needs("aiokd.inference.translate")
     source = tmp_path / "input.de"
     source.write_bytes(content)
     out = tmp_path / "out.en"
@@ -471,7 +471,7 @@ def test_translate_refuses_bad_input_text(tmp_path, tiny_model_dir, capsys, cont
 def test_translate_handles_a_100000_character_line(tmp_path, tiny_model_dir, capsys):
     """A line far longer than the model's positions gives an error or a translation, never a
     traceback."""
-    _needs("aiokd.translate")
+    _needs("aiokd.inference.translate")
     source = tmp_path / "input.de"
     source.write_text("ein hund .\n" + "hund " * 20_000 + "\n", encoding="utf-8")
     out = tmp_path / "out.en"

@@ -13,9 +13,9 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from aiokd.batching import collate
 from aiokd.config import ModelConfig
-from aiokd.model import Transformer
+from aiokd.data.batching import collate
+from aiokd.model.transformer import Transformer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import speed  # noqa: E402

@@ -17,12 +17,12 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 import aiokd
-from aiokd.checkpoint import load_model_files, read_checkpoint, save_checkpoint
 from aiokd.config import load_config
+from aiokd.distill.objective import Objective
 from aiokd.errors import UserError
-from aiokd.model import Transformer
-from aiokd.objective import Objective
-from aiokd.train import make_optimizer
+from aiokd.model.checkpoint import load_model_files, read_checkpoint, save_checkpoint
+from aiokd.model.transformer import Transformer
+from aiokd.train.loop import make_optimizer
 from tests.conftest import TINY_MODEL, run_aiokd
 
 PACKAGE = Path(aiokd.__file__).parent

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from aiokd.config import PRESETS, Config, load_config, parse_override
 from aiokd.errors import UserError
-from aiokd.train import RESUMABLE_CHANGES, _check_same_settings
+from aiokd.train.loop import RESUMABLE_CHANGES, _check_same_settings
 
 
 def numbers(cfg: Config):

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from aiokd.data import ParallelSplit, Tokenizer, load_manifest
+from aiokd.data.corpus import ParallelSplit, Tokenizer, load_manifest
 from aiokd.errors import UserError
 from tests.conftest import TINY_VOCAB
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from aiokd.cli import main as cli_main
-from aiokd.data import ParallelSplit, Tokenizer, load_manifest, side_files
-from aiokd.distill_data import distill_data, translate_resumably
+from aiokd.data.corpus import ParallelSplit, Tokenizer, load_manifest, side_files
+from aiokd.inference.distill_data import distill_data, translate_resumably
 from tests.conftest import TINY_MODEL, run_aiokd
 
 

@@ -19,8 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from aiokd.checkpoint import read_checkpoint
-from aiokd.students import CandidateSpace, sample_students
+from aiokd.distill.students import CandidateSpace, sample_students
+from aiokd.model.checkpoint import read_checkpoint
 from tests.conftest import TINY_MODEL, run_aiokd, subprocess_env
 
 DDP_TRAIN = Path(__file__).with_name("ddp_train.py")
@@ -85,7 +85,7 @@ def test_sampler_does_not_depend_on_the_process():
     candidates = CandidateSpace(6, 6).candidates
     here = [sample_students(candidates, 2, 1, stage, update, True)
             for stage in (1, 2) for update in range(50)]
-    script = ("import json; from aiokd.students import CandidateSpace, sample_students; "
+    script = ("import json; from aiokd.distill.students import CandidateSpace, sample_students; "
               "c = CandidateSpace(6, 6).candidates; print(json.dumps("
               "[sample_students(c, 2, 1, s, u, True) for s in (1, 2) for u in range(50)]))")
     for hash_seed in ("1", "12345"):

@@ -7,13 +7,20 @@ import json
 
 import pytest
 
-from aiokd.checkpoint import load_model_files
 from aiokd.cli import main as cli_main
-from aiokd.evaluate import EvalSet, evaluate, output_paths, read_test_set, summary, write_outputs
-from aiokd.footprint import directory_bytes
-from aiokd.latency import LatencySettings, sample_indices, trimmed_mean
-from aiokd.results import load_results
-from aiokd.select import select_student
+from aiokd.evaluation.evaluate import (
+    EvalSet,
+    evaluate,
+    output_paths,
+    read_test_set,
+    summary,
+    write_outputs,
+)
+from aiokd.evaluation.footprint import directory_bytes
+from aiokd.evaluation.latency import LatencySettings, sample_indices, trimmed_mean
+from aiokd.evaluation.results import load_results
+from aiokd.evaluation.select import select_student
+from aiokd.model.checkpoint import load_model_files
 from tests.conftest import make_corpus, run_aiokd
 
 PNG = b"\x89PNG\r\n\x1a\n"

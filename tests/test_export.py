@@ -12,11 +12,11 @@ import sentencepiece as spm
 import torch
 
 import aiokd
-from aiokd.batching import pad_sequences
-from aiokd.checkpoint import load_model_files, save_model_dir
 from aiokd.cli import main as cli_main
+from aiokd.data.batching import pad_sequences
 from aiokd.errors import UserError
-from aiokd.generate import SearchOptions, generate
+from aiokd.inference.generate import SearchOptions, generate
+from aiokd.model.checkpoint import load_model_files, save_model_dir
 from tests.conftest import aiokd_command, make_corpus, run_aiokd, subprocess_env
 
 

@@ -7,9 +7,9 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from aiokd.batching import pad_sequences
-from aiokd.checkpoint import load_model_files
-from aiokd.generate import SearchOptions, generate
+from aiokd.data.batching import pad_sequences
+from aiokd.inference.generate import SearchOptions, generate
+from aiokd.model.checkpoint import load_model_files
 from tests.conftest import make_corpus
 
 STUDENTS = [(3, 3), (3, 2), (2, 2)]

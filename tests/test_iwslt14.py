@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from aiokd import iwslt14
 from aiokd.cli import main as cli_main
+from aiokd.data import iwslt14
+from aiokd.data.text import read_lines
 from aiokd.errors import UserError
-from aiokd.text import read_lines
 from tests.conftest import make_corpus
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "iwslt14-de-en"

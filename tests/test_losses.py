@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from aiokd.config import load_config
-from aiokd.losses import (
+from aiokd.distill.losses import (
     detaching_gates,
     kl_divergence,
     label_smoothed_nll,
@@ -16,8 +16,8 @@ from aiokd.losses import (
     token_nll_from_hidden,
     token_nll_from_logits,
 )
-from aiokd.model import Transformer
-from aiokd.objective import Objective
+from aiokd.distill.objective import Objective
+from aiokd.model.transformer import Transformer
 
 
 @pytest.fixture(autouse=True)

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from aiokd.config import load_config
-from aiokd.model import DROPOUT_BITS, Transformer, attention_products, dropout
-from aiokd.objective import validation_nll
-from aiokd.train import scale_and_clip_gradients
+from aiokd.distill.objective import validation_nll
+from aiokd.model.transformer import DROPOUT_BITS, Transformer, attention_products, dropout
+from aiokd.train.loop import scale_and_clip_gradients
 from tests.conftest import TINY_MODEL
 
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aiokd.aiokd_loss import LossSettings, aiokd_loss
-from aiokd.checkpoint import read_checkpoint
 from aiokd.cli import main as cli_main
-from aiokd.losses import kl_divergence
-from aiokd.model import Transformer
-from aiokd.objective import Objective, log_probs
+from aiokd.distill.aiokd_loss import LossSettings, aiokd_loss
+from aiokd.distill.losses import kl_divergence
+from aiokd.distill.objective import Objective, log_probs
+from aiokd.model.checkpoint import read_checkpoint
+from aiokd.model.transformer import Transformer
 from tests.conftest import TINY_MODEL
 
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from aiokd.cli import main as cli_main
-from aiokd.data import ParallelSplit, Tokenizer
+from aiokd.data.corpus import ParallelSplit, Tokenizer
+from aiokd.data.prepare import prepare
 from aiokd.errors import UserError
-from aiokd.prepare import prepare
 from tests.conftest import TINY_VOCAB, make_corpus
 
 LONG_LINE = ("der hund läuft schnell " * 5000)[:100_000]

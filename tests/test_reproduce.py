@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from aiokd.cli import build_parser
-from aiokd.prepare import prepare
-from aiokd.train import build_config
+from aiokd.data.prepare import prepare
+from aiokd.train.loop import build_config
 from tests.conftest import TINY_VOCAB, make_corpus, subprocess_env
 
 DRIVER = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce"

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import aiokd.train
-from aiokd.checkpoint import read_checkpoint, save_checkpoint
+import aiokd.train.loop
 from aiokd.cli import build_parser
 from aiokd.config import load_config
-from aiokd.model import Transformer
+from aiokd.model.checkpoint import read_checkpoint, save_checkpoint
+from aiokd.model.transformer import Transformer
 from tests.conftest import TINY_MODEL, aiokd_command, run_aiokd, subprocess_env
 
 CRASH_AT = Path(__file__).with_name("crash_at.py")
@@ -182,9 +182,9 @@ def test_interrupted_checkpoint_write_keeps_previous_checkpoint(tmp_path):
     script = f"""
 from pathlib import Path
 import torch
-from aiokd.checkpoint import save_checkpoint
+from aiokd.model.checkpoint import save_checkpoint
 from aiokd.config import load_config
-from aiokd.model import Transformer
+from aiokd.model.transformer import Transformer
 cfg = load_config("tiny", overrides={TINY_MODEL!r} + ["model.vocab_size=100"])
 model = Transformer(cfg.model)
 i = 0
@@ -227,9 +227,9 @@ def test_leftover_temporary_file_is_ignored_and_removed(tmp_path, tiny_data_dir)
     args = build_parser().parse_args(
         ["train", "--data", str(tiny_data_dir), "--out", str(out), "--max-updates", "2",
          *OPTIONS])
-    assert aiokd.train.main(args) == 0
+    assert aiokd.train.loop.main(args) == 0
     for stale in (out / ".model.safetensors.tmp-999999",
                   out / "checkpoints" / ".stage2-last.safetensors.tmp-999999"):
         stale.write_bytes(good[:100])
-    assert aiokd.train.main(args) == 0
+    assert aiokd.train.loop.main(args) == 0
     assert not temporaries(out)

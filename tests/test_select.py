@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aiokd.errors import UserError
-from aiokd.results import FORMAT, VERSION
-from aiokd.select import pareto_front, select_student
+from aiokd.evaluation.results import FORMAT, VERSION
+from aiokd.evaluation.select import pareto_front, select_student
 from tests.conftest import run_aiokd
 
 # student, BLEU, ms/sentence, parameters (millions), size MB

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from aiokd.config import load_config
-from aiokd.students import CandidateSpace, sample_students, smallest
+from aiokd.distill.students import CandidateSpace, sample_students, smallest
 
 PAPER = CandidateSpace().candidates
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aiokd.data.text import read_lines, read_parallel
 from aiokd.errors import UserError
-from aiokd.text import read_lines, read_parallel
 
 
 def write(path, data: bytes, compress: bool = False):

@@ -5,7 +5,7 @@ import json
 import pytest
 from safetensors import safe_open
 
-from aiokd.checkpoint import load_model_files, read_checkpoint
+from aiokd.model.checkpoint import load_model_files, read_checkpoint
 from tests.conftest import TINY_MODEL, run_aiokd
 
 pytestmark = pytest.mark.slow

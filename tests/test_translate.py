@@ -11,10 +11,10 @@ import sentencepiece as spm
 import torch
 
 import aiokd
-from aiokd.checkpoint import load_model_files, save_checkpoint
 from aiokd.cli import main as cli_main
 from aiokd.config import Config
 from aiokd.errors import UserError
+from aiokd.model.checkpoint import load_model_files, save_checkpoint
 from tests.conftest import make_corpus, run_aiokd
 
 LONG_LINE = ("der hund läuft schnell " * 5000)[:100_000]

@@ -22,8 +22,8 @@ import yaml
 from report import FROM_TEACHER, ORDER, SEPARATE, TEACHER, TEACHER_RUN
 
 from aiokd.config import load_config
+from aiokd.distill.students import CandidateSpace, parse_student, student_name
 from aiokd.errors import UserError
-from aiokd.students import CandidateSpace, parse_student, student_name
 
 HERE = Path(__file__).resolve().parent
 CANDIDATES = [student_name(s) for s in CandidateSpace().candidates]

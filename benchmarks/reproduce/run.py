@@ -46,8 +46,8 @@ from plan import (
     sort_students,
 )
 
+from aiokd.data.prepare import MULTI30K_DIR
 from aiokd.io import atomic_write_bytes, atomic_write_json
-from aiokd.prepare import MULTI30K_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 COST_RULE = (

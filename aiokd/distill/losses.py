@@ -1,5 +1,5 @@
 """Cross-entropy and KL terms, each with its equation, for the single-student methods, validation
-and :mod:`aiokd.aiokd_loss`.
+and :mod:`aiokd.distill.aiokd_loss`.
 
 The functions take log-probabilities (or logits, where the name says so) ``(N, V)`` over the ``N``
 non-pad target tokens of a batch and return sums over those tokens (the caller divides by the

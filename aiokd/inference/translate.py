@@ -14,8 +14,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from aiokd.api import load, set_threads
 from aiokd.errors import UserError
+from aiokd.inference.api import load, set_threads
 from aiokd.io import atomic_write_bytes
 
 

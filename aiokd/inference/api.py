@@ -9,7 +9,8 @@ similar length (at most ``max_tokens`` padded source tokens each); outputs come 
 input order, one per line; an empty line gives an empty output.  A source longer than the model's
 ``max_positions - 1`` tokens (one position is the EOS) is truncated to that length.
 
-The PyTorch engine decodes with :func:`aiokd.generate.generate`; the CTranslate2 engine with
+The PyTorch engine decodes with :func:`aiokd.inference.generate.generate`; the CTranslate2 engine
+with
 ``ctranslate2.Translator.translate_batch`` under the same search rules: pad and BOS suppressed,
 ``min_decoding_length=1``, ``max_decoding_length`` per source length (sources are grouped by it),
 and CTranslate2's length penalty, which divides by the length with the EOS as ours does.  Given a
@@ -37,13 +38,13 @@ import numpy as np
 import sentencepiece as spm
 import torch
 
-from aiokd.batching import token_batches
-from aiokd.checkpoint import ModelFiles, load_model_files
 from aiokd.config import ModelConfig
+from aiokd.data.batching import token_batches
+from aiokd.distill.students import Student, parse_student, student_name
 from aiokd.errors import UserError
-from aiokd.generate import SearchOptions, generate
-from aiokd.model import Transformer
-from aiokd.students import Student, parse_student, student_name
+from aiokd.inference.generate import SearchOptions, generate
+from aiokd.model.checkpoint import ModelFiles, load_model_files
+from aiokd.model.transformer import Transformer
 
 Progress = Callable[[int], object]
 """Called with the number of lines just finished."""
@@ -239,7 +240,7 @@ def _torch_device(device: str | None) -> torch.device:
 
 def _exporting(files: ModelFiles, options: dict[str, object]) -> Callable[[Student], object]:
     """Opens a student of ``files`` in CTranslate2 by exporting it to a temporary directory."""
-    from aiokd.export import write_ctranslate2
+    from aiokd.formats.export import write_ctranslate2
 
     def open_student(student: Student):
         with tempfile.TemporaryDirectory(prefix="aiokd-ctranslate2-") as directory:
@@ -250,7 +251,7 @@ def _exporting(files: ModelFiles, options: dict[str, object]) -> Callable[[Stude
 
 
 def _load_export(directory: Path, options: dict[str, object]) -> Translator:
-    from aiokd.export import read_export_info, sentencepiece_pieces
+    from aiokd.formats.export import read_export_info, sentencepiece_pieces
 
     info = read_export_info(directory)
     cfg = ModelConfig(**info["model"])
@@ -282,7 +283,7 @@ def load(path: str | os.PathLike, device: str | None = None, engine: str | None 
         UserError: the path is not a model, a file is damaged, ``engine="torch"`` for an
             export, or a ``dtype`` the engine cannot compute in.
     """
-    from aiokd.export import is_ctranslate2_export, sentencepiece_pieces
+    from aiokd.formats.export import is_ctranslate2_export, sentencepiece_pieces
 
     path = Path(path)
     if engine not in (None, "torch", "ctranslate2"):

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import sentencepiece as spm
 
+from aiokd.data.text import read_lines
 from aiokd.errors import UserError
-from aiokd.text import read_lines
 
 FORMAT = "aiokd-data"
 VERSION = 1

@@ -25,12 +25,19 @@ from typing import Any
 from tqdm import tqdm
 
 import aiokd
-from aiokd.api import Translator, load, set_threads
-from aiokd.data import MANIFEST, ParallelSplit, Tokenizer, ids_dtype, load_manifest, side_files
+from aiokd.data.corpus import (
+    MANIFEST,
+    ParallelSplit,
+    Tokenizer,
+    ids_dtype,
+    load_manifest,
+    side_files,
+)
+from aiokd.data.prepare import _write_side
+from aiokd.distill.students import student_name
 from aiokd.errors import UserError
+from aiokd.inference.api import Translator, load, set_threads
 from aiokd.io import atomic_directory, atomic_write_bytes, atomic_write_json, check_new_directory
-from aiokd.prepare import _write_side
-from aiokd.students import student_name
 
 CHUNK_LINES = 1000
 JOB = "job.json"
@@ -152,7 +159,7 @@ def distill_data(model: str | Path, data: str | Path, out: str | Path, student: 
                  beam: int = 5, device: str | None = None, overwrite: bool = False,
                  chunk_lines: int = CHUNK_LINES, dtype: str | None = None) -> dict[str, Any]:
     """Translate the training source of ``data`` with ``student`` of ``model`` (in precision
-    ``dtype``, see :func:`aiokd.api.load`) and write the sequence-level KD data directory
+    ``dtype``, see :func:`aiokd.inference.api.load`) and write the sequence-level KD data directory
     ``out``; return its manifest (see the module docstring)."""
     data, out = Path(data), Path(out)
     if beam < 1:

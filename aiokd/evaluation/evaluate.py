@@ -2,11 +2,14 @@
 
 For each chosen student (default: every trained one), in the paper's order: the test set is
 translated; sacreBLEU's BLEU and chrF are computed on the detokenized output (and, with
-``tok_bleu``, the paper's tokenized BLEU, see :mod:`aiokd.scoring`); its parameters and its size
-as a standalone model are measured (:mod:`aiokd.footprint`); and, unless latency is skipped, its
-speed and peak memory on this machine (:mod:`aiokd.latency`).
+``tok_bleu``, the paper's tokenized BLEU, see :mod:`aiokd.evaluation.scoring`); its parameters and
+its size
+as a standalone model are measured (:mod:`aiokd.evaluation.footprint`); and, unless latency is
+skipped, its
+speed and peak memory on this machine (:mod:`aiokd.evaluation.latency`).
 
-Outputs, each written atomically: ``results.json`` (:mod:`aiokd.results`), a CSV beside it, a
+Outputs, each written atomically: ``results.json`` (:mod:`aiokd.evaluation.results`), a CSV beside
+it, a
 heatmap of BLEU over the ``l_e x l_d`` grid and a plot of BLEU against latency (against
 parameters when latency is skipped) with the Pareto front; a Markdown table goes to stdout.
 """
@@ -25,17 +28,24 @@ import torch
 from tqdm import tqdm
 
 import aiokd
-from aiokd import plots
-from aiokd.api import Translator, load, set_threads
-from aiokd.data import ParallelSplit
+from aiokd.data.corpus import ParallelSplit
+from aiokd.data.text import read_lines
+from aiokd.distill.students import parse_student
 from aiokd.errors import UserError
-from aiokd.footprint import Footprint, ModelFacts, inspect_model
+from aiokd.evaluation import plots
+from aiokd.evaluation.footprint import Footprint, ModelFacts, inspect_model
+from aiokd.evaluation.latency import LatencySettings, PeakMemory, Timing, time_translation
+from aiokd.evaluation.results import (
+    FORMAT,
+    TABLE_HEADER,
+    VERSION,
+    csv_text,
+    markdown_table,
+    table_row,
+)
+from aiokd.evaluation.scoring import Score, TokenizedBleu, sacrebleu_scores
+from aiokd.inference.api import Translator, load, set_threads
 from aiokd.io import atomic_write_bytes, atomic_write_json
-from aiokd.latency import LatencySettings, PeakMemory, Timing, time_translation
-from aiokd.results import FORMAT, TABLE_HEADER, VERSION, csv_text, markdown_table, table_row
-from aiokd.scoring import Score, TokenizedBleu, sacrebleu_scores
-from aiokd.students import parse_student
-from aiokd.text import read_lines
 
 DEFAULT_LATENCY = LatencySettings()
 
@@ -134,7 +144,7 @@ def _round(value: float | None, digits: int = 4) -> float | None:
 
 def _entry(name: str, scores: tuple[Score, Score, Score | None], footprint: Footprint,
            timing: Timing | None) -> dict[str, Any]:
-    """The results entry of one student (see :mod:`aiokd.results`)."""
+    """The results entry of one student (see :mod:`aiokd.evaluation.results`)."""
     le, ld = parse_student(name)
     bleu, chrf, tok = scores
     return {
@@ -156,8 +166,8 @@ def evaluate(model: str | os.PathLike, test: EvalSet, students: str | list[str] 
              tok_bleu: bool = False, latency: LatencySettings | None = DEFAULT_LATENCY,
              progress: bool = True, dtype: str | None = None) -> dict[str, Any]:
     """Evaluate students of ``model`` on ``test``, translating in precision ``dtype`` (see
-    :func:`aiokd.api.load`); returns the results (see :mod:`aiokd.results`).  ``latency=None``
-    skips timing."""
+    :func:`aiokd.inference.api.load`); returns the results (see :mod:`aiokd.evaluation.results`).
+    ``latency=None`` skips timing."""
     if beam < 1:
         raise UserError(f"--beam {beam}: must be at least 1")
     if latency is not None and (latency.sample < 1 or latency.runs < 1):

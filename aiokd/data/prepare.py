@@ -7,7 +7,7 @@ validation set is a curated reference and keeps them).  Test sets are never reor
 an empty source line stays, with its reference.
 
 One joint SentencePiece model is trained on both sides of the training text, every split is
-encoded with it, and the result is written as described in :mod:`aiokd.data`, together with
+encoded with it, and the result is written as described in :mod:`aiokd.data.corpus`, together with
 ``manifest.json``.  The directory is built under a temporary name and appears only when complete.
 """
 
@@ -26,11 +26,11 @@ import numpy as np
 import sentencepiece as spm
 
 import aiokd
-from aiokd import iwslt14
-from aiokd.data import FORMAT, MANIFEST, VERSION, Tokenizer, ids_dtype, side_files
+from aiokd.data import iwslt14
+from aiokd.data.corpus import FORMAT, MANIFEST, VERSION, Tokenizer, ids_dtype, side_files
+from aiokd.data.text import find_side, read_parallel
 from aiokd.errors import UserError
 from aiokd.io import atomic_directory, atomic_write_json, check_new_directory
-from aiokd.text import find_side, read_parallel
 
 Pair = tuple[list[str], list[str]]
 

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aiokd.aiokd_loss import LossSettings, aiokd_loss
 from aiokd.config import Config
-from aiokd.losses import (
+from aiokd.distill.aiokd_loss import LossSettings, aiokd_loss
+from aiokd.distill.losses import (
     kl_divergence,
     label_smoothed_nll,
     label_smoothed_nll_from_logits,
@@ -32,8 +32,8 @@ from aiokd.losses import (
     token_nll,
     token_nll_from_hidden,
 )
-from aiokd.model import Transformer
-from aiokd.students import Student
+from aiokd.distill.students import Student
+from aiokd.model.transformer import Transformer
 
 
 def log_probs(logits: Tensor) -> Tensor:

@@ -34,8 +34,14 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from aiokd import __version__
-from aiokd.batching import Batch, collate, token_batches
-from aiokd.checkpoint import (
+from aiokd.config import Config, ModelConfig, load_config
+from aiokd.data.batching import Batch, collate, token_batches
+from aiokd.data.corpus import ParallelSplit, load_manifest
+from aiokd.distill.objective import Objective, validation_nll
+from aiokd.distill.students import Student, parse_student, sample_students, student_name
+from aiokd.errors import UserError
+from aiokd.io import atomic_write_json, remove_temporaries
+from aiokd.model.checkpoint import (
     load_model_files,
     model_config_json,
     read_checkpoint,
@@ -43,13 +49,7 @@ from aiokd.checkpoint import (
     save_model_dir,
     sha256,
 )
-from aiokd.config import Config, ModelConfig, load_config
-from aiokd.data import ParallelSplit, load_manifest
-from aiokd.errors import UserError
-from aiokd.io import atomic_write_json, remove_temporaries
-from aiokd.model import Transformer
-from aiokd.objective import Objective, validation_nll
-from aiokd.students import Student, parse_student, sample_students, student_name
+from aiokd.model.transformer import Transformer
 
 RESUMABLE_CHANGES = {"max_updates", "max_epochs", "patience", "validate_every", "save_every",
                      "log_every", "threads", "max_bad_steps", "compile"}

@@ -26,10 +26,10 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from aiokd.config import Config
+from aiokd.distill.students import CandidateSpace, Student, student_name
 from aiokd.errors import UserError
 from aiokd.io import atomic_write_bytes, atomic_write_json
-from aiokd.model import Transformer
-from aiokd.students import CandidateSpace, Student, student_name
+from aiokd.model.transformer import Transformer
 
 CHECKPOINT_FORMAT = "aiokd-checkpoint"
 MODEL_FORMAT = "aiokd-model"

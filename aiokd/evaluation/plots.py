@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from aiokd.select import pareto_front  # noqa: E402
+from aiokd.evaluation.select import pareto_front  # noqa: E402
 
 
 def _png(figure) -> bytes:

@@ -2,7 +2,7 @@
 
 The bottom ``l_e`` encoder layers run once; the keys and values of the memory are computed once
 for each of the bottom ``l_d`` decoder layers; each step then runs
-:meth:`~aiokd.model.Transformer.decode_step` on the last token of every beam, whose
+:meth:`~aiokd.model.transformer.Transformer.decode_step` on the last token of every beam, whose
 self-attention keys and values grow in a per-layer cache that is reordered with the beams.
 
 The search follows CTranslate2's beam search, so that an exported student decodes the same tokens
@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from aiokd.batching import pad_sequences
-from aiokd.model import Transformer
-from aiokd.students import Student
+from aiokd.data.batching import pad_sequences
+from aiokd.distill.students import Student
+from aiokd.model.transformer import Transformer
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class _Beams:
             (shared by the beams of a sentence).
         memory_mask: ``(n, 1, 1, S)``.
         caches: per decoder layer, the past self-attention keys and values, and the ``rows`` of
-            them that the next step continues (see :class:`~aiokd.model.SelfAttention`).
+            them that the next step continues (see :class:`~aiokd.model.transformer.SelfAttention`).
     """
 
     sentences: Tensor

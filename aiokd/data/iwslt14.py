@@ -28,8 +28,8 @@ from pathlib import Path
 from sacremoses import MosesTokenizer
 from tqdm import tqdm
 
+from aiokd.data.text import read_lines
 from aiokd.errors import UserError
-from aiokd.text import read_lines
 
 LANGS = ("de", "en")
 PAIR = "de-en"

@@ -15,16 +15,16 @@ from pathlib import Path
 
 import torch
 
-from aiokd.checkpoint import load_model_files
 from aiokd.config import ModelConfig
-from aiokd.export import (
+from aiokd.distill.students import Student, student_name
+from aiokd.formats.export import (
     is_ctranslate2_export,
     read_export_info,
     write_ctranslate2,
     write_extracted,
 )
-from aiokd.model import Transformer
-from aiokd.students import Student, student_name
+from aiokd.model.checkpoint import load_model_files
+from aiokd.model.transformer import Transformer
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ projection (no bias); the position table is the model's own sinusoidal table, ro
 position ``t``; self-attention keeps its fused query/key/value projection (``linear[0]``), cross-
 attention its query (``linear[0]``) and fused key/value (``linear[1]``) projections.  The
 vocabulary is the SentencePiece pieces by id; the source gets the EOS appended and decoding
-starts from BOS, as in :mod:`aiokd.generate`.
+starts from BOS, as in :mod:`aiokd.inference.generate`.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from typing import Any
 import sentencepiece as spm
 from torch import Tensor, nn
 
-from aiokd.api import choose_student
-from aiokd.checkpoint import ModelFiles, load_model_files, model_config_json, save_model_dir
 from aiokd.config import Config, ModelConfig
+from aiokd.distill.students import CandidateSpace, Student, parse_student, student_name
 from aiokd.errors import UserError
+from aiokd.inference.api import choose_student
 from aiokd.io import atomic_directory, atomic_write_bytes, atomic_write_json
-from aiokd.model import DecoderLayer, EncoderLayer, Transformer
-from aiokd.students import CandidateSpace, Student, parse_student, student_name
+from aiokd.model.checkpoint import ModelFiles, load_model_files, model_config_json, save_model_dir
+from aiokd.model.transformer import DecoderLayer, EncoderLayer, Transformer
 
 EXPORT_INFO = "aiokd.json"
 EXPORT_FORMAT = "aiokd-ctranslate2"

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aiokd.config import ModelConfig
-from aiokd.losses import at_least_float32
-from aiokd.students import Student
+from aiokd.distill.losses import at_least_float32
+from aiokd.distill.students import Student
 
 
 def sinusoidal_positions(max_positions: int, dim: int) -> Tensor:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokd.errors import UserError
-from aiokd.results import check_results, load_results, markdown_table, millions, number
+from aiokd.evaluation.results import check_results, load_results, markdown_table, millions, number
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from aiokd.losses import at_least_float32, detaching_gates, row_blocks
+from aiokd.distill.losses import at_least_float32, detaching_gates, row_blocks
 
 
 @dataclass(frozen=True)

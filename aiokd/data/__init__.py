@@ -1,0 +1,1 @@
+"""Data: raw parallel text in, prepared data directories and batches out."""

@@ -1,0 +1,1 @@
+"""The AIO-KD objective: candidate students, their sampling and the losses."""

@@ -1,0 +1,1 @@
+"""Scoring students, measuring their cost, choosing one for a device."""

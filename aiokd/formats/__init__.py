@@ -1,0 +1,1 @@
+"""Models in other formats: a standalone student, CTranslate2."""

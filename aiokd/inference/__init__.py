@@ -1,0 +1,1 @@
+"""Translating with a trained family: beam search, the Python API, the translate step."""

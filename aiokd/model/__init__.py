@@ -1,0 +1,1 @@
+"""The Transformer, its CPU kernels and its files on disk."""
