@@ -25,6 +25,12 @@ def _require(condition: bool, option: str, message: str) -> None:
         raise UserError(f"option {option}: {message}")
 
 
+ACTIVATIONS = ("relu", "gelu", "swish", "silu")
+"""Feed-forward activations; ``silu`` is another name of ``swish``."""
+POSITIONS = ("tensor2tensor", "marian")
+"""Layouts of the sinusoidal position table."""
+
+
 @dataclass
 class ModelConfig:
     """An encoder-decoder Transformer with one joint vocabulary and all embeddings shared."""
@@ -43,7 +49,21 @@ class ModelConfig:
     max_positions: int = 1024
     pad_id: int = 0
     bos_id: int = 2
+    """The first decoder input (Marian models start from the pad token)."""
     eos_id: int = 3
+    activation: str = "relu"
+    """Of the feed-forward layers: ``relu``, ``gelu`` (exact, erf) or ``swish`` (``silu``:
+    ``x * sigmoid(x)``, as OPUS-MT models)."""
+    positions: str = "tensor2tensor"
+    """Sinusoidal table layout, sines in the first half of the channels and cosines in the second:
+    ``tensor2tensor`` (frequencies ``10000^(-i / (C/2 - 1))``) or ``marian`` (frequencies
+    ``10000^(-2i / C)``, as Marian and Hugging Face's ``MarianMTModel``)."""
+    scale_embedding: bool = True
+    """Multiply the token embeddings by ``sqrt(C)`` before adding the positions."""
+    final_logits_bias: bool = False
+    """A fixed (never trained) bias added to the output logits, as Marian models carry."""
+    layer_norm_eps: float = 1e-5
+    """Epsilon of every layer norm."""
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "ffn_dim", "heads", "enc_layers", "dec_layers",
@@ -55,6 +75,11 @@ class ModelConfig:
                      "must be a token id of the vocabulary")
         for name in ("dropout", "attention_dropout", "activation_dropout"):
             _require(0.0 <= getattr(self, name) < 1.0, f"model.{name}", "must be in [0, 1)")
+        _require(self.activation in ACTIVATIONS, "model.activation",
+                 f"must be one of {', '.join(ACTIVATIONS)}")
+        _require(self.positions in POSITIONS, "model.positions",
+                 f"must be one of {', '.join(POSITIONS)}")
+        _require(0 < self.layer_norm_eps < 1, "model.layer_norm_eps", "must be in (0, 1)")
 
 
 @dataclass

@@ -9,10 +9,12 @@
   reads.
 
 The CTranslate2 model is the same network: post-norm (or pre-norm) layers with the model's layer
-norm epsilon; the embedding, scaled by ``sqrt(C)``, serves the source, the target and the output
-projection (no bias); the position table is the model's own sinusoidal table, row ``t`` for
-position ``t``; self-attention keeps its fused query/key/value projection (``linear[0]``), cross-
-attention its query (``linear[0]``) and fused key/value (``linear[1]``) projections.  The
+norm epsilon and feed-forward activation; the embedding, scaled by ``sqrt(C)`` (unless
+``model.scale_embedding`` is false), serves the source, the target and the output projection
+(whose bias is the model's fixed logits bias, if it has one); the position table is the model's
+own sinusoidal table (either layout), row ``t`` for position ``t``; self-attention keeps its
+fused query/key/value projection (``linear[0]``), cross-attention its query (``linear[0]``) and
+fused key/value (``linear[1]``) projections.  The
 vocabulary is the SentencePiece pieces by id; the source gets the EOS appended and decoding
 starts from BOS, as in :mod:`aiokd.inference.generate`.
 """
@@ -150,8 +152,10 @@ def ctranslate2_spec(model: Transformer, student: Student, pieces: list[str], un
 
     cfg = model.cfg
     le, ld = student
+    activation = {"relu": common_spec.Activation.RELU, "gelu": common_spec.Activation.GELU,
+                  "swish": common_spec.Activation.SWISH, "silu": common_spec.Activation.SWISH}
     spec = TransformerSpec.from_config((le, ld), cfg.heads, pre_norm=cfg.pre_norm,
-                                       activation=common_spec.Activation.RELU)
+                                       activation=activation[cfg.activation])
     config = spec.config
     config.unk_token = pieces[unk_id]
     config.bos_token = config.decoder_start_token = pieces[cfg.bos_id]
@@ -162,6 +166,9 @@ def ctranslate2_spec(model: Transformer, student: Student, pieces: list[str], un
     embedding, positions = _array(model.embed.weight), _array(model.positions)
     spec.encoder.embeddings[0].weight = spec.decoder.embeddings.weight = embedding
     spec.decoder.projection.weight = embedding
+    if model.logits_bias is not None:
+        spec.decoder.projection.bias = _array(model.logits_bias)
+    spec.encoder.scale_embeddings = spec.decoder.scale_embeddings = cfg.scale_embedding
     spec.encoder.position_encodings.encodings = positions
     spec.decoder.position_encodings.encodings = positions
     for layer_spec, layer in zip(spec.encoder.layer, model.encoder[:le], strict=True):

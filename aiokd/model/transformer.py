@@ -45,6 +45,22 @@ def sinusoidal_positions(max_positions: int, dim: int) -> Tensor:
     return table
 
 
+def marian_positions(max_positions: int, dim: int) -> Tensor:
+    """``PE[p, j] = sin(p / 10000^(2j / C))`` for the first ``ceil(C/2)`` channels and
+    ``cos(p / 10000^(2j / C))`` for the others, computed in float64 (Marian's layout).
+    Returns ``(max_positions, C)`` float32."""
+    exponents = torch.arange(dim, dtype=torch.float64).div(2, rounding_mode="floor") * 2 / dim
+    angles = torch.arange(max_positions, dtype=torch.float64)[:, None] / 10000.0 ** exponents
+    return torch.cat([torch.sin(angles[:, 0::2]), torch.cos(angles[:, 1::2])], dim=1).float()
+
+
+POSITION_TABLES = {"tensor2tensor": sinusoidal_positions, "marian": marian_positions}
+"""``model.positions`` -> the function building the position table."""
+
+ACTIVATION_FUNCTIONS = {"relu": F.relu, "gelu": F.gelu, "swish": F.silu, "silu": F.silu}
+"""``model.activation`` -> the feed-forward activation."""
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool,
               dropout_p: float) -> Tensor:
     """``softmax(q k^T / sqrt(d) + mask) v``.
@@ -181,16 +197,18 @@ class CrossAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """``FFN(x) = W_2 dropout(ReLU(W_1 x + b_1)) + b_2``."""
+    """``FFN(x) = W_2 dropout(act(W_1 x + b_1)) + b_2``, ``act`` ReLU unless ``activation`` names
+    another of :data:`ACTIVATION_FUNCTIONS`."""
 
-    def __init__(self, dim: int, hidden: int, dropout: float):
+    def __init__(self, dim: int, hidden: int, dropout: float, activation: str = "relu"):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
         self.dropout = dropout
+        self.activation = ACTIVATION_FUNCTIONS[activation]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(dropout(F.relu(self.fc1(x)), self.dropout, self.training))
+        return self.fc2(dropout(self.activation(self.fc1(x)), self.dropout, self.training))
 
 
 class Residual(nn.Module):
@@ -203,9 +221,9 @@ class Residual(nn.Module):
     more slowly than it casts and adds one.
     """
 
-    def __init__(self, dim: int, dropout: float, pre_norm: bool):
+    def __init__(self, dim: int, dropout: float, pre_norm: bool, eps: float = 1e-5):
         super().__init__()
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=eps)
         self.dropout, self.pre_norm = dropout, pre_norm
 
     def forward(self, x: Tensor, sublayer, *args, **kwargs) -> Tensor:
@@ -220,9 +238,12 @@ class EncoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.self_attn = SelfAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
-        self.self_attn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
-        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.activation_dropout)
-        self.ffn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
+        self.self_attn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm,
+                                        cfg.layer_norm_eps)
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.activation_dropout,
+                               cfg.activation)
+        self.ffn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm,
+                                  cfg.layer_norm_eps)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         x = self.self_attn_block(x, self.self_attn, mask)
@@ -233,11 +254,15 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.self_attn = SelfAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
-        self.self_attn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
+        self.self_attn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm,
+                                        cfg.layer_norm_eps)
         self.cross_attn = CrossAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
-        self.cross_attn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
-        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.activation_dropout)
-        self.ffn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm)
+        self.cross_attn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm,
+                                         cfg.layer_norm_eps)
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.activation_dropout,
+                               cfg.activation)
+        self.ffn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm,
+                                  cfg.layer_norm_eps)
 
     def forward(self, x: Tensor, memory_kv: tuple[Tensor, Tensor], memory_mask: Tensor,
                 cache: dict[str, Tensor] | None = None) -> Tensor:
@@ -279,12 +304,16 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
-        self.register_buffer("positions", sinusoidal_positions(cfg.max_positions, cfg.d_model),
+        self.register_buffer("positions", POSITION_TABLES[cfg.positions](cfg.max_positions,
+                                                                         cfg.d_model),
                              persistent=False)
         self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.enc_layers))
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.dec_layers))
-        self.encoder_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else None
-        self.decoder_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else None
+        eps = cfg.layer_norm_eps
+        self.encoder_norm = nn.LayerNorm(cfg.d_model, eps=eps) if cfg.pre_norm else None
+        self.decoder_norm = nn.LayerNorm(cfg.d_model, eps=eps) if cfg.pre_norm else None
+        self.register_buffer("logits_bias",
+                             torch.zeros(cfg.vocab_size) if cfg.final_logits_bias else None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -309,11 +338,13 @@ class Transformer(nn.Module):
             layer.compile(dynamic=True)
 
     def embed_tokens(self, tokens: Tensor, offset: int = 0) -> Tensor:
-        """``sqrt(C) * E[tokens] + PE[offset + t]``, then dropout. ``(B, T)`` -> ``(B, T, C)``."""
+        """``sqrt(C) * E[tokens] + PE[offset + t]`` (without ``sqrt(C)`` unless
+        ``model.scale_embedding``), then dropout. ``(B, T)`` -> ``(B, T, C)``."""
         t = tokens.shape[1]
         if offset + t > self.cfg.max_positions:
             raise ValueError(f"sequence of {offset + t} tokens exceeds model.max_positions")
-        x = self.embed(tokens) * math.sqrt(self.cfg.d_model) + self.positions[offset:offset + t]
+        scale = math.sqrt(self.cfg.d_model) if self.cfg.scale_embedding else 1.0
+        x = self.embed(tokens) * scale + self.positions[offset:offset + t]
         return dropout(x, self.cfg.dropout, self.training)
 
     def encode(self, src: Tensor, layers: int | None = None) -> Encoded:
@@ -350,10 +381,12 @@ class Transformer(nn.Module):
         return states
 
     def project(self, hidden: Tensor) -> Tensor:
-        """Output logits through the shared embedding: ``(B, T, C)`` -> ``(B, T, V)``."""
+        """Output logits through the shared embedding, ``E h + b`` with ``b`` the fixed
+        ``logits_bias`` of ``model.final_logits_bias`` (else none): ``(B, T, C)`` -> ``(B, T, V)``.
+        """
         if self.decoder_norm is not None:
             hidden = self.decoder_norm(hidden)
-        return F.linear(hidden, self.embed.weight)
+        return F.linear(hidden, self.embed.weight, self.logits_bias)
 
     def forward(self, src: Tensor, prev_tgt: Tensor, enc_layers: int | None = None,
                 dec_layers: int | None = None, select: Tensor | None = None) -> Tensor:
