@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import torch
-from speed import device_name
+from speed_common import device_name
 
 import aiokd
 from aiokd.evaluation.evaluate import read_test_set

@@ -19,6 +19,8 @@ same number of threads as the PyTorch of this process.
   length penalty 1, on the same source sentences as ours, with the same fixed number of decoder
   steps; its own timer covers the search only, and it counts every hypothesis's tokens with the
   end-of-sentence token.
+
+:func:`compare` sets these against our teacher, the ``fairseq`` section of ``speed.py``.
 """
 
 from __future__ import annotations
@@ -34,10 +36,15 @@ from typing import Any
 
 import numpy as np
 import sentencepiece as spm
+import torch
+from speed_common import bench_config, training_batches
+from speed_decoding import Search, decoding_model, decoding_sources, time_decoding, torch_decoder
+from speed_training import TEACHER, bench_training
 
 from aiokd.data.corpus import ParallelSplit, load_manifest
 
 FAIRSEQ_MAX_TOKENS = 4096
+FAIRSEQ_WARMUP_UPDATES = 2
 TRAIN_ARGS = [
     "--arch", "transformer_iwslt_de_en", "--share-all-embeddings",
     "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--clip-norm", "0.0",
@@ -174,3 +181,60 @@ def bench_fairseq(venv: Path, data_dir: Path, work: Path, threads: int, updates:
     decoded = generate(tools, data, save_dir / "checkpoint_last.pt", 5, 64, length, env)
     return {"version": fairseq_version(venv), "threads": threads,
             "dictionary_size": dictionary, "train": trained, "generate_beam5_batch64": decoded}
+
+
+def compare(venv: Path, data_dir: Path, work: Path, device: torch.device, runs: int,
+            warmup: int, sentences: int, updates: int,
+            ours: dict[str, Any] | None) -> dict[str, Any]:
+    """The fairseq peer against our ``iwslt`` teacher in float32 on the CPU: training tokens/s,
+    and decoding tokens/s at beam 5, batch 64 with both models untrained (fixed length).
+
+    ``ours`` is our teacher's training row if already measured (``speed_training``); else it is
+    measured here on fairseq's batch size.
+    """
+    if device.type != "cpu":
+        return {"skipped": "the fairseq peer is measured on the CPU only (fairseq-train --cpu)"}
+    manifest = load_manifest(data_dir)
+    if ours is None:
+        print("  iwslt float32 teacher for the fairseq comparison ...", file=sys.stderr)
+        cfg = TEACHER.config("iwslt", manifest, [])
+        batches = training_batches(ParallelSplit.load(data_dir, "train"), FAIRSEQ_MAX_TOKENS,
+                                   runs, cfg.train.seed, device)
+        ours = bench_training([(TEACHER, cfg)], batches, warmup, device, None)["teacher"]
+    sources, length = decoding_sources(data_dir, sentences)
+    files, _ = decoding_model(None, bench_config("iwslt", manifest, []), data_dir)
+    print("  our beam 5 batch 64 decoding for the fairseq comparison ...", file=sys.stderr)
+    ours_decoding = time_decoding(torch_decoder(files.model, files.model.teacher,
+                                                Search(5, 0.0, length)),
+                                  sources, 64, lambda source: length, runs)
+    peer = bench_fairseq(venv, data_dir, work, torch.get_num_threads(), updates,
+                         FAIRSEQ_WARMUP_UPDATES, list(range(len(sources))), length)
+    return {
+        **peer,
+        "ours_train": {key: ours[key] for key in ("tokens_per_s", "step_s_median",
+                                                   "tokens_per_step")},
+        "ours_generate_beam5_batch64": ours_decoding,
+        "decode_length": length,
+        "ratio_train_ours_vs_fairseq": ours["tokens_per_s"] / peer["train"]["tokens_per_s"],
+        "ratio_generate_ours_vs_fairseq": (ours_decoding["tokens_per_s"]
+                                           / peer["generate_beam5_batch64"]["tokens_per_s"]),
+    }
+
+
+def format_comparison(fairseq: dict[str, Any]) -> list[str]:
+    """The lines of :func:`compare`'s figures."""
+    if not fairseq:
+        return []
+    if "skipped" in fairseq:
+        return ["", f"fairseq: skipped ({fairseq['skipped']})"]
+    train, ours = fairseq["train"], fairseq["ours_train"]
+    decode, ours_decode = fairseq["generate_beam5_batch64"], fairseq["ours_generate_beam5_batch64"]
+    return [
+        "", f"fairseq {fairseq['version']}, {fairseq['threads']} threads, iwslt teacher, float32",
+        f"training: fairseq {train['tokens_per_s']:.0f} tok/s ({train['timed_updates']} updates), "
+        f"ours {ours['tokens_per_s']:.0f} tok/s: ours/fairseq "
+        f"{fairseq['ratio_train_ours_vs_fairseq']:.2f}",
+        f"decoding beam 5 batch 64, {fairseq['decode_length']} steps: fairseq "
+        f"{decode['tokens_per_s']:.0f} tok/s, ours {ours_decode['tokens_per_s']:.0f} tok/s: "
+        f"ours/fairseq {fairseq['ratio_generate_ours_vs_fairseq']:.2f}",
+    ]

@@ -1,4 +1,5 @@
-"""The speed benchmark runs end to end on a tiny model, and its FLOP count is exact."""
+"""The speed benchmark and each of its sections run end to end on a tiny model, and its FLOP
+count is exact."""
 
 from __future__ import annotations
 
@@ -13,12 +14,19 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from aiokd.config import ModelConfig
+from aiokd.config import ModelConfig, load_config
 from aiokd.data.batching import collate
+from aiokd.data.corpus import load_manifest
+from aiokd.distill.objective import Objective
 from aiokd.model.transformer import Transformer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import speed  # noqa: E402
+import speed_decoding  # noqa: E402
+import speed_scaling  # noqa: E402
+import speed_training  # noqa: E402
+import speed_validation  # noqa: E402
+from speed_common import bench_config, training_flops  # noqa: E402
 from unfused_objective import UnfusedObjective  # noqa: E402
 
 
@@ -74,21 +82,59 @@ def test_quick_run_writes_every_headline_figure(tiny_data_dir, tmp_path, one_thr
 def test_decoding_in_pytorch_and_ctranslate2(tiny_data_dir, tmp_path, one_thread):
     torch.set_num_threads(1)
     pytest.importorskip("ctranslate2")
-    if speed.decoding_available() is not None:
-        pytest.skip(speed.decoding_available())
-    manifest = speed.load_manifest(tiny_data_dir)
-    cfg = speed.bench_config("tiny", manifest, TINY)
-    files, _ = speed.decoding_model(None, cfg, tiny_data_dir)
-    sources, length = speed.decoding_sources(tiny_data_dir, 3)
-    found = speed.bench_decoding(files, sources, [(6, 2)], [5], [64], ["float32", "bfloat16"],
-                                 ["none", "int8"], speed.Search(5, 0.0, length), 1,
-                                 torch.device("cpu"), tmp_path, 1)
+    if speed_decoding.decoding_available() is not None:
+        pytest.skip(speed_decoding.decoding_available())
+    cfg = bench_config("tiny", load_manifest(tiny_data_dir), TINY)
+    files, _ = speed_decoding.decoding_model(None, cfg, tiny_data_dir)
+    sources, length = speed_decoding.decoding_sources(tiny_data_dir, 3)
+    found = speed_decoding.bench_decoding(
+        files, sources, [(6, 2)], [5], [64], ["float32", "bfloat16"], ["none", "int8"],
+        speed_decoding.Search(5, 0.0, length), 1, torch.device("cpu"), tmp_path, 1)
     rows = found["6-2"]
     assert set(rows) == {"torch", "torch_bfloat16", "ctranslate2_float32", "ctranslate2_int8"}
     for engine in rows.values():
         assert engine["beam5_batch64"]["tokens_per_sentence"] == length
-    ratios = speed.decoding_ratios(found)
+    ratios = speed_decoding.decoding_ratios(found)
     assert len(ratios) == 3 and all(_positive(ratio) for ratio in ratios.values())
+
+
+SECTION = ["--preset", "tiny", "--runs", "1", "--threads", "1", "--set", *TINY]
+
+
+def test_training_section_on_its_own(tiny_data_dir, tmp_path, one_thread):
+    out = tmp_path / "training.json"
+    report = speed_training.main(["--data", str(tiny_data_dir), "--ks", "2", "--amp", "none",
+                                  "--json", str(out), *SECTION])
+    assert json.loads(out.read_text())["command"] == report["command"]
+    figures = report["presets"]["tiny"]["precisions"]["float32"]
+    assert set(figures["training"]) == {"teacher", "stage1_k2", "stage2_k2", "stage1_k2_no_reuse"}
+    assert all(_positive(ratio) for ratio in figures["ratios"].values())
+
+
+def test_validation_section_on_its_own(tiny_data_dir, one_thread):
+    report = speed_validation.main(["--data", str(tiny_data_dir), "--valid-batches", "1",
+                                    "--amp", "none", *SECTION])
+    validation = report["presets"]["tiny"]["precisions"]["float32"]["validation"]
+    assert validation["batches"] == 1 and _positive(validation["ratio_all_vs_teacher"])
+
+
+def test_scaling_section_on_its_own(tiny_data_dir, one_thread):
+    report = speed_scaling.main(["--data", str(tiny_data_dir), "--scaling-tokens", "128,256",
+                                 "--length-edges", "6", "--amp", "none", *SECTION])
+    scaling = report["presets"]["tiny"]["precisions"]["float32"]["scaling"]
+    assert [row["max_tokens"] for row in scaling["batch_tokens"]["stage1_k2"]] == [128, 256]
+    assert [row["target_length"] for row in scaling["length"]["teacher"]][-1] == ">6"
+
+
+def test_decoding_section_on_its_own(tiny_data_dir, one_thread):
+    report = speed_decoding.main(["--data", str(tiny_data_dir), "--decode-sentences", "2",
+                                  "--batch1-sentences", "1", "--decode-dtypes", "bfloat16",
+                                  *SECTION])
+    decoding = report["decoding"]
+    if "skipped" in decoding:
+        pytest.skip(decoding["skipped"])
+    assert list(decoding["results"]) == ["6-6", "2-2", "4-2", "6-2"]
+    assert all(_positive(ratio) for ratio in decoding["ratios"].values())
 
 
 @pytest.mark.parametrize("students, reuse_prefix", [
@@ -107,14 +153,14 @@ def test_analytic_flops_match_pytorch_flop_counter(students, reuse_prefix):
         logits = model.forward_students(batch.src, batch.prev_tgt, students, reuse_prefix,
                                         select=batch.target != 0)
         sum(x.sum() for x in logits.values()).backward()
-    assert counter.get_total_flops() == speed.training_flops(cfg, batch, students, reuse_prefix)
+    assert counter.get_total_flops() == training_flops(cfg, batch, students, reuse_prefix)
 
 
 @pytest.mark.parametrize("stage", [1, 2])
 @pytest.mark.parametrize("eta", [1e-6, 1e6])  # every student detached / none
 def test_the_unfused_objective_is_the_same_loss(stage, eta):
     """What the ``--unfused`` variants time is the loss aiokd trains with, term by term."""
-    cfg = speed.load_config("tiny", overrides=[
+    cfg = load_config("tiny", overrides=[
         "model.vocab_size=40", "model.d_model=16", "model.ffn_dim=32", "model.heads=2",
         "model.dropout=0.0", "model.attention_dropout=0.0", "model.activation_dropout=0.0",
         f"distill.eta={eta}", "distill.k=3"])
@@ -124,7 +170,7 @@ def test_the_unfused_objective_is_the_same_loss(stage, eta):
     prev = torch.cat([torch.full((3, 1), cfg.model.bos_id), target[:, :-1]], dim=1)
     students = [(2, 2), (6, 3), (4, 4)]
     found = []
-    for objective in (speed.Objective, UnfusedObjective):
+    for objective in (Objective, UnfusedObjective):
         torch.manual_seed(1)
         model = Transformer(cfg.model).double()
         loss, _ = objective(model, cfg)(src, prev, target, students, stage)

@@ -105,10 +105,19 @@ class Timing:
     hypotheses: list[str]
 
 
-def timed(function: Callable[[], object]) -> float:
-    """Wall-clock seconds of one call of ``function``."""
+def synchronize(device: torch.device | None) -> None:
+    """Wait for the work queued on ``device`` (nothing to wait for on a CPU)."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(function: Callable[[], object], device: torch.device | None = None) -> float:
+    """Wall-clock seconds of one call of ``function``; with a CUDA ``device``, until the work
+    it queued there is done (and not counting the work queued before)."""
+    synchronize(device)
     start = time.perf_counter()
     function()
+    synchronize(device)
     return time.perf_counter() - start
 
 
