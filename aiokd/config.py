@@ -100,6 +100,10 @@ class DistillConfig:
     """Dynamic gradient detaching on (``False``: the teacher always learns from every student)."""
     ml_mode: str = "no_weight"
     """Mutual learning: ``none``, ``no_weight`` (better teaches worse), ``full``, ``detaching``."""
+    loss: str = "fused"
+    """How the AIO-KD loss is computed: ``fused`` (block by block, its gradient written out:
+    ``aiokd_loss``) or ``reference`` (the same equations term by term with autograd, slower and
+    heavier in memory: ``aiokd_loss_reference``), both in :mod:`aiokd.distill.aiokd_loss`."""
     replacement: bool = True
     """Sample students with replacement (as the reference code does)."""
     sandwich: bool = False
@@ -128,6 +132,8 @@ class DistillConfig:
         _require(self.eta > 0, "distill.eta", "must be > 0")
         modes = ("none", "no_weight", "full", "detaching")
         _require(self.ml_mode in modes, "distill.ml_mode", f"must be one of {', '.join(modes)}")
+        _require(self.loss in ("fused", "reference"), "distill.loss",
+                 "must be fused or reference")
         _require(self.min_enc >= 1, "distill.min_enc", "must be at least 1")
         _require(self.min_dec >= 1, "distill.min_dec", "must be at least 1")
         _require(0 < self.selective_ratio <= 1, "distill.selective_ratio", "must be in (0, 1]")
@@ -143,16 +149,13 @@ class DistillConfig:
                                   model.dec_layers, dec_le_enc=False)
         space = CandidateSpace(model.enc_layers, model.dec_layers, self.min_enc, self.min_dec,
                                self.dec_le_enc, self.include_teacher)
-        if self.method == "aiokd":
-            _require(self.min_enc <= model.enc_layers, "distill.min_enc",
-                     "exceeds model.enc_layers")
-            _require(self.min_dec <= model.dec_layers, "distill.min_dec",
-                     "exceeds model.dec_layers")
-            _require(len(space.candidates) > 0, "distill", "the candidate space is empty")
-            if not self.replacement:
-                _require(self.k <= len(space.candidates), "distill.k",
-                         f"exceeds the {len(space.candidates)} candidates (sampling without "
-                         "replacement)")
+        _require(self.min_enc <= model.enc_layers, "distill.min_enc", "exceeds model.enc_layers")
+        _require(self.min_dec <= model.dec_layers, "distill.min_dec", "exceeds model.dec_layers")
+        _require(len(space.candidates) > 0, "distill", "the candidate space is empty")
+        if not self.replacement:
+            _require(self.k <= len(space.candidates), "distill.k",
+                     f"exceeds the {len(space.candidates)} candidates (sampling without "
+                     "replacement)")
         return space
 
 

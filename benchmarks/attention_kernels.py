@@ -5,10 +5,9 @@
 
 Queries, keys and values are views of one fused projection ``(B, T, 3C)`` split into heads, as
 in the model.  Training: forward and backward (``F.scaled_dot_product_attention``'s math and
-flash kernels against :func:`aiokd.model.transformer.attention_products`); inference: forward only,
-under
-``torch.no_grad`` (PyTorch's choice of kernel against the products).  Each figure is the median
-of ``--repeats`` calls; every variant runs in the same process, one after the other.
+flash kernels against :func:`aiokd.model.kernels.attention_products`); inference: forward only,
+under ``torch.no_grad`` (PyTorch's choice of kernel against the products).  Each figure is the
+median of ``--repeats`` calls; every variant runs in the same process, one after the other.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from aiokd.model.transformer import attention_products
+from aiokd.model.kernels import attention_products
 
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -1,13 +1,11 @@
-"""Time of one dropout call on CPU per way of drawing the mask: why
-``aiokd.model.transformer.dropout`` cuts
-four mask draws out of each 64-bit random number there.
+"""Time of one dropout call on CPU per way of drawing the mask: why ``aiokd.model.kernels.dropout``
+cuts four mask draws out of each 64-bit random number there.
 
     python benchmarks/dropout_masks.py [--threads 1] [--shape 215 19 512] [--p 0.3]
 
 Forward and backward of ``F.dropout`` (a Bernoulli draw per element), of ``u >= p`` with ``u``
-from ``torch.rand`` (a float draw per element) and of :func:`aiokd.model.transformer.dropout`; the
-median of
-``--repeats`` calls each, every variant in the same process, one after the other.
+from ``torch.rand`` (a float draw per element) and of :func:`aiokd.model.kernels.dropout`; the
+median of ``--repeats`` calls each, every variant in the same process, one after the other.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from aiokd.model.transformer import dropout
+from aiokd.model.kernels import dropout
 
 
 def uniform_mask(x: torch.Tensor, p: float) -> torch.Tensor:

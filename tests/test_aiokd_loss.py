@@ -1,12 +1,19 @@
-"""The fused AIO-KD loss against the objective written out term by term with autograd."""
-
-import itertools
+"""The fused AIO-KD loss against its autograd transcription, and both against the definitions."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from aiokd.distill.aiokd_loss import LossSettings, aiokd_loss
+from aiokd.config import load_config
+from aiokd.distill.aiokd_loss import (
+    LossSettings,
+    aiokd_loss,
+    aiokd_loss_reference,
+    detaching_gates,
+    pair_weights,
+)
+from aiokd.distill.objective import Objective
+from aiokd.model.transformer import Transformer
 
 
 def direct_kl(p_logits, q_logits):
@@ -16,46 +23,18 @@ def direct_kl(p_logits, q_logits):
 
 
 def direct_ce(logits, gold, epsilon):
-    """Label-smoothed CE: the reference gets 1 - eps, every other token eps / (V - 1)."""
-    n, v = logits.shape
-    q = torch.full((n, v), epsilon / (v - 1), dtype=logits.dtype)
-    q[torch.arange(n), gold] = 1 - epsilon
-    return -(q * F.log_softmax(logits, -1)).sum()
-
-
-def direct_objective(logits, gold, s: LossSettings):
-    """``L`` of the paper with detaching written as ``.detach()`` of the target side, the gates
-    and the better student of each pair decided in Python."""
-    teacher, students = logits[0], logits[1:]
-    ce = [direct_ce(x, gold, s.epsilon) for x in logits]
-    value = [c.item() for c in ce]
-    loss = sum(ce)
-    kd = 0
-    for k, student in enumerate(students, start=1):
-        open_ = not s.detach or value[k] <= s.eta * value[0]
-        kd = kd + direct_kl(teacher if open_ else teacher.detach(), student)
-    loss = loss + s.alpha * kd / len(students)
-    if s.beta == 0 or s.ml_mode == "none" or len(students) < 2:
-        return loss
-    pairs = list(itertools.combinations(range(1, len(logits)), 2))
-    ml = 0
-    for i, j in pairs:
-        if s.ml_mode == "full":
-            ml = ml + direct_kl(logits[i], logits[j]) + direct_kl(logits[j], logits[i])
-            continue
-        better, worse = (i, j) if value[i] <= value[j] else (j, i)
-        target = logits[better]
-        if s.ml_mode == "detaching" and value[worse] >= s.eta * value[better]:
-            target = target.detach()
-        ml = ml + direct_kl(target, logits[worse])
-    return loss + s.beta * ml / len(pairs)
+    """fairseq's label-smoothed CE (the reference token gets 1 - eps, every other eps / (V - 1))
+    is PyTorch's (every token gets eps' / V on top of (1 - eps') on the reference) with
+    eps' = eps V / (V - 1)."""
+    v = logits.shape[-1]
+    return F.cross_entropy(logits, gold, label_smoothing=epsilon * v / (v - 1), reduction="sum")
 
 
 def gradients(fn, logits):
     leaves = [x.clone().requires_grad_() for x in logits]
-    value = fn(leaves)
-    (1.7 * value).backward()
-    return value.detach(), [x.grad for x in leaves]
+    terms = fn(leaves[0] * 1.0, [x * 1.0 for x in leaves[1:]])
+    (1.7 * terms.loss).backward()
+    return terms, [x.grad for x in leaves]
 
 
 SETTINGS = [
@@ -69,24 +48,27 @@ SETTINGS = [
 
 @pytest.mark.parametrize("k", [1, 2, 3])
 @pytest.mark.parametrize("settings", SETTINGS, ids=str)
-def test_value_and_gradients_match_the_objective_written_out(k, settings):
+def test_fused_loss_equals_the_reference_in_value_terms_and_gradients(k, settings):
     torch.manual_seed(k)
     logits = [3 * torch.randn(9, 13, dtype=torch.float64) for _ in range(k + 1)]
     gold = torch.randint(0, 13, (9,))
-    expected, expected_grads = gradients(lambda x: direct_objective(x, gold, settings), logits)
-    found, found_grads = gradients(
-        lambda x: aiokd_loss(x[0] * 1.0, [y * 1.0 for y in x[1:]], gold, settings).loss, logits)
-    assert torch.allclose(found, expected, rtol=1e-12)
+    expected, expected_grads = gradients(
+        lambda t, s: aiokd_loss_reference(t, s, gold, settings), logits)
+    found, found_grads = gradients(lambda t, s: aiokd_loss(t, s, gold, settings), logits)
+    for name in ("loss", "ce", "teacher_nll", "kd", "ml"):
+        assert torch.allclose(getattr(found, name), getattr(expected, name), rtol=1e-12), name
+    assert torch.equal(found.gates, expected.gates)
     for a, b in zip(found_grads, expected_grads, strict=True):
         assert torch.allclose(a, b, atol=1e-12)
 
 
-def test_terms_and_gates():
+@pytest.mark.parametrize("loss", [aiokd_loss, aiokd_loss_reference])
+def test_terms_and_gates_are_their_definitions(loss):
     torch.manual_seed(0)
     logits = [torch.randn(6, 10, dtype=torch.float64) for _ in range(3)]
     gold = torch.randint(0, 10, (6,))
     s = LossSettings(0.1, 2.0, 0.5, 1.1, True, "no_weight")
-    terms = aiokd_loss(logits[0], logits[1:], gold, s)
+    terms = loss(logits[0], logits[1:], gold, s)
     ce = torch.stack([direct_ce(x, gold, 0.1) for x in logits])
     assert torch.allclose(terms.ce, ce)
     assert torch.allclose(terms.teacher_nll, F.cross_entropy(logits[0], gold, reduction="sum"))
@@ -96,6 +78,26 @@ def test_terms_and_gates():
     assert torch.allclose(terms.ml, direct_kl(logits[better], logits[worse]))
     assert terms.gates.tolist() == [float(c <= 1.1 * ce[0]) for c in ce[1:]]
     assert torch.allclose(terms.loss, ce.sum() + 2.0 * terms.kd + 0.5 * terms.ml)
+
+
+def test_detaching_gates_open_exactly_when_the_ratio_is_at_most_eta():
+    teacher_ce = torch.tensor(10.0)
+    student_ce = torch.tensor([10.9, 11.0, 11.2, 30.0, 5.0])
+    assert detaching_gates(student_ce, teacher_ce, 1.1).tolist() == [1, 1, 0, 0, 1]
+
+
+@pytest.mark.parametrize("ce_i, ce_j, mode, eta, expected", [
+    (1.0, 2.0, "no_weight", 1.5, [1, 0, 1, 1]),   # i is better: KL(P_i || P_j)
+    (2.0, 1.0, "no_weight", 1.5, [0, 1, 1, 1]),
+    (1.0, 1.0, "no_weight", 1.5, [1, 0, 1, 1]),   # a tie goes to i
+    (1.0, 2.0, "full", 1.5, [1, 1, 1, 1]),
+    (1.0, 2.0, "detaching", 1.5, [1, 0, 0, 1]),   # CE_j / CE_i = 2 >= eta: the better i detached
+    (1.0, 2.0, "detaching", 3.0, [1, 0, 1, 1]),
+    (2.0, 1.0, "detaching", 1.5, [0, 1, 1, 0]),
+])
+def test_pair_weights_pick_the_better_student_and_its_detaching(ce_i, ce_j, mode, eta, expected):
+    found = pair_weights(torch.tensor(ce_i), torch.tensor(ce_j), mode, eta)
+    assert found.tolist() == expected
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
@@ -116,7 +118,8 @@ def test_many_row_blocks_and_overwriting_give_the_same_gradient(dtype):
         weight.grad = None
     # the reference sees the same (rounded) inputs, in float64
     rounded = weight.detach().to(dtype).double().requires_grad_()
-    expected = direct_objective([F.linear(h.to(dtype).double(), rounded) for h in hidden], gold, s)
+    logits = [F.linear(h.to(dtype).double(), rounded) for h in hidden]
+    expected = aiokd_loss_reference(logits[0], logits[1:], gold, s).loss
     expected.backward()
     assert torch.equal(found[0][0], found[1][0]) and torch.equal(found[0][1], found[1][1])
     tolerance = 1e-9 if dtype == torch.float64 else 3e-2  # bfloat16 logits: 8-bit mantissas
@@ -125,19 +128,20 @@ def test_many_row_blocks_and_overwriting_give_the_same_gradient(dtype):
     assert error <= tolerance * rounded.grad.abs().max()
 
 
-def test_bfloat16_logits_get_float32_terms_and_bfloat16_gradients():
+@pytest.mark.parametrize("loss", [aiokd_loss, aiokd_loss_reference])
+def test_bfloat16_logits_get_float32_terms_and_bfloat16_gradients(loss):
     torch.manual_seed(5)
     logits = [torch.randn(7, 11).to(torch.bfloat16).requires_grad_() for _ in range(3)]
     gold = torch.randint(0, 11, (7,))
     s = LossSettings(0.1, 5.5, 0.5, 1.1, True, "no_weight")
-    terms = aiokd_loss(logits[0], logits[1:], gold, s)
+    terms = loss(logits[0], logits[1:], gold, s)
     terms.loss.backward()
-    reference = [x.detach().float().requires_grad_() for x in logits]
-    direct_objective(reference, gold, s).backward()
-    assert terms.loss.dtype == torch.float32
+    reference = [x.detach().double().requires_grad_() for x in logits]
+    aiokd_loss_reference(reference[0], reference[1:], gold, s).loss.backward()
+    assert terms.loss.dtype == terms.ce.dtype == terms.kd.dtype == torch.float32
     for x, r in zip(logits, reference, strict=True):
         assert x.grad.dtype == torch.bfloat16
-        assert torch.allclose(x.grad.float(), r.grad, atol=2e-2)
+        assert torch.allclose(x.grad.double(), r.grad, atol=2e-2)
 
 
 def test_a_student_drawn_twice_gets_both_gradients_even_when_overwriting():
@@ -154,3 +158,28 @@ def test_a_student_drawn_twice_gets_both_gradients_even_when_overwriting():
         aiokd_loss(teacher, students, gold, s, overwrite=True).loss.backward()
         grads.append(leaf.grad)
     assert torch.allclose(grads[0], grads[1], atol=1e-12)
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+@pytest.mark.parametrize("eta", [1e-6, 1e6])  # every student detached / none
+def test_training_with_the_reference_loss_gives_the_same_loss_and_gradients(stage, eta):
+    """``distill.loss=reference`` changes how the objective computes its loss, not the loss."""
+    found = []
+    for loss in ("fused", "reference"):
+        cfg = load_config("tiny", overrides=[
+            "model.vocab_size=40", "model.d_model=16", "model.ffn_dim=32", "model.heads=2",
+            "model.dropout=0.0", f"distill.eta={eta}", "distill.k=3", f"distill.loss={loss}"])
+        torch.manual_seed(0)
+        src, target = torch.randint(4, 40, (3, 6)), torch.randint(4, 40, (3, 5))
+        target[1, 3:] = cfg.model.pad_id
+        prev = torch.cat([torch.full((3, 1), cfg.model.bos_id), target[:, :-1]], dim=1)
+        model = Transformer(cfg.model).double()
+        value, stats = Objective(model, cfg)(src, prev, target, [(2, 2), (6, 3), (4, 4)], stage)
+        value.backward()
+        found.append((value.detach(), stats, [p.grad for p in model.parameters()]))
+    (fused, fused_stats, fused_grads), (reference, reference_stats, reference_grads) = found
+    assert torch.allclose(fused, reference, rtol=1e-12)
+    for key, value in fused_stats.items():
+        assert torch.allclose(value, reference_stats[key], rtol=1e-12), key
+    for a, b in zip(fused_grads, reference_grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)

@@ -19,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
+from aiokd.config import DistillConfig
 from aiokd.distill.students import CandidateSpace, sample_students
 from aiokd.model.checkpoint import read_checkpoint
 from tests.conftest import TINY_MODEL, run_aiokd, subprocess_env
@@ -73,8 +74,9 @@ def test_sampler_is_a_function_of_seed_stage_update(seed, stage, update, k, repl
                                                      dec):
     candidates = CandidateSpace(enc, dec, 1, 1, dec_le_enc=False).candidates
     k = min(k, len(candidates)) if not replacement else k
-    first = sample_students(candidates, k, seed, stage, update, replacement)
-    assert first == sample_students(list(candidates), k, seed, stage, update, replacement)
+    distill = DistillConfig(k=k, replacement=replacement)
+    first = sample_students(candidates, distill, seed, stage, update)
+    assert first == sample_students(list(candidates), distill, seed, stage, update)
     assert len(first) == k and set(first) <= set(candidates)
     if not replacement:
         assert len(set(first)) == k
@@ -83,11 +85,12 @@ def test_sampler_is_a_function_of_seed_stage_update(seed, stage, update, k, repl
 def test_sampler_does_not_depend_on_the_process():
     """Other interpreters (other hash seeds, as other ranks have) draw the same students."""
     candidates = CandidateSpace(6, 6).candidates
-    here = [sample_students(candidates, 2, 1, stage, update, True)
+    here = [sample_students(candidates, DistillConfig(k=2), 1, stage, update)
             for stage in (1, 2) for update in range(50)]
-    script = ("import json; from aiokd.distill.students import CandidateSpace, sample_students; "
-              "c = CandidateSpace(6, 6).candidates; print(json.dumps("
-              "[sample_students(c, 2, 1, s, u, True) for s in (1, 2) for u in range(50)]))")
+    script = ("import json; from aiokd.config import DistillConfig; "
+              "from aiokd.distill.students import CandidateSpace, sample_students; "
+              "c, d = CandidateSpace(6, 6).candidates, DistillConfig(k=2); print(json.dumps("
+              "[sample_students(c, d, 1, s, u) for s in (1, 2) for u in range(50)]))")
     for hash_seed in ("1", "12345"):
         env = {**subprocess_env(), "PYTHONHASHSEED": hash_seed}
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
@@ -109,8 +112,7 @@ def test_ranks_sample_the_same_students_and_end_with_the_same_parameters(two_pro
     assert rank0["students"] == rank1["students"]
     for key, chosen in rank0["students"].items():
         stage, update = map(int, key.split("/"))
-        expected = sample_students(candidates, cfg.distill.k, cfg.train.seed, stage, update,
-                                   cfg.distill.replacement, cfg.distill.sandwich)
+        expected = sample_students(candidates, cfg.distill, cfg.train.seed, stage, update)
         assert [tuple(s) for s in chosen] == expected
     for report in (rank0, rank1):
         assert report["max_param_diff"] == {"1": 0.0, "2": 0.0}

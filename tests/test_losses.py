@@ -7,7 +7,6 @@ import torch.nn.functional as F
 
 from aiokd.config import load_config
 from aiokd.distill.losses import (
-    detaching_gates,
     kl_divergence,
     label_smoothed_nll,
     label_smoothed_nll_from_logits,
@@ -147,12 +146,6 @@ def test_kl_divergence_matches_definition():
     p, q = torch.randn(4, 9), torch.randn(4, 9)
     got = kl_divergence(F.log_softmax(p, -1), F.log_softmax(q, -1))
     assert torch.allclose(got, direct_kl(p, q))
-
-
-def test_detaching_gates_open_exactly_when_the_ratio_is_at_most_eta():
-    teacher_ce = torch.tensor(10.0)
-    student_ce = torch.tensor([10.9, 11.0, 11.2, 30.0, 5.0])
-    assert detaching_gates(student_ce, teacher_ce, 1.1).tolist() == [1, 1, 0, 0, 1]
 
 
 def test_selective_kd_mask_keeps_hardest_tokens():

@@ -4,36 +4,41 @@ from __future__ import annotations
 
 import random
 
-from aiokd.config import load_config
+from aiokd.config import DistillConfig, load_config
 from aiokd.distill.students import CandidateSpace, sample_students, smallest
 
 PAPER = CandidateSpace().candidates
+
+
+def sampling(k: int, replacement: bool, sandwich: bool = False) -> DistillConfig:
+    return DistillConfig(k=k, replacement=replacement, sandwich=sandwich)
 
 
 def test_default_sampling_is_the_papers():
     for update in range(50):
         rng = random.Random(f"aiokd-students/7/2/{update}")
         expected = [rng.choice(PAPER) for _ in range(2)]
-        assert sample_students(PAPER, 2, 7, 2, update, True) == expected
-        assert sample_students(PAPER, 2, 7, 2, update, True, sandwich=False) == expected
+        assert sample_students(PAPER, sampling(2, True), 7, 2, update) == expected
+        assert sample_students(PAPER, DistillConfig(), 7, 2, update) == expected
 
 
 def test_sandwich_always_contains_the_smallest_and_is_reproducible():
     seconds = set()
+    sandwich = sampling(2, True, sandwich=True)
     for stage in (1, 2):
         for update in range(300):
-            drawn = sample_students(PAPER, 2, 1, stage, update, True, sandwich=True)
+            drawn = sample_students(PAPER, sandwich, 1, stage, update)
             assert len(drawn) == 2 and drawn[0] == (2, 2)
-            assert drawn == sample_students(PAPER, 2, 1, stage, update, True, sandwich=True)
+            assert drawn == sample_students(PAPER, sandwich, 1, stage, update)
             seconds.add(drawn[1])
     assert seconds == set(PAPER)
 
 
 def test_sandwich_without_replacement_draws_the_others_from_the_rest():
     for update in range(100):
-        drawn = sample_students(PAPER, 4, 3, 1, update, False, sandwich=True)
+        drawn = sample_students(PAPER, sampling(4, False, sandwich=True), 3, 1, update)
         assert drawn[0] == (2, 2) and len(set(drawn)) == 4
-    assert sample_students(PAPER, 15, 3, 1, 0, False, sandwich=True)[0] == (2, 2)
+    assert sample_students(PAPER, sampling(15, False, sandwich=True), 3, 1, 0)[0] == (2, 2)
 
 
 def test_smallest_is_fewest_layers_ties_by_order():

@@ -1,5 +1,9 @@
-"""The whole AIO-KD loss of a batch from the logits of the teacher and the sampled students, block
-by block over the tokens: no full-vocabulary tensor is made besides the logits themselves.
+"""The AIO-KD loss of a batch from the logits of the teacher and the sampled students, twice:
+:func:`aiokd_loss`, fused, block by block over the tokens, with its gradient written out (no
+full-vocabulary tensor is made besides the logits themselves), which training uses; and
+:func:`aiokd_loss_reference`, the same equations transcribed with autograd, to read and to check
+the fused one against (``distill.loss=reference`` trains with it).  The rules they share, the
+detaching gates and the pair weights of mutual learning, are here too.
 
 With ``M = K + 1`` models (``m = 0`` the teacher ``T``, ``m = 1..K`` the students), logits
 ``x_m (N, V)`` over the ``N`` non-pad target tokens, ``lp_m = x_m - logsumexp_v x_m`` and
@@ -8,16 +12,17 @@ With ``M = K + 1`` models (``m = 0`` the teacher ``T``, ``m = 1..K`` the student
     L     = sum_m CE_m + alpha * L_kd + beta * L_ml
     CE_m  = sum_i c (-lp_m[i, y_i]) + eps_i (-sum_v lp_m[i, v])     eps_i = eps/(V-1),
                                                                     c = 1 - eps - eps_i
+                                                                    (label_smoothing_weights)
     L_kd  = (1/K) sum_k KL(P_T || P_k)                              KL(P || Q) = <p, lp - lq>
     L_ml  = (1/|pairs|) sum_{i<j} w_ij KL(P_i || P_j) + w_ji KL(P_j || P_i)
 
 Dynamic gradient detaching scales the teacher side of ``KL(P_T || P_k)`` by the gate
-``g_k = 1[CE_k <= eta CE_T]``; in ``L_ml`` the weights ``w`` pick the better student of each pair
-as the target and gates ``h`` may detach it (see :func:`pair_weights`).  Gates and weights are
-0-dim tensors computed from the cross-entropies inside the forward pass: the step never waits for
-the device to report a number.
+``g_k = 1[CE_k <= eta CE_T]`` (:func:`detaching_gates`); in ``L_ml`` the weights ``w`` pick the
+better student of each pair as the target and gates ``h`` may detach it (:func:`pair_weights`).
+The fused loss computes gates and weights as 0-dim tensors from the cross-entropies inside its
+forward pass: the step never waits for the device to report a number.
 
-The gradient with respect to the log-probabilities, ``G_m = dL/dlp_m``:
+The fused loss's gradient with respect to the log-probabilities, ``G_m = dL/dlp_m``:
 
     G_m  = -eps_i - c 1[v = y]                                           (CE)
     G_k += -(alpha/K) p_T                                                (KD, student side)
@@ -40,9 +45,11 @@ import itertools
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from aiokd.distill.losses import at_least_float32, detaching_gates, row_blocks
+from aiokd.distill.losses import kl_divergence, label_smoothing_weights, row_blocks
+from aiokd.model.kernels import at_least_float32
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,16 @@ class LossTerms:
     kd: Tensor
     ml: Tensor
     gates: Tensor
+
+
+def detaching_gates(student_ce: Tensor, teacher_ce: Tensor, eta: float) -> Tensor:
+    """Dynamic gradient detaching: ``g_k = 1[CE(S_k) / CE(T) <= eta]``, shape ``(K,)``, in the
+    cross-entropies' dtype.
+
+    A student much worse than the teacher (ratio above ``eta``) must not pull the teacher's
+    distribution towards itself; a good one may teach the teacher too.
+    """
+    return (student_ce <= eta * teacher_ce).to(student_ce.dtype)
 
 
 def pair_weights(ce_i: Tensor, ce_j: Tensor, mode: str, eta: float) -> Tensor:
@@ -145,8 +162,7 @@ class _AIOKDLoss(torch.autograd.Function):
                 kl[j, i] += _kl(p[j], lp[j], lp[i])
         gold_logits = torch.stack([at_least_float32(x.gather(-1, gold[:, None]).squeeze(-1))
                                    for x in logits])
-        eps_i = settings.epsilon / (vocab - 1)
-        c = 1.0 - settings.epsilon - eps_i
+        c, eps_i = label_smoothing_weights(settings.epsilon, vocab)
         nll = (lse - gold_logits).sum(dim=1)
         ce = c * nll + eps_i * (vocab * lse.sum(dim=1) - row_sums)
         if settings.detach:
@@ -172,8 +188,7 @@ class _AIOKDLoss(torch.autograd.Function):
         settings, pairs = ctx.settings, ctx.pairs
         models, (n, vocab) = len(logits), logits[0].shape
         k = models - 1
-        eps_i = settings.epsilon / (vocab - 1)
-        c = 1.0 - settings.epsilon - eps_i
+        c, eps_i = label_smoothing_weights(settings.epsilon, vocab)
         distinct = len({x.data_ptr() for x in logits}) == models
         grads = [x if ctx.overwrite and distinct else torch.empty_like(x) for x in logits]
         alpha_k, b = settings.alpha / max(k, 1), settings.beta / max(len(pairs), 1)
@@ -215,3 +230,42 @@ def aiokd_loss(teacher_logits: Tensor, student_logits: list[Tensor], gold: Tenso
     loss, ce, teacher_nll, kd, ml, gates = _AIOKDLoss.apply(
         gold, settings, overwrite, teacher_logits, *student_logits)
     return LossTerms(loss, ce, teacher_nll, kd, ml, gates)
+
+
+def aiokd_loss_reference(teacher_logits: Tensor, student_logits: list[Tensor], gold: Tensor,
+                         settings: LossSettings, overwrite: bool = False) -> LossTerms:
+    """:func:`aiokd_loss` transcribed from the equations of the module docstring with autograd:
+    the same value, the same gradient up to rounding, the same terms.
+
+    Every model's ``lp_m = log_softmax(x_m)`` over the ``N`` non-pad tokens is an ``(N, V)``
+    table in float32 at least, and each CE and KL term is a sum over one or two of those tables.
+    A gate ``g_k`` or ``h`` that is 0 turns into ``.detach()`` of its KL term's target side, a
+    pair weight ``w`` that is 0 leaves its term out (both decided on the host, which waits for
+    the device).  Arguments and result as for :func:`aiokd_loss`; ``overwrite`` has no effect
+    (autograd makes new gradient tensors).
+    """
+    lp = [F.log_softmax(x, dim=-1, dtype=torch.promote_types(x.dtype, torch.float32))
+          for x in [teacher_logits, *student_logits]]
+    k = len(student_logits)
+    c, eps_i = label_smoothing_weights(settings.epsilon, lp[0].shape[-1])
+    nll = torch.stack([-x.gather(-1, gold[:, None]).sum() for x in lp])  # (M,)
+    ce = c * nll + eps_i * torch.stack([-x.sum() for x in lp])
+    zero = ce.new_zeros(())
+    if settings.detach:
+        gates = detaching_gates(ce[1:].detach(), ce[0].detach(), settings.eta)
+    else:
+        gates = ce.new_ones(k)
+    kd = sum((kl_divergence(lp[0] if gate else lp[0].detach(), lp[m])
+              for m, gate in enumerate(gates.tolist(), start=1)), zero) / max(k, 1)
+    with_ml = settings.beta > 0 and settings.ml_mode != "none"
+    pairs = list(itertools.combinations(range(1, k + 1), 2)) if with_ml else []
+    ml = zero
+    for i, j in pairs:
+        w_ij, w_ji, h_i, h_j = pair_weights(ce[i].detach(), ce[j].detach(), settings.ml_mode,
+                                            settings.eta).tolist()
+        for target, other, weight, gate in ((i, j, w_ij, h_i), (j, i, w_ji, h_j)):
+            if weight:
+                target_lp = lp[target] if gate else lp[target].detach()
+                ml = ml + kl_divergence(target_lp, lp[other]) / len(pairs)
+    loss = ce.sum() + settings.alpha * kd + settings.beta * ml
+    return LossTerms(loss, ce.detach(), nll[0].detach(), kd.detach(), ml.detach(), gates)

@@ -14,6 +14,20 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from aiokd.model.kernels import at_least_float32
+
+
+def label_smoothing_weights(epsilon: float, vocab: int) -> tuple[float, float]:
+    """The weights ``(c, eps_i)`` of label-smoothed cross-entropy over ``V = vocab`` tokens, as
+    fairseq smooths: the target distribution gives ``1 - eps`` to the reference token and
+    ``eps_i`` to each other token, so that
+
+        eps_i = eps / (V - 1),   c = 1 - eps - eps_i
+        CE_i  = c (-log p(y_i)) + eps_i (-sum_v log p(v))
+    """
+    eps_i = epsilon / (vocab - 1)
+    return 1.0 - epsilon - eps_i, eps_i
+
 
 class _LabelSmoothedNLL(torch.autograd.Function):
     """Forward and backward of :func:`label_smoothed_nll`; the gradient is built in one pass:
@@ -25,12 +39,12 @@ class _LabelSmoothedNLL(torch.autograd.Function):
     def forward(ctx, lprobs: Tensor, target: Tensor, epsilon: float) -> tuple[Tensor, Tensor]:
         nll = -lprobs.gather(-1, target[:, None]).squeeze(-1)
         smooth = -lprobs.sum(-1)
-        eps_i = epsilon / (lprobs.shape[-1] - 1)
+        on_target, everywhere = label_smoothing_weights(epsilon, lprobs.shape[-1])
         ctx.save_for_backward(target)
-        ctx.shape, ctx.coefficients = lprobs.shape, (1.0 - epsilon - eps_i, eps_i)
+        ctx.shape, ctx.coefficients = lprobs.shape, (on_target, everywhere)
         nll_sum = nll.sum()
         ctx.mark_non_differentiable(nll_sum)
-        return (ctx.coefficients[0] * nll_sum + eps_i * smooth.sum()), nll_sum
+        return (on_target * nll_sum + everywhere * smooth.sum()), nll_sum
 
     @staticmethod
     def backward(ctx, grad: Tensor, _grad_nll: Tensor):
@@ -55,11 +69,6 @@ def label_smoothed_nll(lprobs: Tensor, target: Tensor, epsilon: float) -> tuple[
         ``(loss, nll)``, both summed over the ``N`` tokens; ``nll`` is a statistic (no gradient).
     """
     return _LabelSmoothedNLL.apply(lprobs, target, epsilon)
-
-
-def at_least_float32(x: Tensor) -> Tensor:
-    """``x`` in float32 if it is in a half-precision type, else as it is."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def row_blocks(rows: int, vocab: int, block_bytes: int = 1 << 20) -> list[slice]:
@@ -103,11 +112,11 @@ class _LabelSmoothedNLLFromLogits(torch.autograd.Function):
         gold = at_least_float32(logits.gather(-1, target[:, None]).squeeze(-1))
         nll_sum = (lse - gold).sum()
         smooth_sum = (vocab * lse - sums).sum()
-        eps_i = epsilon / (vocab - 1)
+        on_target, everywhere = label_smoothing_weights(epsilon, vocab)
         ctx.save_for_backward(logits, target, lse)
-        ctx.coefficients, ctx.overwrite = (1.0 - epsilon - eps_i, eps_i), overwrite
+        ctx.coefficients, ctx.overwrite = (on_target, everywhere), overwrite
         ctx.mark_non_differentiable(nll_sum)
-        return ctx.coefficients[0] * nll_sum + eps_i * smooth_sum, nll_sum
+        return on_target * nll_sum + everywhere * smooth_sum, nll_sum
 
     @staticmethod
     def backward(ctx, grad: Tensor, _grad_nll: Tensor):
@@ -176,16 +185,6 @@ def kl_divergence(target_lprobs: Tensor, lprobs: Tensor) -> Tensor:
         the sum over tokens, a 0-dim tensor.
     """
     return torch.nn.functional.kl_div(lprobs, target_lprobs, log_target=True, reduction="sum")
-
-
-def detaching_gates(student_ce: Tensor, teacher_ce: Tensor, eta: float) -> Tensor:
-    """Dynamic gradient detaching: ``g_k = 1[CE(S_k) / CE(T) <= eta]``, shape ``(K,)``, in the
-    cross-entropies' dtype.
-
-    A student much worse than the teacher (ratio above ``eta``) must not pull the teacher's
-    distribution towards itself; a good one may teach the teacher too.
-    """
-    return (student_ce <= eta * teacher_ce).to(student_ce.dtype)
 
 
 def selective_kd_mask(student_nll: Tensor, ratio: float) -> Tensor:

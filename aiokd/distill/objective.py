@@ -1,11 +1,8 @@
 """The training objective of one batch, for AIO-KD and for the single-student baselines.
 
-AIO-KD (Miao et al. 2023), with ``K`` students ``S_1..S_K`` sampled for the update:
-
-    L    = L_ce + alpha * L_kd + beta * L_ml                          (L_ml in stage 2 only)
-    L_ce = CE(T) + sum_k CE(S_k)                                      (label-smoothed)
-    L_kd = (1/K) sum_k KL(P_T || P_Sk),  teacher side detached when CE(S_k)/CE(T) > eta
-    L_ml = mean over pairs of KL(P_better || P_worse)
+AIO-KD (Miao et al. 2023) trains the teacher ``T`` with ``K`` students ``S_1..S_K`` sampled for
+the update on ``L = L_ce + alpha * L_kd + beta * L_ml``, ``L_ml`` in stage 2 only: the loss of
+:mod:`aiokd.distill.aiokd_loss`, fused or, with ``distill.loss=reference``, term by term.
 
 Baselines train one fixed student ``S`` (the model *is* that student):
 
@@ -23,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aiokd.config import Config
-from aiokd.distill.aiokd_loss import LossSettings, aiokd_loss
+from aiokd.distill.aiokd_loss import LossSettings, aiokd_loss, aiokd_loss_reference
 from aiokd.distill.losses import (
     kl_divergence,
     label_smoothed_nll,
@@ -82,9 +79,10 @@ class Objective(nn.Module):
         settings = LossSettings(epsilon=self.cfg.train.label_smoothing, alpha=d.alpha,
                                 beta=d.beta if stage == 2 else 0.0, eta=d.eta, detach=d.detach,
                                 ml_mode=d.ml_mode)
+        loss = aiokd_loss if d.loss == "fused" else aiokd_loss_reference
         # The projections' outputs feed this loss alone: their gradient may overwrite them.
-        terms = aiokd_loss(logits[teacher], [logits[s] for s in students], gold, settings,
-                           overwrite=True)
+        terms = loss(logits[teacher], [logits[s] for s in students], gold, settings,
+                     overwrite=True)
         stats = {"nll": terms.teacher_nll, "ce": terms.ce[0], "student_ce": terms.ce[1:].sum(),
                  "kd": terms.kd, "ml": terms.ml, "detached": (1.0 - terms.gates).sum()}
         return terms.loss, stats

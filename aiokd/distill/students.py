@@ -1,4 +1,4 @@
-"""The candidate space of students and the seeded sampler.
+"""Students by name, the candidate space and the seeded sampler.
 
 A student ``S(l_e, l_d)`` is the bottom ``l_e`` encoder layers and bottom ``l_d`` decoder layers of
 the teacher, written ``"l_e-l_d"``.  The paper's candidate set is
@@ -13,10 +13,15 @@ uninterrupted one would have.
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiokd.errors import UserError
+
+if TYPE_CHECKING:
+    from aiokd.config import DistillConfig
 
 Student = tuple[int, int]
 """``(l_e, l_d)``: number of encoder and decoder layers."""
@@ -32,6 +37,21 @@ def parse_student(text: str) -> Student:
 
 def student_name(student: Student) -> str:
     return f"{student[0]}-{student[1]}"
+
+
+def choose_student(name: str | None, students: list[Student], source: str | os.PathLike) -> Student:
+    """The student called ``name`` (``None``: the largest, i.e. the teacher), if ``students``
+    holds it; otherwise a UserError that lists them."""
+    if name is None:
+        return max(students)
+    try:
+        student = parse_student(name)
+    except UserError:
+        student = None
+    if student not in students:
+        listed = " ".join(student_name(s) for s in students)
+        raise UserError(f"unknown student {name!r} for {source}; its students are: {listed}")
+    return student
 
 
 @dataclass(frozen=True)
@@ -96,19 +116,19 @@ def smallest(candidates: list[Student]) -> Student:
     return min(candidates, key=lambda student: student[0] + student[1])
 
 
-def sample_students(
-    candidates: list[Student], k: int, seed: int, stage: int, update: int, replacement: bool,
-    sandwich: bool = False,
-) -> list[Student]:
-    """Draw ``k`` students uniformly from ``candidates`` for one update.
+def sample_students(candidates: list[Student], distill: DistillConfig, seed: int, stage: int,
+                    update: int) -> list[Student]:
+    """Draw ``distill.k`` students uniformly from ``candidates`` for one update, with or without
+    replacement (``distill.replacement``).
 
     The generator depends only on ``(seed, stage, update)``, so every process and every resumed
-    run draws the same students for the same update.  With ``sandwich`` the first student is
-    always :func:`smallest` and the other ``k - 1`` are drawn as usual (without replacement: from
-    the other candidates).
+    run draws the same students for the same update.  With ``distill.sandwich`` the first student
+    is always :func:`smallest` and the other ``k - 1`` are drawn as usual (without replacement:
+    from the other candidates).
     """
+    k, replacement = distill.k, distill.replacement
     rng = random.Random(f"aiokd-students/{seed}/{stage}/{update}")
-    fixed = [smallest(candidates)] if sandwich else []
+    fixed = [smallest(candidates)] if distill.sandwich else []
     pool = [s for s in candidates if s not in fixed] if fixed and not replacement else candidates
     if replacement:
         return fixed + [rng.choice(pool) for _ in range(k - len(fixed))]

@@ -32,9 +32,14 @@ import sentencepiece as spm
 from torch import Tensor, nn
 
 from aiokd.config import Config, ModelConfig
-from aiokd.distill.students import CandidateSpace, Student, parse_student, student_name
+from aiokd.distill.students import (
+    CandidateSpace,
+    Student,
+    choose_student,
+    parse_student,
+    student_name,
+)
 from aiokd.errors import UserError
-from aiokd.inference.api import choose_student
 from aiokd.io import atomic_directory, atomic_write_bytes, atomic_write_json
 from aiokd.model.checkpoint import ModelFiles, load_model_files, model_config_json, save_model_dir
 from aiokd.model.transformer import DecoderLayer, EncoderLayer, Transformer

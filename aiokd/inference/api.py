@@ -40,7 +40,7 @@ import torch
 
 from aiokd.config import ModelConfig
 from aiokd.data.batching import token_batches
-from aiokd.distill.students import Student, parse_student, student_name
+from aiokd.distill.students import Student, choose_student, student_name
 from aiokd.errors import UserError
 from aiokd.inference.generate import SearchOptions, generate
 from aiokd.model.checkpoint import ModelFiles, load_model_files
@@ -51,21 +51,6 @@ Progress = Callable[[int], object]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 """The precisions a model can translate in, by name."""
-
-
-def choose_student(name: str | None, students: list[Student], source: str | os.PathLike) -> Student:
-    """The student called ``name`` (``None``: the largest, i.e. the teacher), if ``students``
-    holds it; otherwise a UserError that lists them."""
-    if name is None:
-        return max(students)
-    try:
-        student = parse_student(name)
-    except UserError:
-        student = None
-    if student not in students:
-        listed = " ".join(student_name(s) for s in students)
-        raise UserError(f"unknown student {name!r} for {source}; its students are: {listed}")
-    return student
 
 
 class _TorchEngine:

@@ -4,9 +4,11 @@ Vaswani et al. (2017), as in the AIO-KD paper: post-norm by default (pre-norm as
 sinusoidal positions, one joint vocabulary whose embedding matrix serves the encoder input, the
 decoder input and the output projection.  Attention runs through
 ``F.scaled_dot_product_attention`` (when training in half precision on a CPU, through two
-batched matrix products, which are faster there).
+batched matrix products, which are faster there; these CPU kernels are in
+:mod:`aiokd.model.kernels`).
 
-A student ``(l_e, l_d)`` is the bottom ``l_e`` encoder and bottom ``l_d`` decoder layers:
+A student ``(l_e, l_d)``, a pair of ints, is the bottom ``l_e`` encoder and bottom ``l_d``
+decoder layers:
 
     logits = model(src, prev_tgt, enc_layers=l_e, dec_layers=l_d)
 
@@ -28,8 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aiokd.config import ModelConfig
-from aiokd.distill.losses import at_least_float32
-from aiokd.distill.students import Student
+from aiokd.model.kernels import attention_products, dropout
 
 
 def sinusoidal_positions(max_positions: int, dim: int) -> Tensor:
@@ -77,48 +78,6 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool
         return attention_products(q, k, v, mask, causal, dropout_p)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                           dropout_p=dropout_p)
-
-
-def attention_products(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool,
-                       dropout_p: float) -> Tensor:
-    """:func:`attention` as ``P = softmax(q k^T / sqrt(d))`` in (at least) float32, with masked
-    keys and, if ``causal``, key positions after the query's at ``-inf``; dropout on ``P``; then
-    ``P v`` in ``v``'s dtype.
-
-    The scores ``(B, H, T, S)`` are its only float32 temporary."""
-    scores = at_least_float32(torch.matmul(q, k.transpose(-1, -2))).mul_(q.shape[-1] ** -0.5)
-    if mask is not None:
-        scores.masked_fill_(~mask, float("-inf"))
-    if causal:
-        later = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).triu_(1)
-        scores.masked_fill_(later, float("-inf"))
-    probabilities = dropout(torch.softmax(scores, dim=-1), dropout_p, True)
-    return torch.matmul(probabilities.to(v.dtype), v)
-
-
-DROPOUT_BITS = 15  # bits of each uniform integer of a CPU dropout mask
-
-
-def dropout(x: Tensor, p: float, training: bool) -> Tensor:
-    """Inverted dropout ``x * m / (1 - p)``, ``m_i ~ Bernoulli(1 - p)``.
-
-    On a CPU, ``F.dropout``'s Bernoulli sampler and ``torch.rand`` draw one random number per
-    element; here each 64-bit draw of the generator gives four 15-bit uniform integers ``u`` and
-    ``m = [u >= round(p 2^15)]``, so ``p`` is rounded to a multiple of ``2^-15`` and the scale
-    uses the rounded rate (``E[output] = x`` exactly).  Elsewhere ``F.dropout``'s fused kernel.
-    """
-    if not training or p == 0.0:
-        return x
-    if x.device.type != "cpu":
-        return F.dropout(x, p, training=True)
-    levels = 1 << DROPOUT_BITS
-    threshold = round(p * levels)
-    if threshold >= levels:
-        return x * 0.0
-    words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_()
-    uniform = words.view(torch.int16)[:x.numel()].view(x.shape).bitwise_and_(levels - 1)
-    keep = uniform.ge_(threshold).to(x.dtype).mul_(levels / (levels - threshold))
-    return x * keep
 
 
 def _split_heads(x: Tensor, heads: int) -> Tensor:
@@ -327,7 +286,7 @@ class Transformer(nn.Module):
             self.embed.weight[self.cfg.pad_id].zero_()
 
     @property
-    def teacher(self) -> Student:
+    def teacher(self) -> tuple[int, int]:
         return (self.cfg.enc_layers, self.cfg.dec_layers)
 
     def compile_layers(self) -> None:
@@ -403,9 +362,9 @@ class Transformer(nn.Module):
         hidden = self.decode(prev_tgt, memory, encoded.mask, dec_layers)[-1]
         return _select(hidden, select)
 
-    def forward_students(self, src: Tensor, prev_tgt: Tensor, students: list[Student],
+    def forward_students(self, src: Tensor, prev_tgt: Tensor, students: list[tuple[int, int]],
                          reuse_prefix: bool = True, select: Tensor | None = None,
-                         project: bool = True) -> dict[Student, Tensor]:
+                         project: bool = True) -> dict[tuple[int, int], Tensor]:
         """Logits ``(B, T, V)`` of each distinct student in ``students``; with a boolean ``select
         (B, T)`` only the ``N`` selected positions are projected, giving ``(N, V)``.  With
         ``project=False`` the final hidden states ``(B, T, C)`` or ``(N, C)`` instead, for the
@@ -452,7 +411,8 @@ class Transformer(nn.Module):
         return [tuple(t.contiguous() for t in layer.cross_attn.memory(memory))
                 for layer in self.decoder[:dec_layers]]
 
-    def num_parameters(self, student: Student | None = None, embeddings: bool = True) -> int:
+    def num_parameters(self, student: tuple[int, int] | None = None,
+                       embeddings: bool = True) -> int:
         """Parameters a student uses (default: the teacher), with or without the embeddings."""
         le, ld = student or self.teacher
         modules = [*self.encoder[:le], *self.decoder[:ld], self.encoder_norm, self.decoder_norm]

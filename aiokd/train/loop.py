@@ -446,8 +446,8 @@ class Stage:
         if self.cfg.distill.method != "aiokd":
             return []
         d = self.cfg.distill
-        return sample_students(self.space.candidates, d.k, self.cfg.train.seed, self.stage,
-                               self.state.update, d.replacement, d.sandwich)
+        return sample_students(self.space.candidates, d, self.cfg.train.seed, self.stage,
+                               self.state.update)
 
     def _validate(self) -> None:
         students = self.space.evaluated
