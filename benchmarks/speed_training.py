@@ -14,6 +14,7 @@ term by term (``--unfused``).  Each against the GEMM ceiling of its precision.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -44,7 +45,6 @@ from speed_common import (
     training_flops,
     workdir,
 )
-from unfused_objective import UnfusedObjective
 
 from aiokd.config import Config, load_config
 from aiokd.data.batching import Batch
@@ -63,7 +63,7 @@ KS = [1, 2, 3, 4]
 class Variant:
     """One way to train: ``scratch`` (the teacher alone) or AIO-KD at a stage with K students;
     ``compiled``: with ``train.compile`` (the layers through ``torch.compile``); ``unfused``: the
-    loss term by term (:mod:`unfused_objective`) instead of :mod:`aiokd.distill.aiokd_loss`."""
+    loss term by term (``distill.loss=reference``) instead of :mod:`aiokd.distill.aiokd_loss`."""
 
     name: str
     method: str
@@ -137,7 +137,10 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.train.lr
-        self.objective = (UnfusedObjective if unfused else Objective)(self.model, cfg)
+        if unfused:
+            cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill,
+                                                                       loss="reference"))
+        self.objective = Objective(self.model, cfg)
 
     def step(self, batch: Batch, students: list[Student], stage: int) -> None:
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
@@ -262,7 +265,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "through torch.compile), after warm-up steps on every timed batch")
     p.add_argument("--unfused", action="store_true",
                    help="also time stage 1 and 2 with the loss computed term by term with "
-                   "autograd (benchmarks/unfused_objective.py), as a direct implementation does")
+                   "autograd (distill.loss=reference), as a direct implementation does")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -14,10 +14,9 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from aiokd.config import ModelConfig, load_config
+from aiokd.config import ModelConfig
 from aiokd.data.batching import collate
 from aiokd.data.corpus import load_manifest
-from aiokd.distill.objective import Objective
 from aiokd.model.transformer import Transformer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
@@ -27,7 +26,6 @@ import speed_scaling  # noqa: E402
 import speed_training  # noqa: E402
 import speed_validation  # noqa: E402
 from speed_common import bench_config, training_flops  # noqa: E402
-from unfused_objective import UnfusedObjective  # noqa: E402
 
 
 def _positive(value) -> bool:
@@ -154,31 +152,6 @@ def test_analytic_flops_match_pytorch_flop_counter(students, reuse_prefix):
                                         select=batch.target != 0)
         sum(x.sum() for x in logits.values()).backward()
     assert counter.get_total_flops() == training_flops(cfg, batch, students, reuse_prefix)
-
-
-@pytest.mark.parametrize("stage", [1, 2])
-@pytest.mark.parametrize("eta", [1e-6, 1e6])  # every student detached / none
-def test_the_unfused_objective_is_the_same_loss(stage, eta):
-    """What the ``--unfused`` variants time is the loss aiokd trains with, term by term."""
-    cfg = load_config("tiny", overrides=[
-        "model.vocab_size=40", "model.d_model=16", "model.ffn_dim=32", "model.heads=2",
-        "model.dropout=0.0", "model.attention_dropout=0.0", "model.activation_dropout=0.0",
-        f"distill.eta={eta}", "distill.k=3"])
-    torch.manual_seed(0)
-    src, target = torch.randint(4, 40, (3, 6)), torch.randint(4, 40, (3, 5))
-    target[1, 3:] = cfg.model.pad_id
-    prev = torch.cat([torch.full((3, 1), cfg.model.bos_id), target[:, :-1]], dim=1)
-    students = [(2, 2), (6, 3), (4, 4)]
-    found = []
-    for objective in (Objective, UnfusedObjective):
-        torch.manual_seed(1)
-        model = Transformer(cfg.model).double()
-        loss, _ = objective(model, cfg)(src, prev, target, students, stage)
-        loss.backward()
-        found.append((loss.detach(), [p.grad for p in model.parameters()]))
-    assert torch.allclose(found[0][0], found[1][0], rtol=1e-12)
-    for a, b in zip(found[0][1], found[1][1], strict=True):
-        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("script, args, rows", [
