@@ -80,6 +80,21 @@ def test_terms_and_gates_are_their_definitions(loss):
     assert torch.allclose(terms.loss, ce.sum() + 2.0 * terms.kd + 0.5 * terms.ml)
 
 
+@pytest.mark.parametrize("loss", [aiokd_loss, aiokd_loss_reference])
+@pytest.mark.parametrize("k", [2, 3])
+def test_full_mutual_learning_is_the_mean_over_ordered_pairs(loss, k):
+    """``full``: every student learns from every other, ``L_ml`` the mean of the ``K(K-1)``
+    ordered KL terms (the reference's normalisation)."""
+    torch.manual_seed(k)
+    logits = [torch.randn(5, 8, dtype=torch.float64) for _ in range(k + 1)]
+    gold = torch.randint(0, 8, (5,))
+    terms = loss(logits[0], logits[1:], gold, LossSettings(0.1, 1.0, 0.5, 1.1, True, "full"))
+    ordered = [direct_kl(logits[i], logits[j]) for i in range(1, k + 1)
+               for j in range(1, k + 1) if i != j]
+    assert len(ordered) == k * (k - 1)
+    assert torch.allclose(terms.ml, sum(ordered) / len(ordered))
+
+
 def test_detaching_gates_open_exactly_when_the_ratio_is_at_most_eta():
     teacher_ce = torch.tensor(10.0)
     student_ce = torch.tensor([10.9, 11.0, 11.2, 30.0, 5.0])
@@ -183,3 +198,44 @@ def test_training_with_the_reference_loss_gives_the_same_loss_and_gradients(stag
         assert torch.allclose(value, reference_stats[key], rtol=1e-12), key
     for a, b in zip(fused_grads, reference_grads, strict=True):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def _batch(cfg):
+    torch.manual_seed(0)
+    src, target = torch.randint(4, 40, (3, 6)), torch.randint(4, 40, (3, 5))
+    target[1, 3:] = cfg.model.pad_id
+    prev = torch.cat([torch.full((3, 1), cfg.model.bos_id), target[:, :-1]], dim=1)
+    return src, prev, target
+
+
+SEPARATE = ["model.vocab_size=40", "model.d_model=16", "model.ffn_dim=32", "model.heads=2",
+            "model.dropout=0.3", "distill.k=3", "distill.reuse_prefix=false"]
+
+
+def test_separate_passes_give_every_sampled_student_its_own_pass_and_noise():
+    """``reuse_prefix=false`` is the reference criterion: teacher and each sampled student, a
+    teacher-sized one and a repeated draw included, run their own forward pass (own dropout),
+    then the AIO-KD loss of those logits."""
+    cfg = load_config("tiny", overrides=SEPARATE)
+    src, prev, target = _batch(cfg)
+    mask = target != cfg.model.pad_id
+    students = [(6, 6), (2, 2), (2, 2)]
+    model = Transformer(cfg.model).double().train()
+    torch.manual_seed(5)
+    found, _ = Objective(model, cfg)(src, prev, target, students, stage=2)
+    torch.manual_seed(5)
+    logits = [model(src, prev, *s, select=mask) for s in [(6, 6), *students]]
+    settings = LossSettings(0.1, cfg.distill.alpha, cfg.distill.beta, cfg.distill.eta)
+    expected = aiokd_loss_reference(logits[0], logits[1:], target[mask], settings)
+    assert torch.allclose(found, expected.loss, rtol=1e-12)
+    assert direct_kl(logits[0], logits[1]) > 1e-6          # the sampled 6-6: dropout noise
+    assert not torch.equal(logits[2], logits[3])             # 2-2 drawn twice: two passes
+
+
+def test_the_shared_pass_makes_a_sampled_teacher_sized_student_the_teacher():
+    cfg = load_config("tiny", overrides=[*SEPARATE[:-1], "distill.reuse_prefix=true"])
+    src, prev, target = _batch(cfg)
+    model = Transformer(cfg.model).double().train()
+    torch.manual_seed(5)
+    _, stats = Objective(model, cfg)(src, prev, target, [(6, 6)], stage=1)
+    assert stats["kd"] == 0

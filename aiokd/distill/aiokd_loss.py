@@ -14,7 +14,9 @@ With ``M = K + 1`` models (``m = 0`` the teacher ``T``, ``m = 1..K`` the student
                                                                     c = 1 - eps - eps_i
                                                                     (label_smoothing_weights)
     L_kd  = (1/K) sum_k KL(P_T || P_k)                              KL(P || Q) = <p, lp - lq>
-    L_ml  = (1/|pairs|) sum_{i<j} w_ij KL(P_i || P_j) + w_ji KL(P_j || P_i)
+    L_ml  = (1/n_ml) sum_{i<j} w_ij KL(P_i || P_j) + w_ji KL(P_j || P_i)
+            n_ml = the number of KL terms the mode can use (ml_terms): |pairs| = K(K-1)/2 when
+            one direction per pair counts, 2 |pairs| = K(K-1) in ``full`` mode
 
 Dynamic gradient detaching scales the teacher side of ``KL(P_T || P_k)`` by the gate
 ``g_k = 1[CE_k <= eta CE_T]`` (:func:`detaching_gates`); in ``L_ml`` the weights ``w`` pick the
@@ -27,7 +29,7 @@ The fused loss's gradient with respect to the log-probabilities, ``G_m = dL/dlp_
     G_m  = -eps_i - c 1[v = y]                                           (CE)
     G_k += -(alpha/K) p_T                                                (KD, student side)
     G_T += alpha p_T (g_mean (lp_T + 1) - (1/K) sum_k g_k lp_k)          (KD, gated teacher side)
-    G_i += b (w_ij h_i p_i (d + 1) - w_ji p_j),  d = lp_i - lp_j,  b = beta / |pairs|
+    G_i += b (w_ij h_i p_i (d + 1) - w_ji p_j),  d = lp_i - lp_j,  b = beta / n_ml
     G_j += b (w_ji h_j p_j (1 - d) - w_ij p_i)
 
 and through the log-softmax ``dL/dx_m = G_m - p_m sum_v G_m``.  The CE part of ``G_m`` sums to
@@ -123,6 +125,13 @@ def pair_weights(ce_i: Tensor, ce_j: Tensor, mode: str, eta: float) -> Tensor:
     return torch.stack([i_better, 1.0 - i_better, one, one])
 
 
+def ml_terms(pairs: int, mode: str) -> int:
+    """``n_ml``, the number of KL terms ``L_ml`` averages: one per pair of students (the better
+    one teaches the worse), two in ``full`` mode (both directions: ``K(K-1)`` ordered pairs, as
+    the reference implementation divides)."""
+    return 2 * pairs if mode == "full" else pairs
+
+
 def _log_probs(logits: list[Tensor], lse: Tensor, rows: slice) -> list[Tensor]:
     """``lp_m = x_m - lse_m`` of the block ``rows`` of every model, new float32 tensors."""
     return [torch.sub(at_least_float32(x[rows]), lse[m, rows, None])
@@ -174,7 +183,8 @@ class _AIOKDLoss(torch.autograd.Function):
                                 for i, j in pairs]) if pairs else ce.new_zeros((0, 4)))
         ml = ce.new_zeros(())
         for (i, j), (w_ij, w_ji, _, _) in zip(pairs, weights, strict=True):
-            ml = ml + (w_ij * kl[i, j] + w_ji * kl[j, i]) / len(pairs)
+            ml = ml + (w_ij * kl[i, j] + w_ji * kl[j, i]) / ml_terms(len(pairs),
+                                                                      settings.ml_mode)
         loss = ce.sum() + settings.alpha * kd + settings.beta * ml
         ctx.save_for_backward(gold, lse, gates, weights, *logits)
         ctx.settings, ctx.overwrite, ctx.pairs = settings, overwrite, pairs
@@ -191,7 +201,8 @@ class _AIOKDLoss(torch.autograd.Function):
         c, eps_i = label_smoothing_weights(settings.epsilon, vocab)
         distinct = len({x.data_ptr() for x in logits}) == models
         grads = [x if ctx.overwrite and distinct else torch.empty_like(x) for x in logits]
-        alpha_k, b = settings.alpha / max(k, 1), settings.beta / max(len(pairs), 1)
+        alpha_k = settings.alpha / max(k, 1)
+        b = settings.beta / max(ml_terms(len(pairs), settings.ml_mode), 1)
         for rows in row_blocks(n, vocab * models):
             lp = _log_probs(logits, lse, rows)
             p = [x.exp() for x in lp]
@@ -266,6 +277,7 @@ def aiokd_loss_reference(teacher_logits: Tensor, student_logits: list[Tensor], g
         for target, other, weight, gate in ((i, j, w_ij, h_i), (j, i, w_ji, h_j)):
             if weight:
                 target_lp = lp[target] if gate else lp[target].detach()
-                ml = ml + kl_divergence(target_lp, lp[other]) / len(pairs)
+                ml = ml + kl_divergence(target_lp, lp[other]) / ml_terms(len(pairs),
+                                                                         settings.ml_mode)
     loss = ce.sum() + settings.alpha * kd + settings.beta * ml
     return LossTerms(loss, ce.detach(), nll[0].detach(), kd.detach(), ml.detach(), gates)

@@ -4,6 +4,12 @@ AIO-KD (Miao et al. 2023) trains the teacher ``T`` with ``K`` students ``S_1..S_
 the update on ``L = L_ce + alpha * L_kd + beta * L_ml``, ``L_ml`` in stage 2 only: the loss of
 :mod:`aiokd.distill.aiokd_loss`, fused or, with ``distill.loss=reference``, term by term.
 
+With ``distill.reuse_prefix`` (the default) one encoder pass serves every model and a student
+shares the teacher's dropout noise, so a sampled teacher-sized student, or a student drawn twice,
+is the same tensor as its twin (its KD term is 0).  Without it, as the reference implementation,
+the teacher and every sampled student run their own forward pass with their own dropout noise:
+a sampled ``6-6`` then contributes a dropout-consistency term (R-Drop), and a repeated draw two.
+
 Baselines train one fixed student ``S`` (the model *is* that student):
 
     scratch:       L = CE(S)
@@ -73,16 +79,18 @@ class Objective(nn.Module):
 
     def _aiokd(self, src, prev_tgt, mask, gold, students, stage):
         d = self.cfg.distill
-        teacher = self.model.teacher
-        logits = self.model.forward_students(src, prev_tgt, [teacher, *students],
-                                             reuse_prefix=d.reuse_prefix, select=mask)
+        models = [self.model.teacher, *students]
+        if d.reuse_prefix:
+            shared = self.model.forward_students(src, prev_tgt, models, select=mask)
+            logits = [shared[s] for s in models]
+        else:  # every model its own pass and dropout noise, a repeated draw included
+            logits = [self.model(src, prev_tgt, *s, select=mask) for s in models]
         settings = LossSettings(epsilon=self.cfg.train.label_smoothing, alpha=d.alpha,
                                 beta=d.beta if stage == 2 else 0.0, eta=d.eta, detach=d.detach,
                                 ml_mode=d.ml_mode)
         loss = aiokd_loss if d.loss == "fused" else aiokd_loss_reference
         # The projections' outputs feed this loss alone: their gradient may overwrite them.
-        terms = loss(logits[teacher], [logits[s] for s in students], gold, settings,
-                     overwrite=True)
+        terms = loss(logits[0], logits[1:], gold, settings, overwrite=True)
         stats = {"nll": terms.teacher_nll, "ce": terms.ce[0], "student_ce": terms.ce[1:].sum(),
                  "kd": terms.kd, "ml": terms.ml, "detached": (1.0 - terms.gates).sum()}
         return terms.loss, stats
