@@ -239,3 +239,14 @@ def test_the_shared_pass_makes_a_sampled_teacher_sized_student_the_teacher():
     torch.manual_seed(5)
     _, stats = Objective(model, cfg)(src, prev, target, [(6, 6)], stage=1)
     assert stats["kd"] == 0
+
+
+@pytest.mark.parametrize("ml_stage, ml_in_stage_1", [(2, False), (1, True)])
+def test_mutual_learning_starts_in_the_stage_asked_for(ml_stage, ml_in_stage_1):
+    cfg = load_config("tiny", overrides=[*SEPARATE[:5], f"distill.ml_stage={ml_stage}",
+                                         "distill.ml_mode=full"])
+    src, prev, target = _batch(cfg)
+    model = Transformer(cfg.model).double().eval()
+    _, first = Objective(model, cfg)(src, prev, target, [(2, 2), (4, 3)], stage=1)
+    _, second = Objective(model, cfg)(src, prev, target, [(2, 2), (4, 3)], stage=2)
+    assert bool(first["ml"] > 0) == ml_in_stage_1 and second["ml"] > 0

@@ -1,8 +1,9 @@
 """The training objective of one batch, for AIO-KD and for the single-student baselines.
 
 AIO-KD (Miao et al. 2023) trains the teacher ``T`` with ``K`` students ``S_1..S_K`` sampled for
-the update on ``L = L_ce + alpha * L_kd + beta * L_ml``, ``L_ml`` in stage 2 only: the loss of
-:mod:`aiokd.distill.aiokd_loss`, fused or, with ``distill.loss=reference``, term by term.
+the update on ``L = L_ce + alpha * L_kd + beta * L_ml``, ``L_ml`` from stage ``distill.ml_stage``
+on (2 by default): the loss of :mod:`aiokd.distill.aiokd_loss`, fused or, with
+``distill.loss=reference``, term by term.
 
 With ``distill.reuse_prefix`` (the default) one encoder pass serves every model and a student
 shares the teacher's dropout noise, so a sampled teacher-sized student, or a student drawn twice,
@@ -65,7 +66,7 @@ class Objective(nn.Module):
             src: ``(B, S)`` source ids, ``prev_tgt``/``target``: ``(B, T)`` decoder input and
                 reference (shifted by one).
             students: the sampled students (AIO-KD; ignored by the baselines).
-            stage: 1 or 2; mutual learning only in stage 2.
+            stage: 1 or 2; mutual learning from stage ``distill.ml_stage`` on.
         Returns:
             ``(loss, stats)``: the loss summed over tokens; ``stats`` holds sums of the teacher's
             (or the baseline student's) ``nll`` and label-smoothed ``ce``, ``kd``, ``ml`` and the
@@ -86,8 +87,8 @@ class Objective(nn.Module):
         else:  # every model its own pass and dropout noise, a repeated draw included
             logits = [self.model(src, prev_tgt, *s, select=mask) for s in models]
         settings = LossSettings(epsilon=self.cfg.train.label_smoothing, alpha=d.alpha,
-                                beta=d.beta if stage == 2 else 0.0, eta=d.eta, detach=d.detach,
-                                ml_mode=d.ml_mode)
+                                beta=d.beta if stage >= d.ml_stage else 0.0, eta=d.eta,
+                                detach=d.detach, ml_mode=d.ml_mode)
         loss = aiokd_loss if d.loss == "fused" else aiokd_loss_reference
         # The projections' outputs feed this loss alone: their gradient may overwrite them.
         terms = loss(logits[0], logits[1:], gold, settings, overwrite=True)
