@@ -93,7 +93,10 @@ class DistillConfig:
     alpha: float = 5.5
     """Weight of word-level KD from the teacher."""
     beta: float = 0.5
-    """Weight of mutual learning between students (stage 2)."""
+    """Weight of mutual learning between students (from stage ``ml_stage`` on)."""
+    ml_stage: int = 2
+    """The stage from which mutual learning applies: 2, the paper's two-stage training, or 1,
+    from the first update (with ``train.stages=1``: the paper's ablation without two stages)."""
     eta: float = 1.1
     """Dynamic gradient detaching: the teacher side of KD is detached when CE_S / CE_T > eta."""
     detach: bool = True
@@ -129,6 +132,7 @@ class DistillConfig:
         _require(self.k >= 1, "distill.k", "must be at least 1")
         _require(self.alpha >= 0, "distill.alpha", "must be >= 0")
         _require(self.beta >= 0, "distill.beta", "must be >= 0")
+        _require(self.ml_stage in (1, 2), "distill.ml_stage", "must be 1 or 2")
         _require(self.eta > 0, "distill.eta", "must be > 0")
         modes = ("none", "no_weight", "full", "detaching")
         _require(self.ml_mode in modes, "distill.ml_mode", f"must be one of {', '.join(modes)}")
@@ -299,10 +303,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"lr": 3e-3, "warmup_updates": 100, "max_tokens": 2048, "max_updates": 500,
                   "validate_every": 250, "save_every": 100, "clip_norm": 1.0, "log_every": 10},
     },
-    "iwslt": {
-        "model": {"d_model": 512, "ffn_dim": 1024, "heads": 4, "dropout": 0.3},
-        "train": {"lr": 5e-4, "warmup_updates": 4000, "max_tokens": 4096},
-    },
+    "iwslt": {},  # the defaults above are the paper's IWSLT14 settings
     "base": {
         "model": {"d_model": 512, "ffn_dim": 2048, "heads": 8, "dropout": 0.1},
         "train": {"lr": 7e-4, "warmup_updates": 4000, "max_tokens": 8192},
