@@ -1,12 +1,12 @@
 """``aiokd extract`` and ``aiokd export``: one student as a model of its own.
 
-* **extract** writes a model directory (``config.json``, ``model.safetensors``, ``spm.model``)
+* **extract** writes a model directory (``config.json``, ``model.safetensors``, tokenizer)
   holding a Transformer with ``l_e`` encoder and ``l_d`` decoder layers: the teacher's embedding,
   its bottom layers (and, pre-norm, its final layer norms), whose only student is itself.
 * **export --format ctranslate2** writes a CTranslate2 model directory built with CTranslate2's
   ``TransformerSpec`` from the student's weights (``model.bin``, CTranslate2's ``config.json``,
-  ``shared_vocabulary.json``), plus ``spm.model`` and ``aiokd.json``, which :func:`aiokd.load`
-  reads.
+  ``shared_vocabulary.json``), plus the tokenizer's files (``spm.model``, or a Marian model's
+  three) and ``aiokd.json``, which :func:`aiokd.load` reads.
 
 The CTranslate2 model is the same network: post-norm (or pre-norm) layers with the model's layer
 norm epsilon and feed-forward activation; the embedding, scaled by ``sqrt(C)`` (unless
@@ -15,8 +15,8 @@ norm epsilon and feed-forward activation; the embedding, scaled by ``sqrt(C)`` (
 own sinusoidal table (either layout), row ``t`` for position ``t``; self-attention keeps its
 fused query/key/value projection (``linear[0]``), cross-attention its query (``linear[0]``) and
 fused key/value (``linear[1]``) projections.  The
-vocabulary is the SentencePiece pieces by id; the source gets the EOS appended and decoding
-starts from BOS, as in :mod:`aiokd.inference.generate`.
+vocabulary is the tokenizer's pieces by id; the source gets the EOS appended and decoding starts
+from BOS (``model.bos_id``), as in :mod:`aiokd.inference.generate`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import sentencepiece as spm
 from torch import Tensor, nn
 
 from aiokd.config import Config, ModelConfig
+from aiokd.data.tokenizer import SENTENCEPIECE
 from aiokd.distill.students import (
     CandidateSpace,
     Student,
@@ -40,7 +41,7 @@ from aiokd.distill.students import (
     student_name,
 )
 from aiokd.errors import UserError
-from aiokd.io import atomic_directory, atomic_write_bytes, atomic_write_json
+from aiokd.io import atomic_directory, atomic_write_json
 from aiokd.model.checkpoint import ModelFiles, load_model_files, model_config_json, save_model_dir
 from aiokd.model.transformer import DecoderLayer, EncoderLayer, Transformer
 
@@ -97,7 +98,7 @@ def write_extracted(directory: Path, files: ModelFiles, student: Student) -> Tra
     config = model_config_json(Config(model=small.cfg), space, languages,
                                {"extracted_from": str(Path(files.source).resolve()),
                                 "student": student_name(student)})
-    save_model_dir(directory, small, config, files.spm_bytes)
+    save_model_dir(directory, small, config, files.tokenizer)
     return small
 
 
@@ -203,19 +204,22 @@ def write_ctranslate2(directory: Path, files: ModelFiles, student: Student,
 
     ``quantization``: ``none`` (float32), ``int8``, ``int8_float32`` or ``float16`` weights.
     """
-    pieces, unk_id = sentencepiece_pieces(files.spm_bytes)
+    tokenizer = files.tokenizer.load(files.source)
+    pieces = tokenizer.pieces
     if len(pieces) != files.model.cfg.vocab_size:
-        raise UserError(f"{files.source}: the SentencePiece model has {len(pieces)} pieces but "
-                        f"the model {files.model.cfg.vocab_size}")
-    spec = ctranslate2_spec(files.model, student, pieces, unk_id)
+        raise UserError(f"{files.source}: the tokenizer has {len(pieces)} pieces but the model "
+                        f"{files.model.cfg.vocab_size}")
+    spec = ctranslate2_spec(files.model, student, pieces, tokenizer.unk_id)
     spec.validate()
     spec.optimize(quantization=None if quantization == "none" else quantization)
     spec.save(str(directory))
     model = dataclasses.replace(files.model.cfg, enc_layers=student[0], dec_layers=student[1])
-    atomic_write_bytes(directory / "spm.model", files.spm_bytes)
+    files.tokenizer.write(directory)
+    kind = {} if files.tokenizer.kind == SENTENCEPIECE else {"tokenizer": files.tokenizer.kind}
     atomic_write_json(directory / EXPORT_INFO, {
         "format": EXPORT_FORMAT,
         "version": 1,
+        **kind,
         "student": student_name(student),
         "quantization": quantization,
         "exported_from": str(files.source.resolve()),

@@ -4,9 +4,10 @@
     model.students                          # or CTranslate2 export; ["2-2", "3-2", ..., "6-6"]
     model.translate(["Ein Hund rennt."], student="6-2", beam=5)
 
-Lines are stripped, encoded with the model's SentencePiece model and translated in batches of
-similar length (at most ``max_tokens`` padded source tokens each); outputs come back decoded and in
-input order, one per line; an empty line gives an empty output.  A source longer than the model's
+Lines are stripped, encoded with the model's tokenizer (:mod:`aiokd.data.tokenizer`: a joint
+SentencePiece model, or a Marian model's two) and translated in batches of similar length (at
+most ``max_tokens`` padded source tokens each); outputs come back decoded and in input order, one
+per line; an empty line gives an empty output.  A source longer than the model's
 ``max_positions - 1`` tokens (one position is the EOS) is truncated to that length.
 
 The PyTorch engine decodes with :func:`aiokd.inference.generate.generate`; the CTranslate2 engine
@@ -35,11 +36,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import sentencepiece as spm
 import torch
 
 from aiokd.config import ModelConfig
 from aiokd.data.batching import token_batches
+from aiokd.data.tokenizer import SENTENCEPIECE, TokenizerFiles
 from aiokd.distill.students import Student, choose_student, student_name
 from aiokd.errors import UserError
 from aiokd.inference.generate import SearchOptions, generate
@@ -195,20 +196,13 @@ class Translator:
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text, truncated to ``max_positions - 1`` with a note on stderr."""
-        sources = self._processor.encode(texts)
+        sources = self._processor.encode_source(texts)
         longest = self.cfg.max_positions - 1
         too_long = sum(len(source) > longest for source in sources)
         if too_long:
             print(f"aiokd: warning: {too_long} line(s) longer than the {longest} tokens this "
                   f"model reads, truncated to {longest} tokens", file=sys.stderr)
         return [source[:longest] for source in sources]
-
-
-def _sentencepiece(spm_bytes: bytes, where: Path):
-    try:
-        return spm.SentencePieceProcessor(model_proto=spm_bytes)
-    except RuntimeError:
-        raise UserError(f"{where}: damaged SentencePiece model") from None
 
 
 def _torch_device(device: str | None) -> torch.device:
@@ -236,18 +230,14 @@ def _exporting(files: ModelFiles, options: dict[str, object]) -> Callable[[Stude
 
 
 def _load_export(directory: Path, options: dict[str, object]) -> Translator:
-    from aiokd.formats.export import read_export_info, sentencepiece_pieces
+    from aiokd.formats.export import read_export_info
 
     info = read_export_info(directory)
     cfg = ModelConfig(**info["model"])
-    spm_path = directory / "spm.model"
-    if not spm_path.is_file():
-        raise UserError(f"{spm_path}: missing SentencePiece model")
-    spm_bytes = spm_path.read_bytes()
-    processor = _sentencepiece(spm_bytes, spm_path)
+    tokenizer = TokenizerFiles.read(directory, info.get("tokenizer", SENTENCEPIECE))
+    processor = tokenizer.load(directory)
     translator = _open_ctranslate2(directory, options)
-    engine = _CTranslate2Engine(lambda student: translator, sentencepiece_pieces(spm_bytes)[0],
-                                cfg)
+    engine = _CTranslate2Engine(lambda student: translator, processor.pieces, cfg)
     return Translator(engine, processor, cfg, [(cfg.enc_layers, cfg.dec_layers)], directory)
 
 
@@ -268,7 +258,7 @@ def load(path: str | os.PathLike, device: str | None = None, engine: str | None 
         UserError: the path is not a model, a file is damaged, ``engine="torch"`` for an
             export, or a ``dtype`` the engine cannot compute in.
     """
-    from aiokd.formats.export import is_ctranslate2_export, sentencepiece_pieces
+    from aiokd.formats.export import is_ctranslate2_export
 
     path = Path(path)
     if engine not in (None, "torch", "ctranslate2"):
@@ -280,12 +270,11 @@ def load(path: str | os.PathLike, device: str | None = None, engine: str | None 
             raise UserError(f"{path} is a CTranslate2 export; translate with --engine ctranslate2")
         return _load_export(path, _ctranslate2_options(device, dtype))
     files = load_model_files(path)
-    processor = _sentencepiece(files.spm_bytes, files.source)
+    processor = files.tokenizer.load(files.source)
     cfg = files.model.cfg
     if engine == "ctranslate2":
-        pieces = sentencepiece_pieces(files.spm_bytes)[0]
         open_student = _exporting(files, _ctranslate2_options(device, dtype))
-        chosen = _CTranslate2Engine(open_student, pieces, cfg)
+        chosen = _CTranslate2Engine(open_student, processor.pieces, cfg)
     else:
         chosen = _TorchEngine(files.model.to(_torch_device(device), DTYPES[dtype or "float32"]))
     return Translator(chosen, processor, cfg, files.students, files.source)

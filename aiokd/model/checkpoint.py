@@ -4,12 +4,15 @@ Nothing here ever unpickles: a file that is not a well-formed safetensors file c
 header is refused with a one-line :class:`UserError` before any of its bytes is interpreted.
 
 * A **checkpoint** is one ``.safetensors`` file: the model's tensors (``model.*``), Adam's moments
-  (``optim.*``) and the SentencePiece model as bytes
-  (``vocab.spm``), with a JSON header (``__metadata__["aiokd"]``) holding the config, the stage,
+  (``optim.*``) and the tokenizer's files as bytes (the joint SentencePiece model as
+  ``vocab.spm``; another kind, named by the header's ``tokenizer``, as ``tokenizer.<file>``),
+  with a JSON header (``__metadata__["aiokd"]``) holding the config, the stage,
   the update, the data position, the validation history and the scheduler state.  It is written
   to a temporary file and renamed, so a crash never leaves a half-written checkpoint.
-* A **model directory** holds ``config.json``, ``model.safetensors`` and ``spm.model``: a run
-  directory (its best model), an extracted student, or any copy of those.
+* A **model directory** holds ``config.json``, ``model.safetensors`` and the tokenizer's files
+  (``spm.model``; or, where ``config.json`` says ``"tokenizer": "marian"``, ``source.spm``,
+  ``target.spm`` and ``vocab.json``: :mod:`aiokd.data.tokenizer`): a run directory (its best
+  model), an extracted student, an imported model, or any copy of those.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from aiokd.config import Config
+from aiokd.data.tokenizer import SENTENCEPIECE, TokenizerFiles
 from aiokd.distill.students import CandidateSpace, Student, student_name
 from aiokd.errors import UserError
 from aiokd.io import atomic_write_bytes, atomic_write_json
@@ -91,8 +95,17 @@ class Checkpoint:
         return Config.from_dict(self.meta["config"], where=str(self.path))
 
     @property
+    def tokenizer(self) -> TokenizerFiles:
+        kind = self.meta.get("tokenizer", SENTENCEPIECE)
+        if kind == SENTENCEPIECE:
+            return TokenizerFiles.of(self.tensors["vocab.spm"].numpy().tobytes())
+        return TokenizerFiles(kind, {name[len("tokenizer."):]: value.numpy().tobytes()
+                                     for name, value in self.tensors.items()
+                                     if name.startswith("tokenizer.")})
+
+    @property
     def spm_bytes(self) -> bytes:
-        return self.tensors["vocab.spm"].numpy().tobytes()
+        return self.tokenizer.spm_bytes(self.path)
 
     def model_state(self) -> dict[str, torch.Tensor]:
         return {k[len("model."):]: v for k, v in self.tensors.items() if k.startswith("model.")}
@@ -105,18 +118,30 @@ class Checkpoint:
                             next(model.parameters()).device)
 
 
-def save_checkpoint(path: Path, model: Transformer, meta: dict[str, Any], spm_bytes: bytes,
+def save_checkpoint(path: Path, model: Transformer, meta: dict[str, Any],
+                    tokenizer: bytes | TokenizerFiles,
                     optimizer: torch.optim.Optimizer | None = None) -> None:
-    """Write a checkpoint atomically (see the module docstring)."""
+    """Write a checkpoint atomically (see the module docstring); ``tokenizer``: its files, or the
+    bytes of a joint SentencePiece model."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": CHECKPOINT_FORMAT, "version": 1, **meta}
     if optimizer is not None:
         optim_tensors, optim_meta = _optimizer_tensors(optimizer)
         tensors.update(optim_tensors)
         meta["optimizer"] = optim_meta
-    tensors["vocab.spm"] = torch.frombuffer(bytearray(spm_bytes), dtype=torch.uint8)
+    tokenizer = TokenizerFiles.of(tokenizer)
+    if tokenizer.kind == SENTENCEPIECE:
+        tensors["vocab.spm"] = _bytes_tensor(tokenizer.files["spm.model"])
+    else:
+        meta["tokenizer"] = tokenizer.kind
+        tensors.update({f"tokenizer.{name}": _bytes_tensor(data)
+                        for name, data in tokenizer.files.items()})
     data = save_safetensors_bytes(tensors, metadata={"aiokd": json.dumps(meta)})
     atomic_write_bytes(path, data)
+
+
+def _bytes_tensor(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
@@ -124,7 +149,8 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     tensors, metadata = _read_safetensors(path)
     try:
         meta = json.loads(metadata["aiokd"])
-        assert meta["format"] == CHECKPOINT_FORMAT and "vocab.spm" in tensors
+        assert meta["format"] == CHECKPOINT_FORMAT
+        assert "vocab.spm" in tensors or meta.get("tokenizer", SENTENCEPIECE) != SENTENCEPIECE
     except (KeyError, json.JSONDecodeError, AssertionError, TypeError):
         raise UserError(f"{path}: not an aiokd checkpoint (no aiokd header)") from None
     return Checkpoint(path, meta, tensors)
@@ -152,12 +178,21 @@ def load_weights(model: Transformer, state: dict[str, torch.Tensor], path: Path)
 
 @dataclass
 class ModelFiles:
-    """A model ready to use: the network, its config, its vocabulary and what students it has."""
+    """A model ready to use: the network, its config, its tokenizer's files (given as such, or
+    as the bytes of a joint SentencePiece model) and what students it has."""
 
     model: Transformer
     config: dict[str, Any]
-    spm_bytes: bytes
+    tokenizer: TokenizerFiles
     source: Path
+
+    def __post_init__(self) -> None:
+        self.tokenizer = TokenizerFiles.of(self.tokenizer)
+
+    @property
+    def spm_bytes(self) -> bytes:
+        """The joint SentencePiece model; UserError for another kind of tokenizer."""
+        return self.tokenizer.spm_bytes(self.source)
 
     @property
     def space(self) -> CandidateSpace:
@@ -183,15 +218,18 @@ def model_config_json(cfg: Config, space: CandidateSpace, languages: dict[str, s
 
 
 def save_model_dir(directory: Path, model: Transformer, config_json: dict[str, Any],
-                   spm_bytes: bytes) -> None:
-    """Write ``model.safetensors``, ``spm.model`` and ``config.json`` (last), each atomically."""
+                   tokenizer: bytes | TokenizerFiles) -> None:
+    """Write ``model.safetensors``, the tokenizer's files (``tokenizer``: its files, or the bytes
+    of a joint SentencePiece model) and ``config.json`` (last), each atomically."""
     directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = TokenizerFiles.of(tokenizer)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write_bytes(directory / "model.safetensors", save_safetensors_bytes(
         state, metadata={"format": MODEL_FORMAT}))
-    atomic_write_bytes(directory / "spm.model", spm_bytes)
-    atomic_write_json(directory / "config.json",
-                      {**config_json, "spm_sha256": sha256(spm_bytes)})
+    tokenizer.write(directory)
+    identity = ({"spm_sha256": tokenizer.sha256} if tokenizer.kind == SENTENCEPIECE else
+                {"tokenizer": tokenizer.kind, "tokenizer_sha256": tokenizer.sha256})
+    atomic_write_json(directory / "config.json", {**config_json, **identity})
 
 
 def _read_model_dir(directory: Path) -> ModelFiles:
@@ -212,14 +250,15 @@ def _read_model_dir(directory: Path) -> ModelFiles:
         if str(error).startswith(str(config_path)):
             raise
         raise UserError(f"{config_path}: {error}") from None
-    spm_path = directory / "spm.model"
-    if not spm_path.is_file():
-        raise UserError(f"{spm_path}: missing SentencePiece model")
+    kind = config.get("tokenizer", SENTENCEPIECE)
+    if kind == SENTENCEPIECE and not (directory / "spm.model").is_file():
+        raise UserError(f"{directory / 'spm.model'}: missing SentencePiece model")
+    tokenizer = TokenizerFiles.read(directory, kind)
     weights_path = directory / "model.safetensors"
     state, _ = _read_safetensors(weights_path)
     model = Transformer(model_cfg)
     load_weights(model, state, weights_path)
-    return ModelFiles(model.eval(), config, spm_path.read_bytes(), directory)
+    return ModelFiles(model.eval(), config, tokenizer, directory)
 
 
 def load_model_files(path: str | Path) -> ModelFiles:
@@ -238,4 +277,4 @@ def load_model_files(path: str | Path) -> ModelFiles:
     load_weights(model, checkpoint.model_state(), path)
     space = cfg.distill.space(cfg.model)
     config = model_config_json(cfg, space, checkpoint.meta.get("languages", {}))
-    return ModelFiles(model.eval(), config, checkpoint.spm_bytes, path)
+    return ModelFiles(model.eval(), config, checkpoint.tokenizer, path)
