@@ -304,7 +304,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "validate_every": 250, "save_every": 100, "clip_norm": 1.0, "log_every": 10},
     },
     "small": {  # the paper's post-norm model and dropout at a width a CPU trains to convergence
-        "model": {"d_model": 256, "ffn_dim": 1024, "heads": 4},
+        "model": {"d_model": 256, "ffn_dim": 1024, "heads": 4, "positions": "marian"},
         "train": {"lr": 1e-3, "warmup_updates": 1000, "max_updates": 8000, "validate_every": 250,
                   "save_every": 250, "patience": 5, "log_every": 50},
     },
