@@ -3,19 +3,101 @@
     prepare -> train -> evaluate -> select -> extract / export -> translate
                                    distill-data (sequence-level KD training data)
 
-Each verb parses its options here and calls one function of the module that owns the step; heavy
-modules are imported only when their verb runs.  Bad input raises :class:`UserError`, which is
-printed as one line and exits with status 2.
+Each verb parses its options here and calls one typed function of the module that owns the step,
+the same function that Python code calls; heavy modules are imported only when their verb runs.
+Bad input raises :class:`UserError`, and an output the file system refuses raises
+:class:`OSError`; either is printed here as one line, and the command exits with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
-import importlib
 import sys
 
 from aiokd.errors import UserError
+
+# ----------------------------------------------------------------------------------------------
+# One adapter per verb: the parsed options become a call of the step's function, imported only
+# when its verb runs; each returns the exit status.
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from aiokd.data.prepare import prepare_data
+
+    prepare_data(args.out, args.recipe, train=args.train, valid=args.valid, tests=args.test,
+                 raw_dir=args.raw_dir, src_lang=args.src_lang, tgt_lang=args.tgt_lang,
+                 vocab_size=args.vocab_size, max_len=args.max_len, max_ratio=args.max_ratio,
+                 force=args.force)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from aiokd.train.api import train
+
+    train(args.data, args.out, preset=args.preset, config_file=args.config,
+          overrides=args.overrides, max_updates=args.max_updates, stage=args.stage,
+          method=args.method, student=args.student, teacher=args.teacher)
+    return 0
+
+
+def _translate(args: argparse.Namespace) -> int:
+    from aiokd.inference.translate import translate_files
+
+    translate_files(args.model, input_file=args.input, output_file=args.output,
+                    student=args.student, beam=args.beam, engine=args.engine,
+                    max_tokens=args.max_tokens, lenpen=args.lenpen, device=args.device,
+                    dtype=args.dtype, threads=args.threads)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from aiokd.evaluation.evaluate import evaluate_model
+
+    evaluate_model(args.model, args.out, data=args.data, split=args.split, src=args.src,
+                   ref=args.ref, students=args.students, beam=args.beam, engine=args.engine,
+                   tok_bleu=args.tok_bleu, latency=not args.no_latency,
+                   latency_sample=args.latency_sample, latency_runs=args.latency_runs,
+                   device=args.device, dtype=args.dtype, threads=args.threads)
+    return 0
+
+
+def _select(args: argparse.Namespace) -> int:
+    """Exit status 1 when no student meets the budgets."""
+    from aiokd.evaluation.select import select
+
+    chosen = select(args.results, max_latency_ms=args.max_latency_ms,
+                    max_params=args.max_params, max_size_mb=args.max_size_mb,
+                    min_bleu=args.min_bleu)
+    return 0 if chosen is not None else 1
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from aiokd.formats.export import extract
+
+    extract(args.model, args.out, args.student)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from aiokd.formats.export import export
+
+    export(args.model, args.out, student=args.student, format=args.format,
+           quantization=args.quantization)
+    return 0
+
+
+def _distill_data(args: argparse.Namespace) -> int:
+    from aiokd.inference.distill_data import distill_data
+
+    distill_data(args.model, args.data, args.out, student=args.student, beam=args.beam,
+                 device=args.device, overwrite=args.force, dtype=args.dtype,
+                 threads=args.threads)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# The parser
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
@@ -42,7 +124,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-ratio", type=float, default=None,
                    help="drop training pairs whose length ratio exceeds this")
     p.add_argument("--force", action="store_true", help="overwrite an existing data directory")
-    p.set_defaults(handler="aiokd.data.prepare:main")
+    p.set_defaults(run=_prepare)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -65,7 +147,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--student", help="baselines: the student l_e-l_d to train, e.g. 4-2")
     p.add_argument("--teacher", help="word-kd / selective-kd: teacher run directory or checkpoint")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    p.set_defaults(handler="aiokd.train.loop:main")
+    p.set_defaults(run=_train)
 
 
 def _add_dtype(p: argparse.ArgumentParser) -> None:
@@ -95,7 +177,7 @@ def _add_translate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     _add_dtype(p)
     _add_threads(p)
-    p.set_defaults(handler="aiokd.inference.translate:main")
+    p.set_defaults(run=_translate)
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -120,7 +202,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None)
     _add_dtype(p)
     _add_threads(p)
-    p.set_defaults(handler="aiokd.evaluation.evaluate:main")
+    p.set_defaults(run=_evaluate)
 
 
 def _add_select(sub: argparse._SubParsersAction) -> None:
@@ -130,7 +212,7 @@ def _add_select(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-params", type=float)
     p.add_argument("--max-size-mb", type=float)
     p.add_argument("--min-bleu", type=float)
-    p.set_defaults(handler="aiokd.evaluation.select:main")
+    p.set_defaults(run=_select)
 
 
 def _add_extract(sub: argparse._SubParsersAction) -> None:
@@ -138,7 +220,7 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--student", required=True)
     p.add_argument("--out", required=True)
-    p.set_defaults(handler="aiokd.formats.export:extract_main")
+    p.set_defaults(run=_extract)
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -149,7 +231,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quantization", choices=["none", "int8", "int8_float32", "float16"],
                    default="none")
     p.add_argument("--out", required=True)
-    p.set_defaults(handler="aiokd.formats.export:export_main")
+    p.set_defaults(run=_export)
 
 
 def _add_distill_data(sub: argparse._SubParsersAction) -> None:
@@ -164,7 +246,7 @@ def _add_distill_data(sub: argparse._SubParsersAction) -> None:
     _add_dtype(p)
     _add_threads(p)
     p.add_argument("--force", action="store_true", help="overwrite an existing --out directory")
-    p.set_defaults(handler="aiokd.inference.distill_data:main")
+    p.set_defaults(run=_distill_data)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,12 +261,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_handler(spec: str, args: argparse.Namespace) -> int:
-    module_name, function_name = spec.split(":")
-    function = getattr(importlib.import_module(module_name), function_name)
-    return function(args) or 0
-
-
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """``parser.parse_args``, except that ``key=value`` overrides may stand anywhere among a
     command's options (``... key=value --max-updates 5 key=value``), not only in one run."""
@@ -197,10 +273,17 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     return args
 
 
+CANNOT_WRITE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG,
+                errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG}
+"""Errors of the file system that mean an output cannot be written where the user asked."""
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Run ``aiokd ARGV``; bad input and outputs that cannot be written end in one line on
+    stderr and exit status 2."""
     args = parse_args(build_parser(), argv)
     try:
-        status = _run_handler(args.handler, args)
+        status = args.run(args)
     except UserError as error:
         print(f"aiokd: error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -208,9 +291,9 @@ def main(argv: list[str] | None = None) -> None:
         print("aiokd: interrupted", file=sys.stderr)
         sys.exit(130)
     except OSError as error:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            print(f"aiokd: error: disk full while writing {error.filename or ''}".rstrip(),
-                  file=sys.stderr)
-            sys.exit(1)
-        raise
+        if error.errno not in CANNOT_WRITE:
+            raise
+        where = f"{error.filename}: " if error.filename is not None else ""
+        print(f"aiokd: error: {where}cannot write ({error.strerror})", file=sys.stderr)
+        sys.exit(2)
     sys.exit(status)

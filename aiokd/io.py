@@ -9,6 +9,7 @@ the name the user asked for.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -22,6 +23,24 @@ from aiokd.errors import UserError
 def _temporary_sibling(path: Path, tag: str) -> Path:
     """A hidden name in the same directory as ``path`` (so a rename never crosses devices)."""
     return path.parent / f".{path.name}.{tag}-{os.getpid()}"
+
+
+def make_directories(directory: Path) -> None:
+    """``mkdir -p directory``; a file in the way is an :class:`OSError` ``ENOTDIR`` naming it."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR),
+                                 str(directory)) from None
+
+
+def _name_target(error: OSError, temporary: Path, target: Path) -> None:
+    """Make ``error`` name ``target`` where it names its temporary (or no file at all)."""
+    name = error.filename
+    if name is None or Path(name) == temporary:
+        error.filename = str(target)
+    elif temporary in Path(name).parents:
+        error.filename = str(target / Path(name).relative_to(temporary))
 
 
 def _fsync_directory(path: Path) -> None:
@@ -46,10 +65,11 @@ def _fsync_file(path: Path) -> None:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: readers see the old file or the new one, never a mix.
 
-    Missing parent directories are created.
+    Missing parent directories are created.  An :class:`OSError` names ``path``, not the
+    temporary file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_directories(path.parent)
     temporary = _temporary_sibling(path, "tmp")
     try:
         with open(temporary, "wb") as handle:
@@ -57,6 +77,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        _name_target(error, temporary, path)
+        raise
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
@@ -98,21 +122,26 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     Yields the temporary directory (``.<name>.tmp-<pid>`` beside ``path``) to write into.  On
     success its files are flushed to disk and it is renamed to ``path``, replacing an existing
     directory when ``overwrite`` is true.  On any exception the temporary directory is removed
-    and ``path`` is left as it was.
+    and ``path`` is left as it was; an :class:`OSError` about a file below the temporary
+    directory names the file below ``path`` instead.
 
     Raises:
         UserError: as :func:`check_new_directory`.
     """
     path = Path(path)
     check_new_directory(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_directories(path.parent)
     temporary = _temporary_sibling(path, "tmp")
     shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir()
     try:
+        temporary.mkdir()
         yield temporary
         _sync_tree(temporary)
         _replace_directory(temporary, path)
+    except OSError as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        _name_target(error, temporary, path)
+        raise
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise

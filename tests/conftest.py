@@ -1,15 +1,22 @@
 """Shared fixtures: a tiny synthetic German-English corpus, data directories prepared from it, and
-helpers to run the ``aiokd`` command line."""
+helpers to run the ``aiokd`` command line and check how it refuses bad input.
+
+Bad input never ends in a traceback: every command prints one line ``aiokd: error: ...`` naming
+the file (and line) or the option, exits with status 2, and leaves no partial output behind.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from aiokd.cli import main as cli_main
 from aiokd.data.prepare import prepare
 
 _WORDS = [
@@ -54,6 +61,53 @@ TINY_MODEL = ["model.d_model=32", "model.ffn_dim=64", "model.heads=2", "model.en
               "model.dec_layers=3", "distill.min_enc=1", "distill.min_dec=1",
               "train.max_tokens=256", "train.warmup_updates=5"]
 """``key=value`` overrides of ``aiokd train`` for a model that trains in well under a second."""
+
+
+def train_argv(data_dir: Path, out: Path, *extra) -> list:
+    """``aiokd train`` of the tiny model for two updates on ``data_dir`` into ``out``."""
+    return ["train", "--data", data_dir, "--out", out, "--max-updates", "2", *TINY_MODEL, *extra]
+
+
+def run_cli(argv: list, capsys) -> tuple[int, str, str]:
+    """``aiokd ARGV`` in this process: exit status, stdout, stderr (any other exception fails)."""
+    with pytest.raises(SystemExit) as exit_:
+        cli_main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return exit_.value.code, captured.out, captured.err
+
+
+def files_under(directory: Path) -> dict[str, str]:
+    """Every file below ``directory`` (hidden ones too) with a hash of its content."""
+    return {str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(directory.rglob("*")) if path.is_file()}
+
+
+def assert_one_line_error(status: int, stderr: str, *names) -> str:
+    """Exit status 2 and one line ``aiokd: error: ...`` on stderr naming every one of ``names``;
+    returns the line."""
+    assert "Traceback" not in stderr
+    assert status == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aiokd: error: "), stderr
+    for name in names:
+        assert str(name) in lines[0], (name, lines[0])
+    return lines[0]
+
+
+def assert_process_error(result: subprocess.CompletedProcess, *names) -> str:
+    """:func:`assert_one_line_error` of a finished ``aiokd`` subprocess."""
+    return assert_one_line_error(result.returncode, result.stderr, *names)
+
+
+def assert_refused(argv: list, capsys, *names, out: Path | None = None) -> str:
+    """The command fails cleanly, naming ``names``, and ``out`` (if given) does not appear;
+    nor does a temporary sibling of it."""
+    status, _, stderr = run_cli(argv, capsys)
+    line = assert_one_line_error(status, stderr, *names)
+    if out is not None:
+        assert not out.exists(), f"{out} was created"
+        assert not list(out.parent.glob(f".{out.name}*")), "temporary output left behind"
+    return line
 
 
 def subprocess_env() -> dict[str, str]:

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from aiokd.config import PRESETS, Config, load_config, parse_override
 from aiokd.errors import UserError
-from aiokd.train.loop import RESUMABLE_CHANGES, _check_same_settings
+from aiokd.train.run_dir import RESUMABLE_CHANGES, check_same_settings
+from tests.conftest import assert_one_line_error, assert_refused, run_aiokd, train_argv
 
 
 def numbers(cfg: Config):
@@ -149,10 +150,10 @@ def test_resumable_changes_are_the_only_allowed_ones(tmp_path):
         other = (not value) if isinstance(value, bool) else value + 1
         changed = dataclasses.replace(saved, train=dataclasses.replace(saved.train,
                                                                        **{key: other}))
-        _check_same_settings(saved, changed, tmp_path)
+        check_same_settings(saved, changed, tmp_path)
     for override in ("train.lr=1e-3", "model.dropout=0.2", "distill.alpha=1", "train.seed=2"):
         with pytest.raises(UserError, match=override.split("=")[0].replace(".", r"\.")):
-            _check_same_settings(saved, load_config("tiny", overrides=[override]), tmp_path)
+            check_same_settings(saved, load_config("tiny", overrides=[override]), tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,3 +206,122 @@ def test_random_yaml_gives_a_valid_config_or_user_error(tmp_path_factory, docume
         load_config("tiny", path)
     except UserError as error:
         assert str(error).startswith(str(path)) or str(error).startswith("option ")
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings of `aiokd train` that are refused before training starts
+
+
+@pytest.mark.parametrize("override, names", [
+    ("train.lr=-1", ["train.lr"]),
+    ("train.lr=abc", ["train.lr"]),
+    ("train.lr=.nan", ["train.lr"]),
+    ("distill.k=0", ["distill.k"]),
+    ("distill.alpha=-1", ["distill.alpha"]),
+    ("distill.alpha=.inf", ["distill.alpha"]),
+    ("train.foo=1", ["train", "foo"]),
+    ("foo.bar=1", ["foo"]),
+    ("lr=1", ["lr=1"]),
+    ("train.lr", ["train.lr"]),
+    ("model.heads=3", ["model.heads"]),
+    ("model.dropout=1", ["model.dropout"]),
+    ("model.pre_norm=maybe", ["model.pre_norm"]),
+    ("model.enc_layers=0", ["model.enc_layers"]),
+    ("train.seed=-1", ["train.seed"]),
+    ("train.adam_betas=[0.9]", ["train.adam_betas"]),
+    ("train.adam_betas=5", ["train"]),
+    ("train.amp=fp8", ["train.amp"]),
+    ("distill.min_enc=9", ["distill.min_enc"]),
+    ("distill.method=magic", ["distill.method"]),
+    ("train.max_tokens=1e3", ["train.max_tokens"]),
+])
+def test_train_refuses_bad_overrides(tmp_path, tiny_data_dir, capsys, override, names):
+    out = tmp_path / "run"
+    assert_refused(train_argv(tiny_data_dir, out, override), capsys, *names, out=out)
+
+
+@pytest.mark.parametrize("text, names", [
+    ("train:\n  lr: [1\n", ["bad.yaml:3", "YAML"]),
+    ("train:\n\tlr: 1\n", ["bad.yaml:2"]),
+    ("trian:\n  lr: 1\n", ["bad.yaml", "trian"]),
+    ("train:\n  foo: 1\n", ["bad.yaml", "foo"]),
+    ("train: 5\n", ["bad.yaml", "train", "mapping"]),
+    ("- 1\n- 2\n", ["bad.yaml", "mapping"]),
+    ("train:\n  lr: -5\n", ["train.lr"]),
+])
+def test_train_refuses_bad_yaml(tmp_path, tiny_data_dir, capsys, text, names):
+    config = tmp_path / "bad.yaml"
+    config.write_text(text, encoding="utf-8")
+    out = tmp_path / "run"
+    assert_refused(train_argv(tiny_data_dir, out, "--config", config), capsys, *names, out=out)
+
+
+def test_train_accepts_empty_yaml_sections(tmp_path, tiny_data_dir):
+    config = tmp_path / "ok.yaml"
+    config.write_text("model:\ntrain:\n  lr: 1e-3\n", encoding="utf-8")
+    assert load_config("tiny", config, ["train.seed=3"]).train.lr == 1e-3
+
+
+@pytest.mark.parametrize("make", ["missing", "directory", "binary"])
+def test_train_refuses_unreadable_yaml(tmp_path, tiny_data_dir, capsys, make):
+    config = tmp_path / "config.yaml"
+    if make == "directory":
+        config.mkdir()
+    elif make == "binary":
+        config.write_bytes(b"\xff\xfe\x00 train")
+    out = tmp_path / "run"
+    assert_refused(train_argv(tiny_data_dir, out, "--config", config), capsys, config, out=out)
+
+
+@pytest.mark.parametrize("argv, names", [
+    (["--preset", "huge"], ["--preset", "huge"]),
+    (["--method", "scratch"], ["--student"]),
+    (["--method", "scratch", "--student", "0-0"], ["--student", "0-0"]),
+    (["--method", "scratch", "--student", "x-2"], ["x-2"]),
+    (["--method", "word-kd", "--student", "2-1"], ["--teacher"]),
+    (["--max-updates", "0"], ["train.max_updates"]),
+])
+def test_train_refuses_bad_flags(tmp_path, tiny_data_dir, capsys, argv, names):
+    out = tmp_path / "run"
+    assert_refused(train_argv(tiny_data_dir, out, *argv), capsys, *names, out=out)
+
+
+
+
+@pytest.mark.slow
+def test_train_subprocess_exit_status_and_stderr(tmp_path, tiny_data_dir):
+    out = tmp_path / "run"
+    done = run_aiokd(*train_argv(tiny_data_dir, out, "train.lr=-1"))
+    assert_one_line_error(done.returncode, done.stderr, "train.lr")
+    assert not out.exists()
+
+
+KEYS = [f"{section}.{name}" for section, names in (
+    ("model", ["vocab_size", "d_model", "heads", "dropout", "pre_norm", "enc_layers"]),
+    ("distill", ["k", "alpha", "method", "student", "replacement", "min_dec"]),
+    ("train", ["lr", "adam_betas", "seed", "amp", "stages", "max_tokens", "foo"]),
+    ("nothing", ["x"])) for name in names]
+VALUES = st.one_of(st.text(max_size=10), st.sampled_from(
+    ["-1", "0", "1", "2", "1e-3", ".nan", ".inf", "-.inf", "true", "no", "[]", "[0.9, 0.98]",
+     "{a: 1}", "[1, x]", "2001-01-01", "!!python/object:os.system", "'x'", "~", "0x10", "1_000"]))
+
+
+@given(key=st.one_of(st.sampled_from(KEYS), st.text(max_size=12)), value=VALUES)
+def test_overrides_give_a_config_or_user_error(key, value):
+    text = f"{key}={value}"
+    try:
+        cfg = load_config("tiny", overrides=[text])
+    except UserError as error:
+        assert str(error)
+        return
+    section, name, _ = parse_override(text)
+    assert getattr(getattr(cfg, section), name) is not None or name in ("student", "teacher")
+    assert load_config("tiny", overrides=[]).to_dict().keys() == cfg.to_dict().keys()
+
+
+@given(st.text(max_size=30))
+def test_any_override_text_gives_a_config_or_user_error(text):
+    try:
+        load_config("tiny", overrides=[text])
+    except UserError:
+        pass

@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from aiokd.cli import main as cli_main
-from aiokd.data.corpus import ParallelSplit, Tokenizer
+from aiokd.data.corpus import ParallelSplit, Tokenizer, load_manifest
 from aiokd.data.prepare import prepare
 from aiokd.errors import UserError
-from tests.conftest import TINY_VOCAB, make_corpus
+from tests.conftest import (
+    TINY_VOCAB,
+    assert_one_line_error,
+    assert_process_error,
+    assert_refused,
+    files_under,
+    make_corpus,
+    run_aiokd,
+    run_cli,
+)
 
 LONG_LINE = ("der hund läuft schnell " * 5000)[:100_000]
 
@@ -29,7 +40,7 @@ def write_pair(prefix, src, tgt, compress=False):
             prefix.with_name(f"{prefix.name}.{lang}").write_bytes(data)
 
 
-def run_cli(*args):
+def cli_status(*args):
     """``aiokd ARGS`` in-process; returns the exit status."""
     with pytest.raises(SystemExit) as exit_:
         cli_main([str(arg) for arg in args])
@@ -39,15 +50,6 @@ def run_cli(*args):
 def run_subprocess(*args):
     return subprocess.run([sys.executable, "-m", "aiokd", *map(str, args)],
                           capture_output=True, text=True, timeout=120)
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("aiokd: error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def leftovers(folder):
@@ -171,7 +173,7 @@ def test_cli_with_own_files(tmp_path, tiny_corpus):
     write_pair(tmp_path / "test", *tiny_corpus["test"])
     write_pair(tmp_path / "other", *make_corpus(10, seed=9))
     out = tmp_path / "data"
-    status = run_cli("prepare", "--train", tmp_path / "train", "--valid", tmp_path / "valid",
+    status = cli_status("prepare", "--train", tmp_path / "train", "--valid", tmp_path / "valid",
                      "--test", tmp_path / "test", "--test", f"other={tmp_path / 'other'}",
                      "--out", out, "--vocab-size", TINY_VOCAB)
     assert status == 0
@@ -185,7 +187,7 @@ def test_cli_with_own_files(tmp_path, tiny_corpus):
 def test_cli_missing_file(tmp_path):
     result = run_subprocess("prepare", "--train", tmp_path / "nope", "--valid", tmp_path / "nope",
                             "--out", tmp_path / "data")
-    assert_one_line_error(result, "nope.de: no such file")
+    assert_process_error(result, "nope.de: no such file")
     assert not (tmp_path / "data").exists()
 
 
@@ -197,22 +199,22 @@ def test_cli_invalid_utf8(tmp_path, tiny_corpus):
             handle.write(line)
     result = run_subprocess("prepare", "--train", tmp_path / "train", "--valid",
                             tmp_path / "valid", "--out", tmp_path / "data")
-    assert_one_line_error(result, f"{tmp_path / 'valid.en'}:31: not valid UTF-8")
+    assert_process_error(result, f"{tmp_path / 'valid.en'}:31: not valid UTF-8")
     assert leftovers(tmp_path) == ["train.de", "train.en", "valid.de", "valid.en"]
 
 
 def test_cli_existing_output(tmp_path):
     (tmp_path / "data").mkdir()
     result = run_subprocess("prepare", "multi30k", "--out", tmp_path / "data")
-    assert_one_line_error(result, "exists; pass --force")
+    assert_process_error(result, "exists; pass --force")
 
 
 def test_cli_recipe_conflicts(tmp_path, tiny_corpus, capsys):
-    assert_one_line_error(run_subprocess("prepare", "iwslt14", "--out", tmp_path / "data"),
+    assert_process_error(run_subprocess("prepare", "iwslt14", "--out", tmp_path / "data"),
                           "--raw-dir")
-    assert_one_line_error(run_subprocess("prepare", "--out", tmp_path / "data"), "--train")
+    assert_process_error(run_subprocess("prepare", "--out", tmp_path / "data"), "--train")
     write_pair(tmp_path / "extra", *tiny_corpus["test"])
-    assert run_cli("prepare", "multi30k", "--test", tmp_path / "extra", "--out",
+    assert cli_status("prepare", "multi30k", "--test", tmp_path / "extra", "--out",
                    tmp_path / "data") == 2
     assert "a split named 'test' is given twice" in capsys.readouterr().err
     assert leftovers(tmp_path) == ["extra.de", "extra.en"]
@@ -220,7 +222,7 @@ def test_cli_recipe_conflicts(tmp_path, tiny_corpus, capsys):
 
 def test_multi30k_recipe(tmp_path):
     out = tmp_path / "m30k"
-    assert run_cli("prepare", "multi30k", "--out", out) == 0
+    assert cli_status("prepare", "multi30k", "--out", out) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     splits = manifest["splits"]
     assert manifest["vocab_size"] == 8000 and manifest["recipe"]["name"] == "multi30k"
@@ -230,3 +232,101 @@ def test_multi30k_recipe(tmp_path):
     assert splits["train"]["dropped"]["empty"] == 0
     test = ParallelSplit.load(out, "test")
     assert test.source_lines()[0] == "Ein Mann mit einem orangefarbenen Hut, der etwas anstarrt."
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: one line naming the file or the option, no output left behind
+
+
+@pytest.fixture
+def corpus_files(tmp_path):
+    """``good.{de,en}`` (40 pairs) and ``valid.{de,en}`` (10 pairs) in ``tmp_path``."""
+    for name, (src, tgt) in (("good", make_corpus(40, 3)), ("valid", make_corpus(10, 4))):
+        (tmp_path / f"{name}.de").write_text("\n".join(src) + "\n", encoding="utf-8")
+        (tmp_path / f"{name}.en").write_text("\n".join(tgt) + "\n", encoding="utf-8")
+    return tmp_path
+
+
+def prepare_argv(directory: Path, train: str, *extra) -> list:
+    return ["prepare", "--src-lang", "de", "--tgt-lang", "en", "--train", directory / train,
+            "--valid", directory / "valid", "--vocab-size", "60", "--out", directory / "out",
+            *extra]
+
+
+def damage(directory: Path, how: str) -> tuple[str, list]:
+    """Write ``bad.{de,en}`` damaged as ``how``; returns the prefix name and what the error
+    message must name."""
+    good_de = (directory / "good.de").read_bytes()
+    good_en = (directory / "good.en").read_bytes()
+    de, en = directory / "bad.de", directory / "bad.en"
+    de.write_bytes(good_de)
+    en.write_bytes(good_en)
+    if how == "mismatched":
+        en.write_bytes(b"".join(good_en.splitlines(keepends=True)[:-3]))
+        return "bad", [de, en, "37", "40"]
+    if how == "non_utf8":
+        de.write_bytes(good_de + b"caf\xe9\n")
+        en.write_bytes(good_en + b"cafe\n")
+        return "bad", [f"{de}:41", "UTF-8"]
+    if how == "empty":
+        de.write_bytes(b"")
+        return "bad", [de, "empty"]
+    if how == "missing":
+        de.unlink()
+        return "bad", [de]
+    if how == "binary":
+        de.write_bytes(np.random.default_rng(0).bytes(4096) + b"\0")
+        return "bad", [de]
+    if how == "directory":
+        de.unlink()
+        de.mkdir()
+        return "bad", [de, "directory"]
+    if how == "bad_gzip":
+        de.unlink()
+        (directory / "bad.de.gz").write_bytes(b"\x1f\x8b" + b"\0" * 20)
+        return "bad", ["bad.de.gz"]
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["mismatched", "non_utf8", "empty", "missing", "binary",
+                                 "directory", "bad_gzip"])
+def test_prepare_refuses_bad_text(corpus_files, capsys, how):
+    prefix, names = damage(corpus_files, how)
+    assert_refused(prepare_argv(corpus_files, prefix), capsys, *names,
+                   out=corpus_files / "out")
+
+
+@pytest.mark.parametrize("option, value", [("--vocab-size", "3"), ("--max-len", "0"),
+                                           ("--max-ratio", "0.5"), ("--src-lang", "d/e")])
+def test_prepare_refuses_bad_options(corpus_files, capsys, option, value):
+    assert_refused(prepare_argv(corpus_files, "good", option, value), capsys, option,
+                   out=corpus_files / "out")
+
+
+def test_prepare_never_overwrites_without_force(corpus_files, capsys):
+    out = corpus_files / "out"
+    out.mkdir()
+    (out / "keep").write_text("mine")
+    assert_refused(prepare_argv(corpus_files, "good"), capsys, out, "--force")
+    assert files_under(out) == {"keep": hashlib.sha256(b"mine").hexdigest()}
+
+
+def test_prepare_drops_a_100000_character_line(corpus_files, capsys):
+    """Not an error: the pair is dropped as too long, and the summary says so."""
+    with open(corpus_files / "good.de", "a", encoding="utf-8") as handle:
+        handle.write("a" * 100_000 + "\n")
+    with open(corpus_files / "good.en", "a", encoding="utf-8") as handle:
+        handle.write("a long line .\n")
+    status, stdout, stderr = run_cli(prepare_argv(corpus_files, "good"), capsys)
+    assert status == 0, stderr
+    assert "1 too_long" in stdout
+    assert load_manifest(corpus_files / "out")["splits"]["train"]["pairs"] == 40
+
+
+@pytest.mark.slow
+def test_prepare_subprocess_exit_status_and_stderr(corpus_files):
+    """The installed command itself: status 2 and exactly one stderr line."""
+    prefix, names = damage(corpus_files, "non_utf8")
+    done = run_aiokd(*prepare_argv(corpus_files, prefix))
+    assert_one_line_error(done.returncode, done.stderr, *names)
+    assert not (corpus_files / "out").exists()

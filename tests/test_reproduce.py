@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from aiokd.cli import build_parser
+from aiokd.config import Config
 from aiokd.data.prepare import prepare
-from aiokd.train.loop import build_config
+from aiokd.train.api import build_config
 from tests.conftest import TINY_VOCAB, make_corpus, subprocess_env
 
 DRIVER = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce"
@@ -31,21 +32,28 @@ def tiny_steps(tmp_path, systems=None, groups=(), preset="tiny"):
     return p, plan.Work(tmp_path, p).steps(chosen)
 
 
+def config_of(argv: list[str]) -> Config:
+    """The config that ``aiokd ARGV`` (a train command) trains with."""
+    a = build_parser().parse_args(argv)
+    return build_config(a.preset, a.config, a.overrides, a.max_updates, a.stage, a.method,
+                        a.student, a.teacher)
+
+
 def test_every_train_command_is_a_valid_aiokd_train(tmp_path):
     p, steps = tiny_steps(tmp_path, systems=list(report.ORDER))
     trains = {s.key: s.args for s in steps if s.key.startswith("train:")}
     assert len(trains) == 7 + 3 * 5  # 7 AIO-KD systems; 5 students x 3 separate systems
     for key, args in trains.items():
-        cfg = build_config(build_parser().parse_args(args))
+        cfg = config_of(args)
         u = p.updates_per_stage
         one_stage = key in ("train:aiokd-one-stage",) or cfg.distill.method != "aiokd"
         assert cfg.train.max_updates == (2 * u if one_stage else u), key
         assert cfg.train.patience == p.patience and cfg.train.validate_every == p.validate_every
         assert cfg.train.stages == ("1" if key == "train:aiokd-one-stage" else "both")
-    assert build_config(build_parser().parse_args(trains["train:aiokd-sandwich"])).distill.sandwich
-    low_kd = build_config(build_parser().parse_args(trains["train:aiokd-sandwich-kd1"])).distill
+    assert config_of(trains["train:aiokd-sandwich"]).distill.sandwich
+    low_kd = config_of(trains["train:aiokd-sandwich-kd1"]).distill
     assert low_kd.sandwich and low_kd.alpha == 1.0
-    assert not build_config(build_parser().parse_args(trains["train:aiokd-no-dgd"])).distill.detach
+    assert not config_of(trains["train:aiokd-no-dgd"]).distill.detach
 
 
 def test_dependencies_come_first_and_groups_are_self_contained(tmp_path):

@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import aiokd.train.loop
-from aiokd.cli import build_parser
 from aiokd.config import load_config
 from aiokd.model.checkpoint import read_checkpoint, save_checkpoint
 from aiokd.model.transformer import Transformer
+from aiokd.train.api import train
 from tests.conftest import TINY_MODEL, aiokd_command, run_aiokd, subprocess_env
 
 CRASH_AT = Path(__file__).with_name("crash_at.py")
@@ -224,12 +223,9 @@ def test_leftover_temporary_file_is_ignored_and_removed(tmp_path, tiny_data_dir)
     assert path.read_bytes() == good
 
     out = tmp_path / "run"
-    args = build_parser().parse_args(
-        ["train", "--data", str(tiny_data_dir), "--out", str(out), "--max-updates", "2",
-         *OPTIONS])
-    assert aiokd.train.loop.main(args) == 0
+    train(tiny_data_dir, out, max_updates=2, overrides=OPTIONS)
     for stale in (out / ".model.safetensors.tmp-999999",
                   out / "checkpoints" / ".stage2-last.safetensors.tmp-999999"):
         stale.write_bytes(good[:100])
-    assert aiokd.train.loop.main(args) == 0
+    train(tiny_data_dir, out, max_updates=2, overrides=OPTIONS)
     assert not temporaries(out)

@@ -1,11 +1,17 @@
-"""The seeded student sampler, with and without the sandwich rule."""
+"""The seeded student sampler, with and without the sandwich rule; student names and the trained
+space."""
 
 from __future__ import annotations
 
 import random
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from aiokd.config import DistillConfig, load_config
-from aiokd.distill.students import CandidateSpace, sample_students, smallest
+from aiokd.distill.students import CandidateSpace, parse_student, sample_students, smallest
+from aiokd.errors import UserError
 
 PAPER = CandidateSpace().candidates
 
@@ -52,3 +58,29 @@ def test_smallest_is_fewest_layers_ties_by_order():
 def test_sandwich_option_defaults_off():
     assert load_config("tiny").distill.sandwich is False
     assert load_config("tiny", overrides=["distill.sandwich=true"]).distill.sandwich is True
+
+
+def test_students_outside_the_trained_space_are_refused():
+    space = CandidateSpace(3, 3, 2, 2)  # trained: 2-2 3-2 3-3 (l_d <= l_e)
+    for name, reason in (("7-2", "outside"), ("0-0", "outside"), ("2-5", "outside"),
+                         ("2-3", "not trained"), ("1-1", "not trained")):
+        with pytest.raises(UserError, match=reason) as error:
+            space.check(parse_student(name))
+        assert name in str(error.value)
+    assert space.check((3, 2)) == (3, 2)
+
+
+@given(st.text(max_size=12))
+def test_parse_student_gives_a_pair_or_user_error(text):
+    try:
+        le, ld = parse_student(text)
+    except UserError as error:
+        assert "\n" not in str(error)
+    else:
+        assert le >= 0 and ld >= 0
+        assert parse_student(f"{le}-{ld}") == (le, ld)
+
+
+@given(st.integers(0, 99), st.integers(0, 99), st.sampled_from(["", " ", "\t"]))
+def test_parse_student_reads_every_well_formed_name(le, ld, space):
+    assert parse_student(f"{space}{le}-{ld}{space}") == (le, ld)

@@ -15,7 +15,14 @@ from aiokd.cli import main as cli_main
 from aiokd.config import Config
 from aiokd.errors import UserError
 from aiokd.model.checkpoint import load_model_files, save_checkpoint
-from tests.conftest import make_corpus, run_aiokd
+from tests.conftest import (
+    assert_one_line_error,
+    assert_process_error,
+    assert_refused,
+    make_corpus,
+    run_aiokd,
+    run_cli,
+)
 
 LONG_LINE = ("der hund läuft schnell " * 5000)[:100_000]
 
@@ -30,21 +37,12 @@ def lines():
     return make_corpus(9, seed=21)[0]
 
 
-def run_cli(monkeypatch, *args, stdin: bytes = b""):
+def run_with_stdin(monkeypatch, *args, stdin: bytes = b""):
     """``aiokd ARGS`` in-process with ``stdin``; returns the exit status."""
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
     with pytest.raises(SystemExit) as exit_:
         cli_main([str(arg) for arg in args])
     return exit_.value.code
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("aiokd: error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def test_students_and_order(model, lines):
@@ -110,7 +108,7 @@ def test_detokenizes(model, tiny_model_dir):
 
 def test_cli_stdin_to_stdout(monkeypatch, capsysbinary, model, tiny_model_dir, lines):
     text = "\n".join(["", lines[0], LONG_LINE, "", lines[1]]) + "\n"
-    assert run_cli(monkeypatch, "translate", "--model", tiny_model_dir, "--beam", "2",
+    assert run_with_stdin(monkeypatch, "translate", "--model", tiny_model_dir, "--beam", "2",
                    stdin=text.encode()) == 0
     out = capsysbinary.readouterr().out.decode().split("\n")
     assert len(out) == 6 and out[-1] == ""
@@ -120,15 +118,15 @@ def test_cli_stdin_to_stdout(monkeypatch, capsysbinary, model, tiny_model_dir, l
 def test_cli_files(monkeypatch, tmp_path, model, tiny_model_dir, lines):
     source, target = tmp_path / "in.de", tmp_path / "out.en"
     source.write_bytes(("\ufeff" + "\r\n".join(lines) + "\r\n").encode())
-    assert run_cli(monkeypatch, "translate", "--model", tiny_model_dir, "--student", "2-2",
+    assert run_with_stdin(monkeypatch, "translate", "--model", tiny_model_dir, "--student", "2-2",
                    "-i", source, "-o", target) == 0
     assert target.read_text().split("\n")[:-1] == model.translate(lines, student="2-2")
-    assert run_cli(monkeypatch, "translate", "--model", tiny_model_dir, "--student", "2-2",
+    assert run_with_stdin(monkeypatch, "translate", "--model", tiny_model_dir, "--student", "2-2",
                    "--dtype", "bfloat16", "-i", source, "-o", target) == 0
     bf16 = aiokd.load(tiny_model_dir, device="cpu", dtype="bfloat16")
     assert target.read_text().split("\n")[:-1] == bf16.translate(lines, student="2-2")
     source.write_bytes(b"")
-    assert run_cli(monkeypatch, "translate", "--model", tiny_model_dir, "-i", source,
+    assert run_with_stdin(monkeypatch, "translate", "--model", tiny_model_dir, "-i", source,
                    "-o", target) == 0
     assert target.read_bytes() == b""
 
@@ -136,10 +134,10 @@ def test_cli_files(monkeypatch, tmp_path, model, tiny_model_dir, lines):
 def test_cli_threads(monkeypatch, capsys, tiny_model_dir, lines):
     threads = torch.get_num_threads()
     try:
-        assert run_cli(monkeypatch, "translate", "--model", tiny_model_dir, "--threads", "1",
+        assert run_with_stdin(monkeypatch, "translate", "--model", tiny_model_dir, "--threads", "1",
                        stdin=lines[0].encode()) == 0
         assert torch.get_num_threads() == 1
-        assert run_cli(monkeypatch, "translate", "--model", tiny_model_dir, "--threads", "0",
+        assert run_with_stdin(monkeypatch, "translate", "--model", tiny_model_dir, "--threads", "0",
                        stdin=lines[0].encode()) == 2
         assert "--threads 0: must be at least 1" in capsys.readouterr().err
     finally:
@@ -149,22 +147,22 @@ def test_cli_threads(monkeypatch, capsys, tiny_model_dir, lines):
 def test_cli_input_errors(monkeypatch, capsys, tmp_path, tiny_model_dir):
     source = tmp_path / "bad.de"
     source.write_bytes(b"Der hund .\nein \xff mann\n")
-    assert run_cli(monkeypatch, "translate", "--model", tiny_model_dir, "-i", source) == 2
+    assert run_with_stdin(monkeypatch, "translate", "--model", tiny_model_dir, "-i", source) == 2
     assert f"{source}:2: not valid UTF-8 (byte 0xff)" in capsys.readouterr().err
-    assert run_cli(monkeypatch, "translate", "--model", tiny_model_dir,
+    assert run_with_stdin(monkeypatch, "translate", "--model", tiny_model_dir,
                    stdin=b"\xc3\n") == 2
     assert "stdin:1: not valid UTF-8" in capsys.readouterr().err
-    assert run_cli(monkeypatch, "translate", "--model", tiny_model_dir, "-i",
+    assert run_with_stdin(monkeypatch, "translate", "--model", tiny_model_dir, "-i",
                    tmp_path / "none.de") == 2
     assert "none.de: no such file" in capsys.readouterr().err
-    assert run_cli(monkeypatch, "translate", "--model", tiny_model_dir, "-o", tmp_path) == 2
+    assert run_with_stdin(monkeypatch, "translate", "--model", tiny_model_dir, "-o", tmp_path) == 2
     assert "is a directory" in capsys.readouterr().err
 
 
 def test_cli_errors_are_one_line(tmp_path, tiny_model_dir):
-    assert_one_line_error(run_aiokd("translate", "--model", tiny_model_dir, "--student", "7-2"),
+    assert_process_error(run_aiokd("translate", "--model", tiny_model_dir, "--student", "7-2"),
                           "unknown student '7-2'", "2-2 3-2 3-3")
-    assert_one_line_error(run_aiokd("translate", "--model", tmp_path / "nowhere"),
+    assert_process_error(run_aiokd("translate", "--model", tmp_path / "nowhere"),
                           "no such model")
     damaged = tmp_path / "damaged"
     damaged.mkdir()
@@ -172,4 +170,29 @@ def test_cli_errors_are_one_line(tmp_path, tiny_model_dir):
         (damaged / name).write_bytes((tiny_model_dir / name).read_bytes())
     weights = (tiny_model_dir / "model.safetensors").read_bytes()
     (damaged / "model.safetensors").write_bytes(weights[:len(weights) // 2])
-    assert_one_line_error(run_aiokd("translate", "--model", damaged), "model.safetensors")
+    assert_process_error(run_aiokd("translate", "--model", damaged), "model.safetensors")
+
+
+@pytest.mark.parametrize("content, names", [(b"ein hund\n\xff\xfe\n", [":2", "UTF-8"]),
+                                            (bytes(range(256)) * 16, [])])
+def test_translate_refuses_bad_input_text(tmp_path, tiny_model_dir, capsys, content, names):
+    source = tmp_path / "input.de"
+    source.write_bytes(content)
+    out = tmp_path / "out.en"
+    assert_refused(["translate", "--model", tiny_model_dir, "-i", source, "-o", out], capsys,
+                   source, *names, out=out)
+
+
+def test_translate_handles_a_100000_character_line(tmp_path, tiny_model_dir, capsys):
+    """A line far longer than the model's positions gives an error or a translation, never a
+    traceback."""
+    source = tmp_path / "input.de"
+    source.write_text("ein hund .\n" + "hund " * 20_000 + "\n", encoding="utf-8")
+    out = tmp_path / "out.en"
+    status, _, stderr = run_cli(["translate", "--model", tiny_model_dir, "--beam", "1", "-i",
+                                 source, "-o", out], capsys)
+    if status == 0:
+        assert len(out.read_text(encoding="utf-8").splitlines()) == 2
+    else:
+        assert_one_line_error(status, stderr)
+        assert not out.exists()

@@ -13,7 +13,6 @@ encoded with it, and the result is written as described in :mod:`aiokd.data.corp
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import re
@@ -362,15 +361,16 @@ def _user_tests(specs: list[str], src_lang: str, tgt_lang: str,
     return tests, files
 
 
-def _custom_inputs(args: argparse.Namespace, src_lang: str, tgt_lang: str) -> _Inputs:
-    if not args.train or not args.valid:
+def _custom_inputs(train: str | None, valid: str | None, tests: list[str], raw_dir: str | None,
+                   src_lang: str, tgt_lang: str) -> _Inputs:
+    if not train or not valid:
         raise UserError("give a recipe (multi30k or iwslt14) or both --train and --valid PREFIX")
-    if args.raw_dir:
+    if raw_dir:
         raise UserError("--raw-dir is only used by the iwslt14 recipe")
-    tests, files = _user_tests(args.test, src_lang, tgt_lang, taken=_RESERVED_SPLITS)
-    train, files["train"] = _read_split(args.train, src_lang, tgt_lang)
-    valid, files["valid"] = _read_split(args.valid, src_lang, tgt_lang)
-    return _Inputs(train, valid, tests, files)
+    test_pairs, files = _user_tests(tests, src_lang, tgt_lang, taken=_RESERVED_SPLITS)
+    train_pair, files["train"] = _read_split(train, src_lang, tgt_lang)
+    valid_pair, files["valid"] = _read_split(valid, src_lang, tgt_lang)
+    return _Inputs(train_pair, valid_pair, test_pairs, files)
 
 
 def _multi30k_inputs(src_lang: str, tgt_lang: str) -> _Inputs:
@@ -397,38 +397,60 @@ def _iwslt14_inputs(raw_dir: str | None, src_lang: str, tgt_lang: str) -> _Input
                    {"test": corpus.splits["test"]}, corpus.source_files, recipe=recipe)
 
 
-def _recipe_inputs(args: argparse.Namespace, src_lang: str, tgt_lang: str) -> _Inputs:
+def _recipe_inputs(recipe: str, train: str | None, valid: str | None, tests: list[str],
+                   raw_dir: str | None, src_lang: str, tgt_lang: str) -> _Inputs:
     """A recipe's splits, plus any ``--test`` sets of the user (read first: they fail fast)."""
-    if args.train or args.valid:
-        raise UserError(f"--train/--valid cannot be combined with the {args.recipe} recipe")
-    if args.recipe == "multi30k" and args.raw_dir:
+    if train or valid:
+        raise UserError(f"--train/--valid cannot be combined with the {recipe} recipe")
+    if recipe == "multi30k" and raw_dir:
         raise UserError("--raw-dir is only used by the iwslt14 recipe")
-    tests, files = _user_tests(args.test, src_lang, tgt_lang,
-                               taken=(*_RESERVED_SPLITS, DEFAULT_TEST_NAME))
-    if args.recipe == "multi30k":
+    test_pairs, files = _user_tests(tests, src_lang, tgt_lang,
+                                    taken=(*_RESERVED_SPLITS, DEFAULT_TEST_NAME))
+    if recipe == "multi30k":
         inputs = _multi30k_inputs(src_lang, tgt_lang)
     else:
-        inputs = _iwslt14_inputs(args.raw_dir, src_lang, tgt_lang)
-    inputs.tests.update(tests)
+        inputs = _iwslt14_inputs(raw_dir, src_lang, tgt_lang)
+    inputs.tests.update(test_pairs)
     inputs.source_files.update(files)
     return inputs
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run ``aiokd prepare`` with parsed command-line options."""
-    src_lang = args.src_lang or DEFAULT_SRC_LANG
-    tgt_lang = args.tgt_lang or DEFAULT_TGT_LANG
-    defaults = RECIPE_DEFAULTS[args.recipe]
-    vocab_size = args.vocab_size if args.vocab_size is not None else defaults.vocab_size
-    max_len = args.max_len if args.max_len is not None else defaults.max_len
-    max_ratio = args.max_ratio if args.max_ratio is not None else defaults.max_ratio
+def prepare_data(out: str | os.PathLike, recipe: str | None = None, *,
+                 train: str | None = None, valid: str | None = None,
+                 tests: list[str] | tuple[str, ...] = (), raw_dir: str | None = None,
+                 src_lang: str | None = None, tgt_lang: str | None = None,
+                 vocab_size: int | None = None, max_len: int | None = None,
+                 max_ratio: float | None = None, force: bool = False) -> dict[str, Any]:
+    """``aiokd prepare``: a data directory from a recipe or from the user's files; returns its
+    manifest.
+
+    Args:
+        out: the data directory to create.
+        recipe: ``multi30k``, ``iwslt14``, or None for ``train`` and ``valid``.
+        train, valid: file PREFIXes whose sides are ``PREFIX.<lang>`` (optionally ``.gz``).
+        tests: test sets as ``NAME=PREFIX`` (a bare ``PREFIX`` is named ``test``).
+        raw_dir: iwslt14: the folder extracted from the IWSLT'14 release.
+        src_lang, tgt_lang: language suffixes (default: de, en).
+        vocab_size, max_len, max_ratio: as :func:`prepare`; None takes the recipe's default.
+        force: overwrite an existing ``out``.
+
+    Raises:
+        UserError: bad options or input files, or ``out`` exists and ``force`` is false.
+    """
+    if recipe not in RECIPE_DEFAULTS:
+        raise UserError(f"unknown recipe {recipe!r}; known: multi30k, iwslt14")
+    src_lang = src_lang or DEFAULT_SRC_LANG
+    tgt_lang = tgt_lang or DEFAULT_TGT_LANG
+    defaults = RECIPE_DEFAULTS[recipe]
+    vocab_size = vocab_size if vocab_size is not None else defaults.vocab_size
+    max_len = max_len if max_len is not None else defaults.max_len
+    max_ratio = max_ratio if max_ratio is not None else defaults.max_ratio
     _check_options(src_lang, tgt_lang, {}, vocab_size, max_len, max_ratio)
-    check_new_directory(args.out, overwrite=args.force)
-    if args.recipe is None:
-        inputs = _custom_inputs(args, src_lang, tgt_lang)
+    check_new_directory(out, overwrite=force)
+    if recipe is None:
+        inputs = _custom_inputs(train, valid, list(tests), raw_dir, src_lang, tgt_lang)
     else:
-        inputs = _recipe_inputs(args, src_lang, tgt_lang)
-    prepare(args.out, src_lang, tgt_lang, inputs.train, inputs.valid, inputs.tests, vocab_size,
-            max_len, max_ratio, overwrite=args.force, recipe=inputs.recipe,
-            source_files=inputs.source_files)
-    return 0
+        inputs = _recipe_inputs(recipe, train, valid, list(tests), raw_dir, src_lang, tgt_lang)
+    return prepare(out, src_lang, tgt_lang, inputs.train, inputs.valid, inputs.tests, vocab_size,
+                   max_len, max_ratio, overwrite=force, recipe=inputs.recipe,
+                   source_files=inputs.source_files)

@@ -16,7 +16,6 @@ parameters when latency is skipped) with the Pareto front; a Markdown table goes
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import platform
@@ -286,17 +285,35 @@ def _check_out(out: Path) -> None:
         raise UserError(f"--out {out} is a directory; give a file name such as results.json")
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run ``aiokd evaluate`` with parsed command-line options."""
-    out = Path(args.out)
+def evaluate_model(model: str | os.PathLike, out: str | os.PathLike, *, data: str | None = None,
+                   split: str = "test", src: str | None = None, ref: str | None = None,
+                   students: str | list[str] | None = "all", beam: int = 5,
+                   engine: str = "torch", tok_bleu: bool = False, latency: bool = True,
+                   latency_sample: int = DEFAULT_LATENCY.sample,
+                   latency_runs: int = DEFAULT_LATENCY.runs, device: str | None = None,
+                   dtype: str | None = None, threads: int | None = None) -> dict[str, Any]:
+    """``aiokd evaluate``: evaluate ``students`` of ``model`` on a test set, write the results to
+    ``out`` and the files beside it, and print their table; returns the results.
+
+    Args:
+        data, split: a split of a prepared data directory; or
+        src, ref: a raw source file and its reference file.
+        latency: time the students, on ``latency_sample`` sentences one at a time and on the
+            whole set, ``latency_runs`` times each.
+        The others: as :func:`evaluate`; ``threads`` as :func:`aiokd.inference.api.set_threads`.
+
+    Raises:
+        UserError: an unreadable model or test set, an untrained student, bad options, or an
+            ``out`` that is a directory.
+    """
+    out = Path(out)
     _check_out(out)
-    set_threads(args.threads)
-    test = read_test_set(args.data, args.split, args.src, args.ref)
-    latency = None if args.no_latency else LatencySettings(args.latency_sample, args.latency_runs)
-    results = evaluate(args.model, test, args.students, beam=args.beam, engine=args.engine,
-                       device=args.device, tok_bleu=args.tok_bleu, latency=latency,
-                       dtype=args.dtype)
+    set_threads(threads)
+    test = read_test_set(data, split, src, ref)
+    settings = LatencySettings(latency_sample, latency_runs) if latency else None
+    results = evaluate(model, test, students, beam=beam, engine=engine, device=device,
+                       tok_bleu=tok_bleu, latency=settings, dtype=dtype)
     written = write_outputs(results, out)
     print(summary(results))
     print("\nwrote " + ", ".join(str(path) for path in written))
-    return 0
+    return results

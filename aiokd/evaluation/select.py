@@ -15,7 +15,6 @@ taken over BLEU and parameters instead.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -139,15 +138,24 @@ def _front_table(results: dict[str, Any], chosen: dict[str, Any]) -> tuple[str, 
                    else "parameters")
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run ``aiokd select``; exit status 1 when no student meets the budgets."""
-    results = load_results(args.results)
-    budgets = {name: getattr(args, name) for name in BUDGETS}
+def select(results_file: str, *, max_latency_ms: float | None = None,
+           max_params: float | None = None, max_size_mb: float | None = None,
+           min_bleu: float | None = None) -> dict[str, Any] | None:
+    """``aiokd select``: print the best student of ``results_file`` (``results.json``) that meets
+    every budget given, and the Pareto front; returns its entry, or None (after saying why on
+    stderr) when no student fits.
+
+    Raises:
+        UserError: an unreadable results file, or one that lacks a figure a budget bounds.
+    """
+    results = load_results(results_file)
+    budgets = {"max_latency_ms": max_latency_ms, "max_params": max_params,
+               "max_size_mb": max_size_mb, "min_bleu": min_bleu}
     chosen = select_student(results, **budgets)
     if chosen is None:
         print(f"aiokd select: no student fits: {tightest_budget(results, **budgets)}",
               file=sys.stderr)
-        return 1
+        return None
     given = ", ".join(_format_bound(b, v) for b, v in _given(budgets).items()) or "none"
     print(f"best student: {chosen['student']}  (BLEU {number(chosen['bleu'], 2)}, "
           f"{millions(chosen['params'])} params, {number(chosen.get('size_mb'), 1)} MB, "
@@ -156,4 +164,4 @@ def main(args: argparse.Namespace) -> int:
     table, over = _front_table(results, chosen)
     print(f"\nPareto front, BLEU against {over} (* = selected):")
     print(table)
-    return 0
+    return chosen

@@ -21,7 +21,6 @@ from BOS (``model.bos_id``), as in :mod:`aiokd.inference.generate`.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -102,16 +101,22 @@ def write_extracted(directory: Path, files: ModelFiles, student: Student) -> Tra
     return small
 
 
-def extract_main(args: argparse.Namespace) -> int:
-    files = load_source(args.model)
-    student = choose_student(args.student, files.students, files.source)
-    out = Path(args.out)
+def extract(model: str | Path, out: str | Path, student: str) -> Path:
+    """``aiokd extract``: write ``student`` of ``model`` as the standalone model directory
+    ``out``; returns ``out``.
+
+    Raises:
+        UserError: an unreadable model, an untrained student, or an existing ``out``.
+    """
+    files = load_source(model)
+    chosen = choose_student(student, files.students, files.source)
+    out = Path(out)
     _check_free(out)
     with atomic_directory(out) as directory:
-        small = write_extracted(directory, files, student)
-    print(f"wrote {out}: student {student_name(student)} of {files.source}, "
+        small = write_extracted(directory, files, chosen)
+    print(f"wrote {out}: student {student_name(chosen)} of {files.source}, "
           f"{small.num_parameters():,} parameters", file=sys.stderr)
-    return 0
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,13 +233,27 @@ def write_ctranslate2(directory: Path, files: ModelFiles, student: Student,
     })
 
 
-def export_main(args: argparse.Namespace) -> int:
-    files = load_source(args.model)
-    student = choose_student(args.student, files.students, files.source)
-    out = Path(args.out)
+def export(model: str | Path, out: str | Path, *, student: str | None = None,
+           format: str = "ctranslate2", quantization: str = "none") -> Path:
+    """``aiokd export``: write ``student`` of ``model`` (None: the full model) for deployment as
+    the directory ``out``; returns ``out``.
+
+    Args:
+        format: ``ctranslate2``, the one format written.
+        quantization: as :func:`write_ctranslate2`.
+
+    Raises:
+        UserError: an unreadable model, an untrained student, an existing ``out``, or an unknown
+            format.
+    """
+    if format != "ctranslate2":
+        raise UserError(f"--format {format}: unknown format; known: ctranslate2")
+    files = load_source(model)
+    chosen = choose_student(student, files.students, files.source)
+    out = Path(out)
     _check_free(out)
     with atomic_directory(out) as directory:
-        write_ctranslate2(directory, files, student, args.quantization)
-    print(f"wrote {out}: student {student_name(student)} of {files.source} for CTranslate2 "
-          f"({args.quantization} quantization)", file=sys.stderr)
-    return 0
+        write_ctranslate2(directory, files, chosen, quantization)
+    print(f"wrote {out}: student {student_name(chosen)} of {files.source} for CTranslate2 "
+          f"({quantization} quantization)", file=sys.stderr)
+    return out

@@ -15,7 +15,6 @@ options changed).  The output directory appears only once complete.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -37,7 +36,14 @@ from aiokd.data.prepare import _write_side
 from aiokd.distill.students import student_name
 from aiokd.errors import UserError
 from aiokd.inference.api import Translator, load, set_threads
-from aiokd.io import atomic_directory, atomic_write_bytes, atomic_write_json, check_new_directory
+from aiokd.io import (
+    atomic_directory,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_new_directory,
+    make_directories,
+)
+from aiokd.lock import exclusive_lock
 
 CHUNK_LINES = 1000
 JOB = "job.json"
@@ -157,37 +163,39 @@ def write_distilled(data: Path, out: Path, translations: list[str],
 
 def distill_data(model: str | Path, data: str | Path, out: str | Path, student: str | None = None,
                  beam: int = 5, device: str | None = None, overwrite: bool = False,
-                 chunk_lines: int = CHUNK_LINES, dtype: str | None = None) -> dict[str, Any]:
-    """Translate the training source of ``data`` with ``student`` of ``model`` (in precision
-    ``dtype``, see :func:`aiokd.inference.api.load`) and write the sequence-level KD data directory
-    ``out``; return its manifest (see the module docstring)."""
-    data, out = Path(data), Path(out)
+                 chunk_lines: int = CHUNK_LINES, dtype: str | None = None,
+                 threads: int | None = None) -> dict[str, Any]:
+    """``aiokd distill-data``: translate the training source of ``data`` with ``student`` of
+    ``model`` (in precision ``dtype``, see :func:`aiokd.inference.api.load`, with ``threads``, see
+    :func:`aiokd.inference.api.set_threads`) and write the sequence-level KD data directory
+    ``out``; returns its manifest (see the module docstring).
+
+    Raises:
+        UserError: bad data, model or options, ``out`` exists and ``overwrite`` is false, or
+            another process is writing ``out``.
+    """
+    shown, data, out = out, Path(data), Path(out)
+    set_threads(threads)
     if beam < 1:
         raise UserError(f"--beam {beam}: must be at least 1")
     check_new_directory(out, overwrite)
-    sources = ParallelSplit.load(data, "train").source_lines()
-    translator = load(model, device=device, dtype=dtype)
-    name = student_name(translator.check_student(student))
-    recipe = {"name": "distill-data", "model": str(Path(model).resolve()), "student": name,
-              "beam": beam, "dtype": dtype or "float32"}
-    job = {**recipe, "model_files": _fingerprint(Path(model)),
-           "data": str(data.resolve()), "train": _fingerprint(data / side_files(
-               "train", load_manifest(data)["src_lang"])["text"]), "chunk_lines": chunk_lines}
-    work = out.parent / f".{out.name}.partial"
-    translations = translate_resumably(translator, sources, name, beam, work, job, chunk_lines)
-    manifest = write_distilled(data, out, translations, recipe, overwrite)
-    shutil.rmtree(work, ignore_errors=True)
-    return manifest
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run ``aiokd distill-data`` with parsed command-line options."""
-    set_threads(args.threads)
-    manifest = distill_data(args.model, args.data, args.out, args.student, args.beam, args.device,
-                            overwrite=args.force, dtype=args.dtype)
+    make_directories(out.parent)
+    with exclusive_lock(out.parent / f".{out.name}.lock", str(out)):
+        sources = ParallelSplit.load(data, "train").source_lines()
+        translator = load(model, device=device, dtype=dtype)
+        name = student_name(translator.check_student(student))
+        recipe = {"name": "distill-data", "model": str(Path(model).resolve()), "student": name,
+                  "beam": beam, "dtype": dtype or "float32"}
+        job = {**recipe, "model_files": _fingerprint(Path(model)),
+               "data": str(data.resolve()), "train": _fingerprint(data / side_files(
+                   "train", load_manifest(data)["src_lang"])["text"]), "chunk_lines": chunk_lines}
+        work = out.parent / f".{out.name}.partial"
+        translations = translate_resumably(translator, sources, name, beam, work, job,
+                                           chunk_lines)
+        manifest = write_distilled(data, out, translations, recipe, overwrite)
+        shutil.rmtree(work, ignore_errors=True)
     train = manifest["splits"]["train"]
-    print(f"wrote {args.out}: {train['pairs']:,} training pairs translated by student "
-          f"{manifest['recipe']['student']} of {manifest['recipe']['model']} (beam "
-          f"{manifest['recipe']['beam']}); {train['empty_translations']:,} empty translations; "
-          f"valid and test splits copied")
-    return 0
+    print(f"wrote {shown}: {train['pairs']:,} training pairs translated by student {name} of "
+          f"{recipe['model']} (beam {beam}); {train['empty_translations']:,} empty "
+          f"translations; valid and test splits copied")
+    return manifest

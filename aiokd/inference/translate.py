@@ -8,7 +8,6 @@ stderr is a terminal.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -59,17 +58,27 @@ def write_output(name: str, lines: list[str]) -> None:
         atomic_write_bytes(name, data)
 
 
-def main(args: argparse.Namespace) -> int:
-    if args.output != "-" and Path(args.output).is_dir():
-        raise UserError(f"-o {args.output}: is a directory")
-    set_threads(args.threads)
-    model = load(args.model, device=args.device, engine=args.engine, dtype=args.dtype)
-    model.check_student(args.student)
-    lines = read_input(args.input)
+def translate_files(model: str | Path, *, input_file: str = "-", output_file: str = "-",
+                    student: str | None = None, beam: int = 5, engine: str = "torch",
+                    max_tokens: int = 4096, lenpen: float = 1.0, device: str | None = None,
+                    dtype: str | None = None, threads: int | None = None) -> None:
+    """``aiokd translate``: translate the lines of ``input_file`` (``-``: stdin) with ``student``
+    of ``model`` (None: the full model) into ``output_file`` (``-``: stdout).
+
+    ``engine``, ``device`` and ``dtype`` are as :func:`aiokd.inference.api.load`; ``threads``
+    as :func:`aiokd.inference.api.set_threads`.
+
+    Raises:
+        UserError: an unreadable model or input, an untrained student, or bad options.
+    """
+    if output_file != "-" and Path(output_file).is_dir():
+        raise UserError(f"-o {output_file}: is a directory")
+    set_threads(threads)
+    translator = load(model, device=device, engine=engine, dtype=dtype)
+    translator.check_student(student)
+    lines = read_input(input_file)
     with tqdm(total=len(lines), unit="line", file=sys.stderr,
               disable=not sys.stderr.isatty()) as bar:
-        translations = model.translate(lines, student=args.student, beam=args.beam,
-                                       lenpen=args.lenpen, max_tokens=args.max_tokens,
-                                       progress=bar.update)
-    write_output(args.output, translations)
-    return 0
+        translations = translator.translate(lines, student=student, beam=beam, lenpen=lenpen,
+                                            max_tokens=max_tokens, progress=bar.update)
+    write_output(output_file, translations)

@@ -18,9 +18,7 @@ batches and ``DistributedDataParallel`` averages the gradients.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -34,13 +32,13 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from aiokd import __version__
-from aiokd.config import Config, ModelConfig, load_config
+from aiokd.config import Config, ModelConfig
 from aiokd.data.batching import Batch, collate, token_batches
-from aiokd.data.corpus import ParallelSplit, load_manifest
+from aiokd.data.corpus import ParallelSplit
 from aiokd.distill.objective import Objective, validation_nll
-from aiokd.distill.students import Student, parse_student, sample_students, student_name
+from aiokd.distill.students import Student, sample_students, student_name
 from aiokd.errors import UserError
-from aiokd.io import atomic_write_json, remove_temporaries
+from aiokd.io import remove_temporaries
 from aiokd.model.checkpoint import (
     load_model_files,
     model_config_json,
@@ -50,45 +48,11 @@ from aiokd.model.checkpoint import (
     sha256,
 )
 from aiokd.model.transformer import Transformer
-
-RESUMABLE_CHANGES = {"max_updates", "max_epochs", "patience", "validate_every", "save_every",
-                     "log_every", "threads", "max_bad_steps", "compile"}
-"""Training options that may differ when a run is resumed; any other change needs a new run."""
-
+from aiokd.train.distributed import Distributed, setup_distributed
+from aiokd.train.run_dir import Logger, Run, locked_run, open_run
 
 # ----------------------------------------------------------------------------------------------
-# Processes and devices
-
-
-@dataclass
-class Distributed:
-    rank: int
-    world: int
-    device: torch.device
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def all_sum(self, values: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
-            dist.all_reduce(values)
-        return values
-
-
-def setup_distributed() -> Distributed:
-    """One process, or one of ``torchrun``'s (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if torch.cuda.is_available():
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Distributed(rank, world, device)
+# Devices and the learning rate
 
 
 def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
@@ -117,34 +81,7 @@ def inverse_sqrt_lr(cfg: Config, update: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# The run directory
-
-
-@dataclass
-class Run:
-    """Paths of a run directory and what stays fixed across its stages."""
-
-    root: Path
-    cfg: Config
-    data_dir: Path
-    spm_bytes: bytes
-    languages: dict[str, str]
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    def last(self, stage: int) -> Path:
-        return self.checkpoints / f"stage{stage}-last.safetensors"
-
-    def best(self, stage: int) -> Path:
-        return self.checkpoints / f"stage{stage}-best.safetensors"
-
-    @property
-    def stages(self) -> list[int]:
-        if self.cfg.distill.method != "aiokd":
-            return [1]
-        return {"1": [1], "2": [2], "both": [1, 2]}[self.cfg.train.stages]
+# Data
 
 
 def check_lengths(model: ModelConfig, *splits: ParallelSplit) -> None:
@@ -155,54 +92,6 @@ def check_lengths(model: ModelConfig, *splits: ParallelSplit) -> None:
             raise UserError(f"{split.data_dir}: the {split.name} split has a sentence of {longest} "
                             f"tokens, more than model.max_positions={model.max_positions} allows; "
                             "prepare the data with a lower --max-len")
-
-
-def open_run(root: Path, cfg: Config, data_dir: Path, main: bool) -> Run:
-    """Create ``root`` or check that it was made with the same settings and vocabulary."""
-    manifest = load_manifest(data_dir)
-    spm_bytes = (data_dir / manifest["spm_model"]).read_bytes()
-    if manifest["vocab_size"] != cfg.model.vocab_size:
-        raise UserError(f"{data_dir}: vocabulary of {manifest['vocab_size']} does not match "
-                        f"model.vocab_size={cfg.model.vocab_size}")
-    languages = {"src_lang": manifest["src_lang"], "tgt_lang": manifest["tgt_lang"]}
-    run_file = root / "run.json"
-    if root.exists() and not root.is_dir():
-        raise UserError(f"{root}: exists and is not a directory; use a new --out")
-    if run_file.is_file():
-        try:
-            saved = json.loads(run_file.read_text(encoding="utf-8"))
-            saved_cfg = Config.from_dict(saved["config"], where=str(run_file))
-        except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
-            raise UserError(f"{run_file}: damaged run description") from None
-        if saved.get("spm_sha256") != sha256(spm_bytes):
-            raise UserError(f"{root} was trained with another vocabulary than {data_dir}; "
-                            "use a new --out")
-        _check_same_settings(saved_cfg, cfg, root)
-    elif main and root.exists() and any(root.iterdir()) and not (root / "checkpoints").exists():
-        raise UserError(f"{root}: exists and is not an aiokd run directory; use a new --out")
-    if main:
-        atomic_write_json(run_file, {
-            "aiokd_version": __version__, "config": cfg.to_dict(), "data": str(data_dir),
-            "spm_sha256": sha256(spm_bytes), **languages,
-        })
-    return Run(root, cfg, data_dir, spm_bytes, languages)
-
-
-def _check_same_settings(saved: Config, new: Config, root: Path) -> None:
-    old_values, new_values = saved.to_dict(), new.to_dict()
-    for section, values in new_values.items():
-        for key, value in values.items():
-            if section == "train" and key in RESUMABLE_CHANGES:
-                continue
-            old = old_values[section][key]
-            if (list(old) if isinstance(old, tuple) else old) != (
-                    list(value) if isinstance(value, tuple) else value):
-                raise UserError(f"{root} was started with {section}.{key}={old!r}, now "
-                                f"{value!r}; resume with the same settings or use a new --out")
-
-
-# ----------------------------------------------------------------------------------------------
-# Data stream
 
 
 class BatchStream:
@@ -291,45 +180,6 @@ def format_losses(losses: dict[str, float], students: list[Student]) -> str:
         lines.append("  ".join(cells).rstrip())
     lines.append(f"mean over {len(students)} students: {losses['mean']:.4f}")
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------
-# Logging
-
-
-class Logger:
-    """JSON lines (``log.jsonl``), TensorBoard (``tensorboard/``) and stdout; main process only."""
-
-    def __init__(self, run: Run, enabled: bool):
-        self.enabled = enabled
-        self.root = run.root
-        self.file = self.writer = None
-
-    def record(self, kind: str, stage: int, update: int, values: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        if self.file is None:  # opened on the first record: a run that fails early adds no file
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.file = open(self.root / "log.jsonl", "a", encoding="utf-8")  # noqa: SIM115
-            self.writer = SummaryWriter(str(self.root / "tensorboard"))
-        entry = {"kind": kind, "stage": stage, "update": update, "time": round(time.time(), 3),
-                 **values}
-        self.file.write(json.dumps(entry) + "\n")
-        self.file.flush()
-        for key, value in values.items():
-            if isinstance(value, (int, float)):
-                self.writer.add_scalar(f"stage{stage}/{kind}/{key}", value, update)
-
-    def say(self, message: str) -> None:
-        if self.enabled:
-            tqdm.write(message)
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.writer.close()
-            self.file = self.writer = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -574,17 +424,37 @@ class Stage:
 # Entry points
 
 
-def train(data_dir: str | Path, out: str | Path, cfg: Config) -> dict[str, Any]:
+def run_training(data_dir: str | Path, out: str | Path, cfg: Config) -> dict[str, Any]:
     """Train every stage of ``cfg`` into run directory ``out``; returns the final validation
-    losses of the best model. Resumes whatever an earlier call left unfinished."""
+    losses of the best model. Resumes whatever an earlier call left unfinished.
+
+    Raises:
+        UserError: bad data or settings, or another process trains in ``out``.
+    """
     dist_ = setup_distributed()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     train_split = ParallelSplit.load(data_dir, "train")
     valid_split = ParallelSplit.load(data_dir, "valid")
     check_lengths(cfg.model, train_split, valid_split)
-    fresh = not Path(out).exists()
-    run = open_run(Path(out), cfg, Path(data_dir), dist_.main)
+    root = Path(out)
+    fresh = not root.exists()
+    with locked_run(root) if dist_.main else contextlib.nullcontext():
+        try:
+            run = open_run(root, cfg, Path(data_dir), dist_.main)
+            return _train_stages(run, dist_, train_split, valid_split)
+        except (UserError, OSError):
+            checkpoints = root / "checkpoints"
+            if fresh and dist_.main and not (checkpoints.is_dir() and any(checkpoints.iterdir())):
+                shutil.rmtree(root, ignore_errors=True)  # nothing to resume: leave nothing behind
+            raise
+
+
+def _train_stages(run: Run, dist_: Distributed, train_split: ParallelSplit,
+                  valid_split: ParallelSplit) -> dict[str, Any]:
+    """The stages of :func:`run_training` in the opened ``run``, then the best model written
+    beside them; returns its validation losses."""
+    cfg = run.cfg
     if dist_.main:
         run.checkpoints.mkdir(parents=True, exist_ok=True)
         remove_temporaries(run.root)
@@ -614,50 +484,6 @@ def train(data_dir: str | Path, out: str | Path, cfg: Config) -> dict[str, Any]:
             space = cfg.distill.space(cfg.model)
             logger.say(f"best model written to {run.root} (model.safetensors, config.json, "
                        "spm.model)\n" + format_losses(best_losses, space.evaluated))
-    except UserError:
-        if fresh and dist_.main and not any(run.checkpoints.iterdir()):
-            logger.close()
-            shutil.rmtree(run.root, ignore_errors=True)  # nothing to resume: leave nothing behind
-        raise
     finally:
         logger.close()
     return best_losses
-
-
-def build_config(args) -> Config:
-    """The run's config from the CLI: preset, YAML, flags, then ``key=value`` overrides."""
-    extra: dict[str, dict[str, Any]] = {"distill": {}, "train": {}, "model": {}}
-    if args.method:
-        extra["distill"]["method"] = args.method
-    if args.teacher:
-        extra["distill"]["teacher"] = str(Path(args.teacher).resolve())
-    if args.student:
-        le, ld = parse_student(args.student)
-        if le < 1 or ld < 1:
-            raise UserError(f"option --student: {args.student} needs at least one layer on each "
-                            "side")
-        extra["distill"]["student"] = args.student
-    if args.max_updates is not None:
-        extra["train"]["max_updates"] = args.max_updates
-    if args.stage:
-        extra["train"]["stages"] = args.stage
-    cfg = load_config(args.preset, args.config, args.overrides, extra)
-    if cfg.distill.method != "aiokd":
-        if cfg.distill.student is None:
-            raise UserError(f"option --student: --method {cfg.distill.method} trains one "
-                            "student; name it, e.g. --student 4-2")
-        # A baseline's model is its one student.
-        cfg.model.enc_layers, cfg.model.dec_layers = parse_student(cfg.distill.student)
-    return cfg
-
-
-def main(args) -> int:
-    cfg = build_config(args)
-    manifest = load_manifest(args.data)
-    if cfg.model.vocab_size != manifest["vocab_size"]:
-        cfg.model.vocab_size = manifest["vocab_size"]
-    for key in ("pad_id", "bos_id", "eos_id"):
-        setattr(cfg.model, key, manifest[key])
-    cfg.distill.space(cfg.model)
-    train(args.data, args.out, cfg)
-    return 0

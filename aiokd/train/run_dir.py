@@ -1,0 +1,170 @@
+"""The run directory of ``aiokd train``: what it holds, who may use it, and its log.
+
+    run.json                 settings, data and vocabulary the run was started with
+    checkpoints/             stage{1,2}-{last,best}.safetensors
+    log.jsonl, tensorboard/  training and validation figures
+    model.safetensors, config.json, spm.model    the best model, once training ends
+    run.lock                 held by the process training in the directory
+
+Running ``aiokd train`` again on the directory resumes the run, provided every setting other than
+:data:`RESUMABLE_CHANGES` and the vocabulary are the same.  One process at a time trains in a run
+directory (with ``torchrun``, the main process holds the lock for the whole job).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from aiokd import __version__
+from aiokd.config import Config
+from aiokd.data.corpus import load_manifest
+from aiokd.errors import UserError
+from aiokd.io import atomic_write_json, make_directories
+from aiokd.lock import exclusive_lock
+from aiokd.model.checkpoint import sha256
+
+RESUMABLE_CHANGES = {"max_updates", "max_epochs", "patience", "validate_every", "save_every",
+                     "log_every", "threads", "max_bad_steps", "compile"}
+"""Training options that may differ when a run is resumed; any other change needs a new run."""
+
+LOCK = "run.lock"
+
+
+@dataclass
+class Run:
+    """Paths of a run directory and what stays fixed across its stages."""
+
+    root: Path
+    cfg: Config
+    data_dir: Path
+    spm_bytes: bytes
+    languages: dict[str, str]
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def last(self, stage: int) -> Path:
+        return self.checkpoints / f"stage{stage}-last.safetensors"
+
+    def best(self, stage: int) -> Path:
+        return self.checkpoints / f"stage{stage}-best.safetensors"
+
+    @property
+    def stages(self) -> list[int]:
+        if self.cfg.distill.method != "aiokd":
+            return [1]
+        return {"1": [1], "2": [2], "both": [1, 2]}[self.cfg.train.stages]
+
+
+def _check_is_directory(root: Path) -> None:
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{root}: exists and is not a directory; use a new --out")
+
+
+@contextmanager
+def locked_run(root: Path) -> Iterator[None]:
+    """Create ``root`` if needed and hold its lock for the block.
+
+    Raises:
+        UserError: ``root`` is not a directory, or another process trains in it (the message
+            names its process ID and host).
+    """
+    _check_is_directory(root)
+    make_directories(root)
+    with exclusive_lock(root / LOCK, str(root)):
+        yield
+
+
+def open_run(root: Path, cfg: Config, data_dir: Path, main: bool) -> Run:
+    """Create ``root`` or check that it was made with the same settings and vocabulary."""
+    manifest = load_manifest(data_dir)
+    spm_bytes = (data_dir / manifest["spm_model"]).read_bytes()
+    if manifest["vocab_size"] != cfg.model.vocab_size:
+        raise UserError(f"{data_dir}: vocabulary of {manifest['vocab_size']} does not match "
+                        f"model.vocab_size={cfg.model.vocab_size}")
+    languages = {"src_lang": manifest["src_lang"], "tgt_lang": manifest["tgt_lang"]}
+    run_file = root / "run.json"
+    _check_is_directory(root)
+    if run_file.is_file():
+        try:
+            saved = json.loads(run_file.read_text(encoding="utf-8"))
+            saved_cfg = Config.from_dict(saved["config"], where=str(run_file))
+        except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
+            raise UserError(f"{run_file}: damaged run description") from None
+        if saved.get("spm_sha256") != sha256(spm_bytes):
+            raise UserError(f"{root} was trained with another vocabulary than {data_dir}; "
+                            "use a new --out")
+        check_same_settings(saved_cfg, cfg, root)
+    elif main and _holds_foreign_files(root):
+        raise UserError(f"{root}: exists and is not an aiokd run directory; use a new --out")
+    if main:
+        atomic_write_json(run_file, {
+            "aiokd_version": __version__, "config": cfg.to_dict(), "data": str(data_dir),
+            "spm_sha256": sha256(spm_bytes), **languages,
+        })
+    return Run(root, cfg, data_dir, spm_bytes, languages)
+
+
+def _holds_foreign_files(root: Path) -> bool:
+    """Whether ``root`` holds files, besides its lock, but no checkpoints folder."""
+    if not root.exists() or (root / "checkpoints").exists():
+        return False
+    return any(path.name != LOCK for path in root.iterdir())
+
+
+def check_same_settings(saved: Config, new: Config, root: Path) -> None:
+    """UserError naming the first setting of ``new`` that differs from ``saved``, the settings
+    ``root`` was started with, other than :data:`RESUMABLE_CHANGES`."""
+    old_values, new_values = saved.to_dict(), new.to_dict()
+    for section, values in new_values.items():
+        for key, value in values.items():
+            if section == "train" and key in RESUMABLE_CHANGES:
+                continue
+            old = old_values[section][key]
+            if (list(old) if isinstance(old, tuple) else old) != (
+                    list(value) if isinstance(value, tuple) else value):
+                raise UserError(f"{root} was started with {section}.{key}={old!r}, now "
+                                f"{value!r}; resume with the same settings or use a new --out")
+
+
+class Logger:
+    """JSON lines (``log.jsonl``), TensorBoard (``tensorboard/``) and stdout; main process only."""
+
+    def __init__(self, run: Run, enabled: bool):
+        self.enabled = enabled
+        self.root = run.root
+        self.file = self.writer = None
+
+    def record(self, kind: str, stage: int, update: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        if self.file is None:  # opened on the first record: a run that fails early adds no file
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.file = open(self.root / "log.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+            self.writer = SummaryWriter(str(self.root / "tensorboard"))
+        entry = {"kind": kind, "stage": stage, "update": update, "time": round(time.time(), 3),
+                 **values}
+        self.file.write(json.dumps(entry) + "\n")
+        self.file.flush()
+        for key, value in values.items():
+            if isinstance(value, (int, float)):
+                self.writer.add_scalar(f"stage{stage}/{kind}/{key}", value, update)
+
+    def say(self, message: str) -> None:
+        if self.enabled:
+            tqdm.write(message)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.writer.close()
+            self.file = self.writer = None
