@@ -208,6 +208,16 @@ def test_random_yaml_gives_a_valid_config_or_user_error(tmp_path_factory, docume
         assert str(error).startswith(str(path)) or str(error).startswith("option ")
 
 
+def test_iwslt_preset_is_the_papers_recipe():
+    cfg = load_config("iwslt")
+    m, d, t = cfg.model, cfg.distill, cfg.train
+    assert (m.d_model, m.ffn_dim, m.heads, m.enc_layers, m.dec_layers) == (512, 1024, 4, 6, 6)
+    assert (m.dropout, m.pre_norm) == (0.3, False)
+    assert (d.k, d.alpha, d.beta, d.eta, d.ml_mode) == (2, 5.5, 0.5, 1.1, "no_weight")
+    assert (t.lr, t.warmup_updates, t.max_tokens, t.label_smoothing) == (5e-4, 4000, 4096, 0.1)
+    assert (t.adam_betas, t.weight_decay, t.clip_norm) == ((0.9, 0.98), 1e-4, 0.0)
+
+
 # ----------------------------------------------------------------------------------------------
 # Settings of `aiokd train` that are refused before training starts
 
