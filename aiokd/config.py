@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from aiokd.distill.students import CandidateSpace
 from aiokd.errors import UserError
+from aiokd.students import CandidateSpace
 
 
 def _require(condition: bool, option: str, message: str) -> None:

@@ -20,11 +20,11 @@ from pathlib import Path
 import ctranslate2
 import sentencepiece as spm
 
-from aiokd.distill.students import parse_student
 from aiokd.evaluation.evaluate import read_test_set
 from aiokd.evaluation.latency import sample_indices, timed
 from aiokd.formats.export import write_ctranslate2
 from aiokd.model.checkpoint import load_model_files
+from aiokd.students import parse_student
 
 
 def timed_rounds(translators: dict[int, ctranslate2.Translator], batches: list[list[list[str]]],

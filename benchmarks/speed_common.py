@@ -31,8 +31,8 @@ import torch
 from aiokd.config import Config, ModelConfig, load_config
 from aiokd.data.batching import Batch, token_batches
 from aiokd.data.corpus import ParallelSplit, load_manifest
-from aiokd.distill.students import Student
 from aiokd.evaluation.latency import timed
+from aiokd.students import Student
 from aiokd.train.loop import make_batch
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}

@@ -50,9 +50,9 @@ from aiokd.config import Config, load_config
 from aiokd.data.batching import Batch
 from aiokd.data.corpus import ParallelSplit, load_manifest
 from aiokd.distill.objective import Objective
-from aiokd.distill.students import Student, sample_students, student_name
 from aiokd.evaluation.latency import timed
 from aiokd.model.transformer import Transformer
+from aiokd.students import Student, sample_students, student_name
 from aiokd.train.loop import build_model, make_optimizer, scale_and_clip_gradients
 
 KS = [1, 2, 3, 4]

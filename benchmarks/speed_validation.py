@@ -38,9 +38,9 @@ from aiokd.config import Config
 from aiokd.data.batching import Batch, token_batches
 from aiokd.data.corpus import ParallelSplit, load_manifest
 from aiokd.distill.objective import validation_nll
-from aiokd.distill.students import Student
 from aiokd.evaluation.latency import timed
 from aiokd.model.transformer import Transformer
+from aiokd.students import Student
 from aiokd.train.loop import make_batch
 
 

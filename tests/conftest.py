@@ -150,9 +150,9 @@ def tiny_model_dir(tmp_path_factory, tiny_data_dir):
     from aiokd.config import Config, ModelConfig
     from aiokd.data.batching import collate
     from aiokd.data.corpus import ParallelSplit
-    from aiokd.distill.students import CandidateSpace
     from aiokd.model.checkpoint import model_config_json, save_model_dir
     from aiokd.model.transformer import Transformer
+    from aiokd.students import CandidateSpace
 
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=TINY_VOCAB, d_model=32, ffn_dim=64, heads=4, enc_layers=3,

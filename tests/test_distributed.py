@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from aiokd.config import DistillConfig
-from aiokd.distill.students import CandidateSpace, sample_students
 from aiokd.model.checkpoint import read_checkpoint
+from aiokd.students import CandidateSpace, sample_students
 from tests.conftest import TINY_MODEL, run_aiokd, subprocess_env
 
 DDP_TRAIN = Path(__file__).with_name("ddp_train.py")
@@ -88,7 +88,7 @@ def test_sampler_does_not_depend_on_the_process():
     here = [sample_students(candidates, DistillConfig(k=2), 1, stage, update)
             for stage in (1, 2) for update in range(50)]
     script = ("import json; from aiokd.config import DistillConfig; "
-              "from aiokd.distill.students import CandidateSpace, sample_students; "
+              "from aiokd.students import CandidateSpace, sample_students; "
               "c, d = CandidateSpace(6, 6).candidates, DistillConfig(k=2); print(json.dumps("
               "[sample_students(c, d, 1, s, u) for s in (1, 2) for u in range(50)]))")
     for hash_seed in ("1", "12345"):

@@ -13,7 +13,6 @@ from safetensors.torch import load_file
 
 import aiokd
 from aiokd.config import Config, ModelConfig
-from aiokd.distill.students import CandidateSpace
 from aiokd.errors import UserError
 from aiokd.formats.export import write_ctranslate2
 from aiokd.formats.marian import export_marian, import_marian, read_marian
@@ -27,6 +26,7 @@ from aiokd.model.checkpoint import (
     save_model_dir,
 )
 from aiokd.model.transformer import Transformer
+from aiokd.students import CandidateSpace
 from tests.conftest import make_corpus
 
 transformers = pytest.importorskip("transformers")

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aiokd.config import DistillConfig, load_config
-from aiokd.distill.students import CandidateSpace, parse_student, sample_students, smallest
 from aiokd.errors import UserError
+from aiokd.students import CandidateSpace, parse_student, sample_students, smallest
 
 PAPER = CandidateSpace().candidates
 

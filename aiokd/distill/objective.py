@@ -36,8 +36,8 @@ from aiokd.distill.losses import (
     token_nll,
     token_nll_from_hidden,
 )
-from aiokd.distill.students import Student
 from aiokd.model.transformer import Transformer
+from aiokd.students import Student
 
 
 def log_probs(logits: Tensor) -> Tensor:

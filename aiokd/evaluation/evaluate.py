@@ -29,7 +29,6 @@ from tqdm import tqdm
 import aiokd
 from aiokd.data.corpus import ParallelSplit
 from aiokd.data.text import read_lines
-from aiokd.distill.students import parse_student
 from aiokd.errors import UserError
 from aiokd.evaluation import plots
 from aiokd.evaluation.footprint import Footprint, ModelFacts, inspect_model
@@ -45,6 +44,7 @@ from aiokd.evaluation.results import (
 from aiokd.evaluation.scoring import Score, TokenizedBleu, sacrebleu_scores
 from aiokd.inference.api import Translator, load, set_threads
 from aiokd.io import atomic_write_bytes, atomic_write_json
+from aiokd.students import parse_student
 
 DEFAULT_LATENCY = LatencySettings()
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 
 from aiokd.config import ModelConfig
-from aiokd.distill.students import Student, student_name
 from aiokd.formats.export import (
     is_ctranslate2_export,
     read_export_info,
@@ -25,6 +24,7 @@ from aiokd.formats.export import (
 )
 from aiokd.model.checkpoint import load_model_files
 from aiokd.model.transformer import Transformer
+from aiokd.students import Student, student_name
 
 
 @dataclass(frozen=True)

@@ -32,17 +32,17 @@ from torch import Tensor, nn
 
 from aiokd.config import Config, ModelConfig
 from aiokd.data.tokenizer import SENTENCEPIECE
-from aiokd.distill.students import (
+from aiokd.errors import UserError
+from aiokd.io import atomic_directory, atomic_write_json
+from aiokd.model.checkpoint import ModelFiles, load_model_files, model_config_json, save_model_dir
+from aiokd.model.transformer import DecoderLayer, EncoderLayer, Transformer
+from aiokd.students import (
     CandidateSpace,
     Student,
     choose_student,
     parse_student,
     student_name,
 )
-from aiokd.errors import UserError
-from aiokd.io import atomic_directory, atomic_write_json
-from aiokd.model.checkpoint import ModelFiles, load_model_files, model_config_json, save_model_dir
-from aiokd.model.transformer import DecoderLayer, EncoderLayer, Transformer
 
 EXPORT_INFO = "aiokd.json"
 EXPORT_FORMAT = "aiokd-ctranslate2"
@@ -57,11 +57,12 @@ def read_export_info(directory: Path) -> dict[str, Any]:
     path = directory / EXPORT_INFO
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
-        assert info["format"] == EXPORT_FORMAT
+        if info["format"] != EXPORT_FORMAT:
+            raise ValueError("not an aiokd export")
         cfg = ModelConfig(**info["model"])
-        assert parse_student(info["student"]) == (cfg.enc_layers, cfg.dec_layers)
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, AssertionError, TypeError,
-            UserError):
+        if parse_student(info["student"]) != (cfg.enc_layers, cfg.dec_layers):
+            raise ValueError("the student is not the exported model")
+    except (ValueError, KeyError, TypeError, UserError):
         raise UserError(f"{path}: not a valid aiokd export description") from None
     return info
 

@@ -36,11 +36,11 @@ from safetensors.torch import load_file, save_file
 
 from aiokd.config import ACTIVATIONS, Config, ModelConfig
 from aiokd.data.tokenizer import FILES, MARIAN, TokenizerFiles
-from aiokd.distill.students import CandidateSpace, Student, choose_student, student_name
 from aiokd.errors import UserError
 from aiokd.io import atomic_directory, atomic_write_json
 from aiokd.model.checkpoint import ModelFiles, load_model_files, model_config_json, save_model_dir
 from aiokd.model.transformer import Transformer, marian_positions
+from aiokd.students import CandidateSpace, Student, choose_student, student_name
 
 EMBEDDINGS = ("model.shared.weight", "model.encoder.embed_tokens.weight",
               "model.decoder.embed_tokens.weight", "lm_head.weight")

@@ -41,11 +41,11 @@ import torch
 from aiokd.config import ModelConfig
 from aiokd.data.batching import token_batches
 from aiokd.data.tokenizer import SENTENCEPIECE, TokenizerFiles
-from aiokd.distill.students import Student, choose_student, student_name
 from aiokd.errors import UserError
 from aiokd.inference.generate import SearchOptions, generate
 from aiokd.model.checkpoint import ModelFiles, load_model_files
 from aiokd.model.transformer import Transformer
+from aiokd.students import Student, choose_student, student_name
 
 Progress = Callable[[int], object]
 """Called with the number of lines just finished."""

@@ -33,7 +33,6 @@ from aiokd.data.corpus import (
     side_files,
 )
 from aiokd.data.prepare import _write_side
-from aiokd.distill.students import student_name
 from aiokd.errors import UserError
 from aiokd.inference.api import Translator, load, set_threads
 from aiokd.io import (
@@ -44,6 +43,7 @@ from aiokd.io import (
     make_directories,
 )
 from aiokd.lock import exclusive_lock
+from aiokd.students import student_name
 
 CHUNK_LINES = 1000
 JOB = "job.json"

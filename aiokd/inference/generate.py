@@ -35,8 +35,8 @@ import torch
 from torch import Tensor
 
 from aiokd.data.batching import pad_sequences
-from aiokd.distill.students import Student
 from aiokd.model.transformer import Transformer
+from aiokd.students import Student
 
 
 @dataclass(frozen=True)

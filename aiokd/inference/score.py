@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from aiokd.data.batching import collate, token_batches
-from aiokd.distill.students import Student, choose_student
 from aiokd.errors import UserError
 from aiokd.model.checkpoint import ModelFiles
 from aiokd.model.transformer import Transformer
+from aiokd.students import Student, choose_student
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 """The precisions a model can score in, by name."""

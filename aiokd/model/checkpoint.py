@@ -30,10 +30,10 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from aiokd.config import Config
 from aiokd.data.tokenizer import SENTENCEPIECE, TokenizerFiles
-from aiokd.distill.students import CandidateSpace, Student, student_name
 from aiokd.errors import UserError
 from aiokd.io import atomic_write_bytes, atomic_write_json
 from aiokd.model.transformer import Transformer
+from aiokd.students import CandidateSpace, Student, student_name
 
 CHECKPOINT_FORMAT = "aiokd-checkpoint"
 MODEL_FORMAT = "aiokd-model"
@@ -149,9 +149,11 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     tensors, metadata = _read_safetensors(path)
     try:
         meta = json.loads(metadata["aiokd"])
-        assert meta["format"] == CHECKPOINT_FORMAT
-        assert "vocab.spm" in tensors or meta.get("tokenizer", SENTENCEPIECE) != SENTENCEPIECE
-    except (KeyError, json.JSONDecodeError, AssertionError, TypeError):
+        has_tokenizer = ("vocab.spm" in tensors
+                         or meta.get("tokenizer", SENTENCEPIECE) != SENTENCEPIECE)
+        if meta["format"] != CHECKPOINT_FORMAT or not has_tokenizer:
+            raise ValueError("not an aiokd checkpoint")
+    except (KeyError, ValueError, TypeError):
         raise UserError(f"{path}: not an aiokd checkpoint (no aiokd header)") from None
     return Checkpoint(path, meta, tensors)
 
@@ -236,15 +238,17 @@ def _read_model_dir(directory: Path) -> ModelFiles:
     config_path = directory / "config.json"
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
-        assert config["format"] == MODEL_FORMAT
+        if config["format"] != MODEL_FORMAT:
+            raise ValueError("not an aiokd model")
         model_cfg = Config.from_dict({"model": config["model"]}, where=str(config_path)).model
         space = CandidateSpace(**config["space"])
         depths = (space.enc_layers, space.dec_layers, space.min_enc, space.min_dec)
-        assert all(type(depth) is int and depth >= 1 for depth in depths)
-        assert space.teacher == (model_cfg.enc_layers, model_cfg.dec_layers)
+        if (not all(type(depth) is int and depth >= 1 for depth in depths)
+                or space.teacher != (model_cfg.enc_layers, model_cfg.dec_layers)):
+            raise ValueError("the candidate space does not fit the model")
     except FileNotFoundError:
         raise UserError(f"{directory}: no config.json: not an aiokd model directory") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, AssertionError, TypeError):
+    except (ValueError, KeyError, TypeError):  # JSON and UTF-8 errors are ValueErrors
         raise UserError(f"{config_path}: not a valid aiokd model config") from None
     except UserError as error:  # a bad value: name the file as well as the option
         if str(error).startswith(str(config_path)):

@@ -14,8 +14,8 @@ from typing import Any
 
 from aiokd.config import Config, load_config
 from aiokd.data.corpus import load_manifest
-from aiokd.distill.students import parse_student
 from aiokd.errors import UserError
+from aiokd.students import parse_student
 from aiokd.train.loop import run_training
 
 

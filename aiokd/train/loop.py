@@ -36,7 +36,7 @@ from aiokd.config import Config, ModelConfig
 from aiokd.data.batching import Batch, collate, token_batches
 from aiokd.data.corpus import ParallelSplit
 from aiokd.distill.objective import Objective, validation_nll
-from aiokd.distill.students import Student, sample_students, student_name
+from aiokd.students import Student, sample_students, student_name
 from aiokd.errors import UserError
 from aiokd.io import remove_temporaries
 from aiokd.model.checkpoint import (

@@ -22,7 +22,7 @@ import yaml
 from report import FROM_TEACHER, ORDER, SEPARATE, TEACHER, TEACHER_RUN
 
 from aiokd.config import load_config
-from aiokd.distill.students import CandidateSpace, parse_student, student_name
+from aiokd.students import CandidateSpace, parse_student, student_name
 from aiokd.errors import UserError
 
 HERE = Path(__file__).resolve().parent
