@@ -39,9 +39,9 @@ from speed_common import (
 from aiokd.config import Config, ModelConfig
 from aiokd.data.corpus import ParallelSplit, load_manifest
 from aiokd.evaluation.latency import timed
+from aiokd.model.probe import bf16_is_native
 from aiokd.model.transformer import Transformer
 from aiokd.students import Student, parse_student, student_name
-from aiokd.train.loop import bf16_is_native
 
 STUDENTS = ["teacher", "2-2", "4-2", "6-2"]
 """Students decoded unless told otherwise (``speed.py --quick``: the teacher)."""

@@ -36,7 +36,6 @@ from aiokd.config import Config, ModelConfig
 from aiokd.data.batching import Batch, collate, token_batches
 from aiokd.data.corpus import ParallelSplit
 from aiokd.distill.objective import Objective, validation_nll
-from aiokd.students import Student, sample_students, student_name
 from aiokd.errors import UserError
 from aiokd.io import remove_temporaries
 from aiokd.model.checkpoint import (
@@ -48,27 +47,13 @@ from aiokd.model.checkpoint import (
     sha256,
 )
 from aiokd.model.transformer import Transformer
+from aiokd.students import Student, sample_students, student_name
 from aiokd.train.distributed import Distributed, setup_distributed
+from aiokd.train.precision import PRECISION_NAMES, amp_dtype, resolve_precision
 from aiokd.train.run_dir import Logger, Run, locked_run, open_run
 
 # ----------------------------------------------------------------------------------------------
 # Devices and the learning rate
-
-
-def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype; ``auto`` picks bf16 where the hardware multiplies bf16 natively (GPUs
-    from Ampere on, CPUs with AVX-512 BF16 / AMX), float32 elsewhere."""
-    amp = cfg.train.amp
-    if amp == "auto":
-        amp = "bf16" if bf16_is_native(device) else "none"
-    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-
-
-def bf16_is_native(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return bool(torch.backends.mkldnn.is_available()
-                and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def inverse_sqrt_lr(cfg: Config, update: int) -> float:
@@ -152,7 +137,7 @@ def validate(model: Transformer, split: ParallelSplit, students: list[Student], 
     max_tokens = cfg.train.valid_max_tokens or cfg.train.max_tokens
     batches = token_batches(split.src_lengths, split.tgt_lengths, max_tokens, shuffle=False)
     sums = torch.zeros(len(students) + 1, dtype=torch.float64, device=dist_.device)
-    dtype = amp_dtype(cfg, dist_.device)
+    dtype = amp_dtype(cfg)
     for indices in batches[dist_.rank::dist_.world]:
         batch = make_batch(split, indices, dist_.device)
         with torch.autocast(dist_.device.type, dtype=dtype, enabled=dtype is not None):
@@ -249,7 +234,7 @@ class Stage:
         self.state = StageState()
         self.train_split, self.valid_split = train_split, valid_split
         self.stream = BatchStream(train_split, cfg, dist_)
-        self.dtype = amp_dtype(cfg, dist_.device)
+        self.dtype = amp_dtype(cfg)
         self.scaler = torch.amp.GradScaler(dist_.device.type, enabled=self.dtype == torch.float16)
         objective = Objective(self.model, cfg, self._frozen_teacher())
         self.objective = objective
@@ -460,6 +445,11 @@ def _train_stages(run: Run, dist_: Distributed, train_split: ParallelSplit,
         remove_temporaries(run.root)
         remove_temporaries(run.checkpoints)
     logger = Logger(run, dist_.main)
+    run.cfg, precision = resolve_precision(run.cfg, dist_)
+    cfg = run.cfg
+    logger.say(f"precision: {PRECISION_NAMES[cfg.train.amp]} ({precision.reason})")
+    logger.record("precision", 0, 0, {"amp": cfg.train.amp, "reason": precision.reason,
+                                      **{f"seconds_{k}": v for k, v in precision.seconds.items()}})
     try:
         for stage_number in run.stages:
             stage = Stage(run, stage_number, dist_, train_split, valid_split, logger)

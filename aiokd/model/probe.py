@@ -1,0 +1,190 @@
+"""Measured defaults: which of a few candidate settings runs a model fastest on this machine.
+
+Whether bf16 pays depends on the processor, not only on whether it can multiply bf16: on a CPU
+with AMX a bf16 matrix product is about 2.5x float32, on one with AVX-512 BF16 but no AMX it can
+be slower than float32.  So ``auto`` settings are decided by timing the candidates on the
+machine at hand, on the model's own shape, a few steps each:
+
+* the candidates run alternately, ``warmup`` calls each first, then ``rounds`` timed calls each;
+  a candidate's time is the fastest of its timed calls (the least disturbed by other work);
+* the reference (float32, or the safe thread count) wins unless another candidate takes at most
+  ``1 - margin`` of its time, so that ``auto`` is never slower than the reference by more than
+  the noise of a short measurement;
+* the choice is cached in ``$AIOKD_CACHE_DIR/probes.json`` (default ``~/.cache/aiokd``) under a
+  key of the machine (processor, its bf16 flags, PyTorch version, thread count) and of the
+  question (what was timed, at which shape), so each question is measured once per machine.
+
+A :class:`Choice` carries the chosen value, the times behind it and one line saying why, for the
+run log and the results files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from aiokd.config import ModelConfig
+from aiokd.io import atomic_write_json
+
+MARGIN = 0.05
+"""A candidate replaces the reference only if it takes at most ``1 - MARGIN`` of its time."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The value chosen among ``seconds`` (candidate -> fastest timed call), and why."""
+
+    value: str
+    reason: str
+    seconds: dict[str, float] = field(default_factory=dict)
+    cached: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        return {"value": self.value, "reason": self.reason, "seconds": self.seconds}
+
+
+def cache_path() -> Path:
+    root = os.environ.get("AIOKD_CACHE_DIR") or Path.home() / ".cache" / "aiokd"
+    return Path(root) / "probes.json"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return sorted(f for f in line.split(":", 1)[1].split()
+                              if "bf16" in f or f.startswith("amx") or f == "avx512f")
+    except OSError:
+        pass
+    return []
+
+
+def machine_key(device: torch.device) -> str:
+    """The processor (or GPU), its bf16-related flags, PyTorch's version and thread count."""
+    if device.type == "cuda":
+        what = [torch.cuda.get_device_name(device), torch.version.cuda or ""]
+    else:
+        what = [_cpu_model(), *_cpu_flags(), f"threads={torch.get_num_threads()}"]
+    return "|".join([device.type, *what, f"torch={torch.__version__}"])
+
+
+def _read_cache() -> dict[str, dict]:
+    try:
+        cache = json.loads(cache_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _write_cache(key: str, choice: Choice) -> None:
+    """Add one choice to the cache; a cache that cannot be written only costs a new probe."""
+    cache = _read_cache()
+    cache[key] = choice.to_json()
+    try:
+        atomic_write_json(cache_path(), cache)
+    except OSError:
+        pass
+
+
+def measured_choice(question: str, device: torch.device, candidates: dict[str, Callable[[], None]],
+                    reference: str, warmup: int = 1, rounds: int = 2,
+                    margin: float = MARGIN) -> Choice:
+    """Time ``candidates`` (name -> one call) alternately and choose, or return the cached
+    choice for ``question`` on this machine.  The reference wins ties within ``margin``."""
+    key = hashlib.sha256(f"{machine_key(device)}|{question}".encode()).hexdigest()[:24]
+    cached = _read_cache().get(key)
+    if isinstance(cached, dict) and cached.get("value") in candidates:
+        return Choice(cached["value"], f"{cached.get('reason', '')}; cached in {cache_path()}",
+                      dict(cached.get("seconds", {})), cached=True)
+    for _ in range(warmup):
+        for run in candidates.values():
+            run()
+    best = dict.fromkeys(candidates, float("inf"))
+    for _ in range(rounds):
+        for name, run in candidates.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            run()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            best[name] = min(best[name], time.perf_counter() - start)
+    fastest = min(best, key=best.get)
+    value = fastest if best[fastest] <= (1 - margin) * best[reference] else reference
+    ratios = ", ".join(f"{name} {best[name] * 1e3:.0f} ms" for name in candidates)
+    if value == reference and fastest != reference:
+        why = f"{reference} kept: {fastest} not {margin:.0%} faster"
+    elif value == reference:
+        why = f"{reference} fastest"
+    else:
+        why = f"{value} {best[reference] / best[value]:.2f}x {reference}"
+    choice = Choice(value, f"measured on this machine ({ratios}): {why}",
+                    {name: round(s, 6) for name, s in best.items()})
+    _write_cache(key, choice)
+    return choice
+
+
+def bf16_is_native(device: torch.device) -> bool:
+    """Whether the device multiplies bf16 in hardware (GPUs from Ampere on; CPUs with
+    AVX-512 BF16 or AMX, as oneDNN reports them)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.backends.mkldnn.is_available()
+                and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _training_step(cfg: ModelConfig, device: torch.device, dtype: torch.dtype | None,
+                   tokens: int) -> Callable[[], None]:
+    """One forward and backward pass of the teacher on a random batch of about ``tokens``
+    target tokens (sentences of 24 tokens), under autocast in ``dtype`` (None: float32)."""
+    from aiokd.model.transformer import Transformer
+
+    generator = torch.Generator().manual_seed(0)
+    model = Transformer(cfg).to(device).train()
+    length = min(24, cfg.max_positions)
+    rows = max(1, tokens // length)
+    src, tgt = (torch.randint(4, cfg.vocab_size, (rows, length), generator=generator).to(device)
+                for _ in range(2))
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(src, tgt)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten())
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    return step
+
+
+def training_precision(cfg: ModelConfig, device: torch.device, tokens: int) -> Choice:
+    """``train.amp=auto``: ``bf16`` or ``none`` (float32), by timing a training step of this
+    model shape at ``min(tokens, 1024)`` tokens in both, where the device has native bf16."""
+    if not bf16_is_native(device):
+        return Choice("none", f"float32: no native bf16 on this {device.type}")
+    if device.type == "cuda":
+        return Choice("bf16", "bf16: native on this GPU")
+    tokens = min(tokens, 1024)
+    shape = (f"train|V={cfg.vocab_size}|C={cfg.d_model}|F={cfg.ffn_dim}|H={cfg.heads}|"
+             f"L={cfg.enc_layers}-{cfg.dec_layers}|pre={cfg.pre_norm}|tokens={tokens}")
+    steps = {"none": _training_step(cfg, device, None, tokens),
+             "bf16": _training_step(cfg, device, torch.bfloat16, tokens)}
+    return measured_choice(shape, device, steps, reference="none")
