@@ -1,5 +1,5 @@
-"""The Multi30k benchmark driver (``benchmarks/reproduce``): its plan, targets and costs, and an
-end-to-end ``--quick`` run."""
+"""The Multi30k benchmark driver (``benchmarks/reproduce``): its plan, seeds, targets and costs,
+what it reads from training logs, the learning curves, and an end-to-end ``--quick`` run."""
 
 from __future__ import annotations
 
@@ -14,22 +14,24 @@ from aiokd.cli import build_parser
 from aiokd.config import Config
 from aiokd.data.prepare import prepare
 from aiokd.train.api import build_config
-from tests.conftest import TINY_VOCAB, make_corpus, subprocess_env
+from tests.conftest import TINY_VOCAB, make_corpus, run_aiokd, subprocess_env, train_argv
 
 DRIVER = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce"
 sys.path.insert(0, str(DRIVER))
 
+import curves  # noqa: E402
 import plan  # noqa: E402
 import report  # noqa: E402
+import training_log  # noqa: E402
 
-SYSTEMS = ("scratch", "word-kd", "aiokd", "aiokd-sandwich", "aiokd-sandwich-kd1", "aiokd-no-dgd",
-           "aiokd-no-ml", "aiokd-one-stage", "aiokd-seqkd")
+SYSTEMS = ("scratch", "word-kd", "aiokd", "aiokd-paper", "aiokd-separate", "aiokd-sandwich",
+           "aiokd-sandwich-kd1", "aiokd-no-dgd", "aiokd-no-ml", "aiokd-one-stage", "aiokd-seqkd")
 
 
-def tiny_steps(tmp_path, systems=None, groups=(), preset="tiny"):
+def tiny_steps(tmp_path, systems=None, groups=(), preset="tiny", seeds=(1,)):
     p = plan.load_preset(preset)
     chosen = plan.selection(p, systems, list(groups), plan.sort_students(p.students))
-    return p, plan.Work(tmp_path, p).steps(chosen)
+    return p, plan.Work(tmp_path, p).steps(chosen, list(seeds))
 
 
 def config_of(argv: list[str]) -> Config:
@@ -42,7 +44,7 @@ def config_of(argv: list[str]) -> Config:
 def test_every_train_command_is_a_valid_aiokd_train(tmp_path):
     p, steps = tiny_steps(tmp_path, systems=list(report.ORDER))
     trains = {s.key: s.args for s in steps if s.key.startswith("train:")}
-    assert len(trains) == 7 + 3 * 5  # 7 AIO-KD systems; 5 students x 3 separate systems
+    assert len(trains) == 9 + 3 * 5  # 9 AIO-KD systems; 5 students x 3 separate systems
     for key, args in trains.items():
         cfg = config_of(args)
         u = p.updates_per_stage
@@ -50,10 +52,64 @@ def test_every_train_command_is_a_valid_aiokd_train(tmp_path):
         assert cfg.train.max_updates == (2 * u if one_stage else u), key
         assert cfg.train.patience == p.patience and cfg.train.validate_every == p.validate_every
         assert cfg.train.stages == ("1" if key == "train:aiokd-one-stage" else "both")
+        assert cfg.train.seed == 1
     assert config_of(trains["train:aiokd-sandwich"]).distill.sandwich
     low_kd = config_of(trains["train:aiokd-sandwich-kd1"]).distill
     assert low_kd.sandwich and low_kd.alpha == 1.0
     assert not config_of(trains["train:aiokd-no-dgd"]).distill.detach
+
+
+def test_the_new_rows_train_with_their_settings(tmp_path):
+    _, steps = tiny_steps(tmp_path, systems=["aiokd", "aiokd-paper", "aiokd-separate",
+                                             "aiokd-one-stage"])
+    cfg = {s.key: config_of(s.args) for s in steps if s.key.startswith("train:")}
+    one_stage = cfg["train:aiokd-one-stage"]
+    assert one_stage.train.stages == "1" and one_stage.distill.ml_stage == 1  # ML from update 1
+    assert not cfg["train:aiokd-separate"].distill.reuse_prefix
+    assert cfg["train:aiokd"].distill.reuse_prefix
+    paper = cfg["train:aiokd-paper"].distill
+    assert (paper.alpha, paper.beta, paper.eta, paper.k, paper.sandwich, paper.ml_stage) == (
+        5.5, 0.5, 1.1, 2, False, 2)
+    assert paper == cfg["train:aiokd"].distill  # the paper's settings are the defaults today
+
+
+def test_the_small_preset_trains_to_convergence_in_two_drivers(tmp_path):
+    p, steps = tiny_steps(tmp_path, groups=["aiokd-runs", "separate-runs"], preset="small")
+    trains = {s.key: config_of(s.args) for s in steps if s.key.startswith("train:")}
+    assert trains["train:aiokd"].train.max_updates == 4000
+    assert trains["train:aiokd-one-stage"].train.max_updates == 8000
+    assert trains["train:scratch-2-2"].train.max_updates == 8000
+    assert all(c.train.patience == 5 and c.train.validate_every == 250
+               for c in trains.values())
+    assert trains["train:aiokd"].model.d_model == 256 and not trains["train:aiokd"].model.pre_norm
+    work = plan.Work(tmp_path, p)
+    work.steps(plan.selection(p, None, ["aiokd-runs"], p.students))
+    assert work.runs["aiokd"].students == plan.CANDIDATES  # all 15 scored
+    assert work.runs["aiokd"].compared == ["2-2", "4-2", "6-2", "4-4", "6-6"]
+    assert work.runs["aiokd-no-ml"].students == work.runs["aiokd-no-ml"].compared
+    teachers = [s.key for s in tiny_steps(tmp_path, groups=["aiokd-runs"], preset="small")[1]
+                if s.key == "train:scratch-6-6"]
+    assert not teachers  # the teacher is trained by the other group only
+
+
+def test_seeds_train_runs_of_their_own_from_the_seed_1_teacher(tmp_path):
+    _, steps = tiny_steps(tmp_path, systems=["scratch", "word-kd", "aiokd"], seeds=(1, 2))
+    trains = {s.key: s.args for s in steps if s.key.startswith("train:")}
+    assert "train:aiokd" in trains and "train:scratch-6-6-seed2" in trains
+    assert config_of(trains["train:aiokd-seed2"]).train.seed == 2
+    assert config_of(trains["train:aiokd"]).train.seed == 1
+    word_kd = config_of(trains["train:word-kd-4-2-seed2"])
+    assert word_kd.train.seed == 2
+    assert Path(word_kd.distill.teacher).name == "scratch-6-6"
+    assert [k for k in trains if k.startswith("train:scratch-6-6")] == [
+        "train:scratch-6-6", "train:scratch-6-6-seed2"]
+    keys = list(trains)
+    assert max(keys.index(k) for k in keys if "seed2" not in k) < min(
+        keys.index(k) for k in keys if "seed2" in k)  # seed by seed
+    assert plan.parse_seeds("1,2") == [1, 2]
+    for bad in ("1,1", "x", "-1"):
+        with pytest.raises(SystemExit):
+            plan.parse_seeds(bad)
 
 
 def test_dependencies_come_first_and_groups_are_self_contained(tmp_path):
@@ -123,10 +179,17 @@ def test_quick_benchmark_end_to_end(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     found = json.loads((results / "multi30k-quick.json").read_text())
     assert found["preset"] == "quick" and found["sacrebleu_signature"]["bleu"].startswith("nrefs")
-    assert set(found["systems"]) == set(SYSTEMS)
+    assert set(found["systems"]) == set(SYSTEMS) and found["seeds"] == [1]
+    assert found["students"] == ["2-2", "6-6"]
     for name, system in found["systems"].items():
         assert set(system["bleu"]) == {"2-2", "6-6"}, name
         assert system["cost_minutes"] > 0
+    assert len(found["runs"]["aiokd"]["bleu"]) == 15  # the aiokd evaluation scores all 15
+    assert len(found["systems"]["aiokd"]["bleu_all_students"]) == 15
+    training = found["runs"]["aiokd"]["training"]
+    assert set(training["stages"]) == {"1", "2"} and len(training["best"]["ce"]) == 15
+    assert 0 <= training["stages"]["1"]["detached_fraction"] <= 1
+    assert "detached_fraction" in found["systems"]["aiokd-no-ml"]["training"]
     assert found["systems"]["word-kd"]["cost_minutes_15"] > found["systems"]["word-kd"][
         "cost_minutes"]
     assert all(t["met"] in (True, False) for t in found["targets"].values())
@@ -144,6 +207,17 @@ def test_quick_benchmark_end_to_end(tmp_path):
     assert progress and all(line.endswith("done already") for line in progress)
     assert json.loads((results / "multi30k-quick.json").read_text())["runs"] == found["runs"]
 
+    seeds = run_driver(work, results, "--seeds", "1,2", "--systems", "aiokd")
+    assert seeds.returncode == 0, seeds.stdout + seeds.stderr
+    assert json.loads((work / "runs" / "aiokd-seed2" / "run.json").read_text())["config"][
+        "train"]["seed"] == 2
+    merged = json.loads((results / "multi30k-quick.json").read_text())
+    aiokd = merged["systems"]["aiokd"]
+    assert merged["seeds"] == [1, 2] and aiokd["seeds"] == [1, 2]
+    assert set(aiokd["bleu_by_seed"]) == {"1", "2"} and set(aiokd["spread"]) == {"2-2", "6-6"}
+    assert aiokd["avg_bleu_spread"] is not None and merged["systems"]["scratch"]["seeds"] == [1]
+    assert " ± " in (results / "multi30k-quick.md").read_text()
+
 
 def test_kd_systems_pay_for_their_teacher():
     def record(run, system, student, minutes):
@@ -156,6 +230,115 @@ def test_kd_systems_pay_for_their_teacher():
     assert systems["scratch"]["cost_minutes"] == 12.0
     assert systems["word-kd"]["cost_minutes"] == 32.0
     assert systems["word-kd"]["cost_minutes_15"] == pytest.approx(20.0 * 120 / 12 + 12.0)
+
+
+def _record(run, system, seed, bleu, minutes, training=None):
+    record = {"run": run, "system": system, "seed": seed, "bleu": bleu,
+              "chrf": {s: 50.0 for s in bleu}, "train_minutes": minutes, "updates": 100}
+    if training:
+        record["training"] = training
+    return record
+
+
+def _observed(detached, ce):
+    best = {"update": 250, "ce": ce, "mean": sum(ce.values()) / len(ce),
+            "spread": max(ce.values()) - min(ce.values())}
+    return {"k": 2, "best": best,
+            "stages": {"1": {"detached_fraction": detached, "stopped": "patience", "best": best},
+                       "2": {"detached_fraction": 0.0, "stopped": "max_updates", "best": best}}}
+
+
+def test_seeds_are_averaged_with_their_spread():
+    every = {s: 30.0 for s in plan.CANDIDATES}
+    runs = {
+        "aiokd": _record("aiokd", "aiokd", 1, {**every, "2-2": 30.0, "6-6": 32.0}, 10.0,
+                         _observed(0.5, {"2-2": 3.0, "6-6": 2.5})),
+        "aiokd-seed2": _record("aiokd-seed2", "aiokd", 2, {**every, "2-2": 31.0, "6-6": 31.0},
+                               14.0, _observed(0.25, {"2-2": 3.2, "6-6": 2.9})),
+        "scratch-2-2": _record("scratch-2-2", "scratch", 1, {"2-2": 29.0}, 2.0),
+        "scratch-6-6": _record("scratch-6-6", "scratch", 1, {"6-6": 28.0}, 6.0),
+    }
+    for record in runs.values():
+        if record["system"] == "scratch":
+            record["student"] = next(iter(record["bleu"]))
+    systems = report.summarize(runs, ["2-2", "6-6"], plan.CANDIDATES)
+    aiokd = systems["aiokd"]
+    assert aiokd["seeds"] == [1, 2] and aiokd["bleu"] == {"2-2": 30.5, "6-6": 31.5}
+    assert aiokd["bleu_by_seed"] == {"1": {"2-2": 30.0, "6-6": 32.0},
+                                     "2": {"2-2": 31.0, "6-6": 31.0}}
+    assert aiokd["spread"] == {"2-2": 1.0, "6-6": 1.0}
+    assert aiokd["avg_bleu"] == 31.0 and aiokd["avg_bleu_spread"] == 0.0  # 31.0 both seeds
+    assert aiokd["cost_minutes"] == 12.0 and aiokd["cost_minutes_by_seed"] == {"1": 10.0,
+                                                                               "2": 14.0}
+    assert len(aiokd["bleu_all_students"]) == 15 and "bleu_all_students" not in systems[
+        "scratch"]
+    training = aiokd["training"]
+    assert training["detached_fraction"] == {"1": 0.375, "2": 0.0}
+    assert training["valid_ce"] == {"2-2": 3.1, "6-6": 2.7}
+    assert training["valid_ce_spread"] == pytest.approx(0.4)
+    assert systems["scratch"]["seeds"] == [1] and systems["scratch"]["avg_bleu_spread"] is None
+    results = {"title": "t", "preset": "p", "test_set": "", "device": "", "threads": 1,
+               "seeds": [1, 2], "students": ["2-2", "6-6"], "systems": systems, "teacher": None,
+               "targets": report.targets(systems), "budget": "", "cost_rule": "",
+               "sacrebleu_signature": {}, "driver_commands": [], "runs": {}}
+    text = report.markdown(results)
+    assert "| 30.50 ± 1.00 | 31.50 ± 1.00 | 31.00 ± 0.00 |" in text
+    assert "| 29.00 | 28.00 | 28.50 |" in text  # one seed: no spread
+    assert "## BLEU of every student" in text and "37.5% / 0.0%" in text
+
+
+def write_log(run_dir: Path, entries: list[dict], **config) -> None:
+    run_dir.mkdir(parents=True)
+    (run_dir / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+    (run_dir / "run.json").write_text(json.dumps({"config": config}))
+
+
+def _valid(stage, update, mean, ce):
+    return {"kind": "valid", "stage": stage, "update": update, "mean": mean, **ce}
+
+
+def test_training_log_gives_dgd_the_best_validation_and_the_stop(tmp_path):
+    train = {"kind": "train", "stage": 1, "tokens": 200.0}
+    entries = [
+        {"kind": "precision", "stage": 0, "update": 0, "amp": "none"},
+        {**train, "update": 1, "detached": 2 / 200},  # as the loop logs it: per token
+        {**train, "update": 2, "detached": 0.0},
+        {**train, "update": 2, "detached": 1 / 200},  # logged again after a resume: kept
+        _valid(1, 2, 3.0, {"2-2": 3.2, "6-6": 2.8}),
+        _valid(1, 4, 3.1, {"2-2": 3.3, "6-6": 2.9}),
+        _valid(1, 6, 3.05, {"2-2": 3.2, "6-6": 2.9}),
+        {**train, "stage": 2, "update": 1, "gates": [1.0, 0.0]},
+        _valid(2, 2, 2.9, {"2-2": 3.0, "6-6": 2.8}),
+    ]
+    write_log(tmp_path / "run", entries, distill={"k": 2},
+              train={"patience": 2, "max_updates": 10})
+    found = training_log.observe(tmp_path / "run")
+    stage1, stage2 = found["stages"]["1"], found["stages"]["2"]
+    assert stage1["detached_fraction"] == 0.75 and stage1["logged_updates"] == 2  # 3 of 4
+    assert stage2["detached_fraction"] == 0.5
+    assert stage1["best"]["update"] == 2 and stage1["best"]["spread"] == pytest.approx(0.4)
+    assert stage1["best"]["ce"] == {"2-2": 3.2, "6-6": 2.8}
+    assert stage1["stopped"] == "patience" and stage2["stopped"] == "unfinished"
+    assert found["best"]["mean"] == 2.9 and found["k"] == 2 and set(found["stages"]) == {"1", "2"}
+
+
+@pytest.mark.slow
+def test_learning_curves_of_a_tiny_run(tmp_path, tiny_data_dir):
+    run = tmp_path / "run"
+    done = run_aiokd(*train_argv(tiny_data_dir, run, "train.validate_every=1",
+                                 "train.log_every=1", "train.patience=1"))
+    assert done.returncode == 0, done.stderr
+    assert curves.main(["--runs", str(run), str(run), "--labels", "a", "b", "--out",
+                        str(tmp_path / "curves")]) == 0
+    found = json.loads((tmp_path / "curves.json").read_text())["runs"]
+    assert [r["label"] for r in found] == ["a", "b"]
+    stage1 = found[0]["stages"]["1"]
+    assert set(stage1["valid"]) == {"1", "2"} and "mean" in stage1["valid"]["1"]
+    assert stage1["best_update"] in (1, 2) and found[0]["best"]["stage"] == 2
+    assert isinstance(found[0]["stopped_by_patience"], bool)
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit):
+        curves.main(["--runs", str(tmp_path), "--out", str(tmp_path / "none")])
 
 
 @pytest.fixture(scope="module")

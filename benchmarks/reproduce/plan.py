@@ -6,6 +6,7 @@ Work directory layout (``--out W``)::
                                none with --data DIR, which is used as it is)
     W/data-seqkd/              aiokd distill-data from the from-scratch 6-6 teacher
     W/runs/NAME/               one aiokd train run each: model.safetensors, results.json, ...
+                               (seed s != 1: W/runs/NAME-seedS/, trained with train.seed=S)
     W/logs/STEP.log            output of each step
     W/timings.json             wall seconds of every step, summed over its attempts
 """
@@ -13,7 +14,7 @@ Work directory layout (``--out W``)::
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,20 +23,25 @@ import yaml
 from report import FROM_TEACHER, ORDER, SEPARATE, TEACHER, TEACHER_RUN
 
 from aiokd.config import load_config
-from aiokd.students import CandidateSpace, parse_student, student_name
 from aiokd.errors import UserError
+from aiokd.students import CandidateSpace, parse_student, student_name
 
 HERE = Path(__file__).resolve().parent
 CANDIDATES = [student_name(s) for s in CandidateSpace().candidates]
 """The paper's 15 students in its order."""
 DEFAULT_SYSTEMS = tuple(s for s in ORDER if s != "selective-kd")
+PAPER = ["distill.alpha=5.5", "distill.beta=0.5", "distill.eta=1.1", "distill.k=2",
+         "distill.sandwich=false", "distill.ml_mode=no_weight", "distill.ml_stage=2"]
+"""The paper's AIO-KD settings, named so that ``aiokd-paper`` keeps them if the defaults change."""
 ABLATIONS = {
     "aiokd": [],
+    "aiokd-paper": PAPER,
+    "aiokd-separate": ["distill.reuse_prefix=false"],
     "aiokd-sandwich": ["distill.sandwich=true"],
     "aiokd-sandwich-kd1": ["distill.sandwich=true", "distill.alpha=1.0"],
     "aiokd-no-dgd": ["distill.detach=false"],
     "aiokd-no-ml": ["distill.ml_mode=none"],
-    "aiokd-one-stage": ["train.stages=1"],
+    "aiokd-one-stage": ["train.stages=1", "distill.ml_stage=1"],
     "aiokd-seqkd": [],
 }
 """Overrides of each AIO-KD system."""
@@ -55,6 +61,9 @@ class Preset:
     data: Any
     threads: int | None = None
     groups: dict[str, list[str]] = field(default_factory=dict)
+    all_students: list[str] = field(default_factory=list)
+    """Single-run systems whose evaluation scores all 15 students (the table shows the compared
+    ones; the JSON keeps every score)."""
 
     @property
     def subset(self) -> dict[str, int] | None:
@@ -69,7 +78,8 @@ class Preset:
         extra = f" {' '.join(self.overrides)}" if self.overrides else ""
         return (f"`aiokd train --preset {self.train_preset}{extra}`; "
                 f"U = {u} updates per stage: AIO-KD and its ablations {u} + {u} (two stages), "
-                f"one-stage AIO-KD {2 * u} in its one stage, every separately trained student "
+                f"one-stage AIO-KD {2 * u} in its one stage (mutual learning from the first "
+                f"update), every separately trained student "
                 f"{2 * u} (one stage); validation every {self.validate_every} updates, {stop}; "
                 "the best checkpoint by validation CE is evaluated")
 
@@ -147,6 +157,9 @@ class Run:
     students: list[str]
     path: Path
     results: Path
+    seed: int = 1
+    compared: list[str] = field(default_factory=list)
+    """The students of the comparison (``students`` may hold more: every student scored)."""
 
 
 @dataclass(frozen=True)
@@ -215,10 +228,12 @@ class Work:
         return Step("distill-data", "distill-data (Seq-KD data from scratch-6-6)", args,
                     lambda: (self.seqkd_data / "manifest.json").is_file(), run="aiokd-seqkd")
 
-    def train_steps(self, system: str, students: list[str], student: str | None) -> list[Step]:
-        """Train and evaluate one run of ``system`` (``student``: a separately trained one)."""
+    def train_steps(self, system: str, students: list[str], student: str | None,
+                    seed: int = 1) -> list[Step]:
+        """Train and evaluate one run of ``system`` (``student``: a separately trained one) with
+        ``train.seed=seed``; seed 1 is the run's plain name, another ``NAME-seedS``."""
         p = self.preset
-        name = f"{system}-{student}" if student else system
+        name = run_name(f"{system}-{student}" if student else system, seed)
         path = self.run_dir(name)
         two_stages = system not in SEPARATE and system != "aiokd-one-stage"
         updates = p.updates_per_stage if two_stages else 2 * p.updates_per_stage
@@ -231,9 +246,12 @@ class Work:
                 args += ["--teacher", str(self.run_dir(TEACHER_RUN))]
         args += [f"train.validate_every={p.validate_every}", f"train.patience={p.patience}",
                  *p.overrides, *ABLATIONS.get(system, [])]
-        evaluated = [student] if student else students
+        if seed != 1:
+            args.append(f"train.seed={seed}")
+        compared = [student] if student else students
+        evaluated = CANDIDATES if system in p.all_students and not student else compared
         results = self.test.results_file(path)
-        self.runs[name] = Run(name, system, evaluated, path, results)
+        self.runs[name] = Run(name, system, evaluated, path, results, seed, compared)
         evaluate = ["evaluate", "--model", str(path), *self.test_args(), "--students",
                     ",".join(evaluated), "--beam", "5", "--no-latency", "--out", str(results)]
         return [Step(f"train:{name}", f"train {name}", args,
@@ -241,23 +259,43 @@ class Work:
                 Step(f"evaluate:{name}", f"evaluate {name}", evaluate,
                      lambda: evaluated_all(results, evaluated), run=name)]
 
-    def steps(self, chosen: list[tuple[str, list[str]]]) -> list[Step]:
-        """Every step of ``chosen``, dependencies first, each once."""
+    def steps(self, chosen: list[tuple[str, list[str]]],
+              seeds: Sequence[int] = (1,)) -> list[Step]:
+        """Every step of ``chosen`` for each of ``seeds`` (seed by seed), dependencies first,
+        each once.  The teacher of the KD systems is the seed-1 from-scratch 6-6 for every
+        seed."""
         steps = self.prepare()
-        for system, students in sorted(chosen, key=lambda item: ORDER.index(item[0])):
-            if system in FROM_TEACHER:
-                steps += self.train_steps("scratch", students, TEACHER)
-            if system == "aiokd-seqkd":
-                steps.append(self.distill())
-            if system in SEPARATE:
-                for student in students:
-                    steps += self.train_steps(system, students, student)
-            else:
-                steps += self.train_steps(system, students, None)
+        for seed in seeds:
+            for system, students in sorted(chosen, key=lambda item: ORDER.index(item[0])):
+                if system in FROM_TEACHER:
+                    steps += self.train_steps("scratch", students, TEACHER)
+                if system == "aiokd-seqkd":
+                    steps.append(self.distill())
+                if system in SEPARATE:
+                    for student in students:
+                        steps += self.train_steps(system, students, student, seed)
+                else:
+                    steps += self.train_steps(system, students, None, seed)
         unique: dict[str, Step] = {}
         for step in steps:
             unique.setdefault(step.key, step)
         return list(unique.values())
+
+
+def run_name(name: str, seed: int) -> str:
+    """The run directory's name of ``name`` trained with ``train.seed=seed``."""
+    return name if seed == 1 else f"{name}-seed{seed}"
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"1,2"`` -> ``[1, 2]`` (checked: distinct whole numbers >= 0)."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise SystemExit(f"run.py: --seeds {text}: expected distinct whole numbers, e.g. 1,2")
+    return seeds
 
 
 def evaluated_all(path: Path, students: list[str]) -> bool:

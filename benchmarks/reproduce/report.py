@@ -3,13 +3,19 @@ and the Markdown report.
 
 A *run record* describes one finished ``aiokd train`` run and its ``aiokd evaluate`` results::
 
-    {"run": "scratch-4-2", "system": "scratch", "student": "4-2", "bleu": {"4-2": 31.2},
-     "chrf": {"4-2": 55.0}, "train_minutes": 12.5, "extra_minutes": 0.0, "updates": 1800,
+    {"run": "scratch-4-2-seed2", "system": "scratch", "student": "4-2", "seed": 2,
+     "bleu": {"4-2": 31.2}, "chrf": {"4-2": 55.0}, "compared": ["4-2"],
+     "train_minutes": 12.5, "extra_minutes": 0.0, "updates": 1800,
      "device": "...", "signatures": {"bleu": "...", "chrf": "..."}, "test_set": "...",
-     "commands": ["aiokd ..."], "code": ["<git commit>"]}
+     "commands": ["aiokd ..."], "code": ["<git commit>"], "training": {...}}
 
-Everything else (averages, costs, targets) is computed here from the records, so results written
-by separate invocations of the driver (``--group``) merge by taking the union of their records.
+``bleu`` and ``chrf`` hold every student the run's evaluation scored, ``compared`` those of the
+comparison (absent: all of them); ``training`` (AIO-KD runs) is
+:func:`training_log.observe` of its run directory; ``seed`` absent means 1.
+
+Everything else (averages over seeds and students, spreads, costs, targets) is computed here from
+the records, so results written by separate invocations of the driver (``--group``, ``--seeds``)
+merge by taking the union of their records.
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ SEPARATE = ("scratch", "word-kd", "selective-kd")
 """Systems that train one model per student."""
 FROM_TEACHER = ("word-kd", "selective-kd", "aiokd-seqkd")
 """Systems that need the from-scratch 6-6 teacher; its cost is part of theirs."""
-ORDER = ("scratch", "word-kd", "selective-kd", "aiokd", "aiokd-sandwich", "aiokd-sandwich-kd1",
-         "aiokd-no-dgd", "aiokd-no-ml", "aiokd-one-stage", "aiokd-seqkd")
+ORDER = ("scratch", "word-kd", "selective-kd", "aiokd", "aiokd-paper", "aiokd-separate",
+         "aiokd-sandwich", "aiokd-sandwich-kd1", "aiokd-no-dgd", "aiokd-no-ml", "aiokd-one-stage",
+         "aiokd-seqkd")
 OPTIONS = ("aiokd-sandwich", "aiokd-sandwich-kd1")
 """AIO-KD with options that are not the paper's (its behaviour stays the default)."""
 TEACHER = "6-6"
@@ -32,11 +39,13 @@ LABELS = {
     "word-kd": "separate students, Word-KD",
     "selective-kd": "separate students, Selective-KD",
     "aiokd": "AIO-KD (one run)",
+    "aiokd-paper": "AIO-KD, the paper's settings",
+    "aiokd-separate": "AIO-KD, a separate pass per student",
     "aiokd-sandwich": "AIO-KD + sandwich sampling",
     "aiokd-sandwich-kd1": "AIO-KD + sandwich sampling, KD weight 1",
     "aiokd-no-dgd": "AIO-KD without DGD",
     "aiokd-no-ml": "AIO-KD without mutual learning",
-    "aiokd-one-stage": "AIO-KD, one stage (2U updates)",
+    "aiokd-one-stage": "AIO-KD, one stage (2U updates, ML throughout)",
     "aiokd-seqkd": "AIO-KD on Seq-KD data",
 }
 
@@ -72,9 +81,61 @@ def _average(values: dict[str, float], students: list[str]) -> float | None:
     return round(mean(chosen), 2) if chosen else None
 
 
+def _seeds(records: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    """``records`` by seed."""
+    found: dict[int, list[dict[str, Any]]] = {}
+    for record in records:
+        found.setdefault(record.get("seed", 1), []).append(record)
+    return dict(sorted(found.items()))
+
+
+def _scores(records: list[dict[str, Any]], metric: str) -> dict[str, float]:
+    return {s: value for r in records for s, value in r[metric].items()}
+
+
+def _over_seeds(by_seed: dict[int, dict[str, float]], students: list[str]) -> dict[str, Any]:
+    """Per student the mean over the seeds that have it and its spread (max - min; 0 with one
+    seed); the average over ``students`` of each seed and, over the seeds that have all the
+    students of the mean, its spread (None with fewer than two)."""
+    have = {s: [scores[s] for scores in by_seed.values() if s in scores] for s in students}
+    means = {s: round(mean(v), 2) for s, v in have.items() if v}
+    complete = [scores for scores in by_seed.values() if set(means) <= set(scores)]
+    averages = [mean(scores[s] for s in means) for scores in complete] if means else []
+    return {"mean": means, "spread": {s: round(max(v) - min(v), 2) for s, v in have.items() if v},
+            "avg_by_seed": {str(seed): _average(scores, students)
+                            for seed, scores in by_seed.items()},
+            "avg_spread": round(max(averages) - min(averages), 2) if len(averages) > 1 else None}
+
+
+def _training(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Over the runs (seeds) of an AIO-KD system: the mean detached fraction of KD terms per
+    stage, and at the best validation of the last stage the mean CE of every student, of all
+    students, and of the spread across students; why each stage of each run stopped."""
+    seen = [r for r in records if r.get("training", {}).get("best")]
+    if not seen:
+        return None
+    fractions: dict[str, list[float]] = {}
+    for r in seen:
+        for stage, found in r["training"]["stages"].items():
+            if found.get("detached_fraction") is not None:
+                fractions.setdefault(stage, []).append(found["detached_fraction"])
+    bests = [r["training"]["best"] for r in seen]
+    students = [s for s in bests[0]["ce"] if all(s in b["ce"] for b in bests)]
+    return {
+        "detached_fraction": {stage: round(mean(v), 4) for stage, v in fractions.items()},
+        "valid_ce": {s: round(mean(b["ce"][s] for b in bests), 4) for s in students},
+        "valid_ce_mean": round(mean(b["mean"] for b in bests), 4),
+        "valid_ce_spread": round(mean(b["spread"] for b in bests), 4),
+        "stopped": {r["run"]: {stage: found["stopped"] for stage, found
+                               in r["training"]["stages"].items()} for r in seen},
+    }
+
+
 def summarize(runs: dict[str, dict[str, Any]], students: list[str],
               candidates: list[str]) -> dict[str, dict[str, Any]]:
-    """Per system: BLEU and chrF per student, averages over ``students``, updates and cost."""
+    """Per system: BLEU and chrF per student (the mean over its seeds), BLEU per seed and its
+    spread, averages over ``students``, and updates and cost (each the mean over seeds of the
+    seed's sum over its runs); AIO-KD systems: what their training logs say."""
     teacher = runs.get(TEACHER_RUN)
     teacher_minutes = teacher["train_minutes"] if teacher else None
     systems: dict[str, dict[str, Any]] = {}
@@ -82,21 +143,38 @@ def summarize(runs: dict[str, dict[str, Any]], students: list[str],
         mine = [r for r in runs.values() if r["system"] == system]
         if not mine:
             continue
-        bleu = {s: r["bleu"][s] for s in students for r in mine if s in r["bleu"]}
-        chrf = {s: r["chrf"][s] for s in students for r in mine if s in r["chrf"]}
-        own = sum(r["train_minutes"] + r.get("extra_minutes", 0.0) for r in mine)
-        entry = {"bleu": bleu, "chrf": chrf, "avg_bleu": _average(bleu, students),
-                 "avg_chrf": _average(chrf, students), "students": len(bleu),
-                 "updates": sum(r["updates"] for r in mine), "runs": sorted(r["run"] for r in mine)}
+        by_seed = _seeds(mine)
+        bleu = _over_seeds({seed: _scores(rs, "bleu") for seed, rs in by_seed.items()}, students)
+        chrf = _over_seeds({seed: _scores(rs, "chrf") for seed, rs in by_seed.items()}, students)
+        entry = {"seeds": list(by_seed), "bleu": bleu["mean"], "chrf": chrf["mean"],
+                 "avg_bleu": _average(bleu["mean"], students),
+                 "avg_chrf": _average(chrf["mean"], students),
+                 "bleu_by_seed": {str(seed): {s: v for s, v in _scores(rs, "bleu").items()
+                                              if s in students} for seed, rs in by_seed.items()},
+                 "spread": bleu["spread"], "avg_bleu_by_seed": bleu["avg_by_seed"],
+                 "avg_bleu_spread": bleu["avg_spread"], "students": len(bleu["mean"]),
+                 "updates": round(mean(sum(r["updates"] for r in rs)
+                                       for rs in by_seed.values())),
+                 "runs": sorted(r["run"] for r in mine)}
+        scored = _over_seeds({seed: _scores(rs, "bleu") for seed, rs in by_seed.items()},
+                             candidates)["mean"]
+        if set(scored) - set(students):
+            entry["bleu_all_students"] = scored
         needs_teacher = system in FROM_TEACHER
         extra = teacher_minutes if needs_teacher and teacher_minutes is not None else 0.0
-        entry["cost_minutes"] = round(own + extra, 2)
+        costs = {seed: sum(r["train_minutes"] + r.get("extra_minutes", 0.0) for r in rs) + extra
+                 for seed, rs in by_seed.items()}
+        entry["cost_minutes"] = round(mean(costs.values()), 2)
+        entry["cost_minutes_by_seed"] = {str(seed): round(c, 2) for seed, c in costs.items()}
         entry["cost_includes_teacher"] = needs_teacher and teacher_minutes is not None
         if system in SEPARATE:
-            per_student = {r["student"]: r["train_minutes"] for r in mine}
-            fifteen = extrapolate_15(per_student, candidates)
-            entry["cost_minutes_15"] = round(fifteen + extra, 2)
-            entry["trained_students"] = len(per_student)
+            fifteen = [extrapolate_15({r["student"]: r["train_minutes"] for r in rs}, candidates)
+                       for rs in by_seed.values()]
+            entry["cost_minutes_15"] = round(mean(fifteen) + extra, 2)
+            entry["trained_students"] = len({r["student"] for r in mine})
+        training = _training(mine)
+        if training:
+            entry["training"] = training
         systems[system] = entry
     return systems
 
@@ -186,21 +264,79 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
+def _score(entry: dict[str, Any], metric: str, student: str) -> str:
+    """A student's score; BLEU of a student with more than one seed: mean ± spread."""
+    value = entry[metric].get(student)
+    seeds = sum(student in scores for scores in entry.get(f"{metric}_by_seed", {}).values())
+    if value is None or seeds < 2:
+        return _cell(value)
+    return f"{value:.2f} ± {entry['spread'][student]:.2f}"
+
+
+def _average_cell(entry: dict[str, Any], metric: str) -> str:
+    spread = entry.get(f"avg_{metric}_spread")
+    value = _cell(entry[f"avg_{metric}"])
+    return value if spread is None else f"{value} ± {spread:.2f}"
+
+
 def _score_table(results: dict[str, Any], metric: str) -> str:
     students = results["students"]
-    header = ["system", *students, "avg", "updates", "cost (device-min)", "cost for 15 (+teacher)"]
+    header = ["system", "seeds", *students, "avg", "updates", "cost (device-min)",
+              "cost for 15 (+teacher)"]
     rows = []
     for name, entry in results["systems"].items():
-        scores = entry[metric]
-        rows.append([f"{LABELS[name]} (`{name}`)", *(_cell(scores.get(s)) for s in students),
-                     _cell(entry[f"avg_{metric}"]), str(entry["updates"]),
-                     _cell(entry["cost_minutes"], 1), _cell(entry.get("cost_minutes_15"), 1)])
+        seeds = ", ".join(map(str, entry.get("seeds", [1])))
+        rows.append([f"{LABELS[name]} (`{name}`)", seeds,
+                     *(_score(entry, metric, s) for s in students), _average_cell(entry, metric),
+                     str(entry["updates"]), _cell(entry["cost_minutes"], 1),
+                     _cell(entry.get("cost_minutes_15"), 1)])
     teacher = results.get("teacher")
     if teacher:
-        rows.append(["teacher: from-scratch 6-6 (`scratch-6-6`)",
+        rows.append(["teacher: from-scratch 6-6 (`scratch-6-6`)", "1",
                      *(_cell(teacher[metric]) if s == TEACHER else "" for s in students), "",
                      str(teacher["updates"]), _cell(teacher["cost_minutes"], 1), ""])
     return _table(header, rows)
+
+
+def _all_students_table(results: dict[str, Any]) -> str:
+    """BLEU of every student of the systems whose evaluation scored more than the compared
+    ones (mean over seeds); empty if none did."""
+    scored = {name: entry["bleu_all_students"] for name, entry in results["systems"].items()
+              if "bleu_all_students" in entry}
+    if not scored:
+        return ""
+    students = list(next(iter(scored.values())))
+    rows = [[f"`{name}`", *(_cell(bleu.get(s)) for s in students),
+             _cell(sum(bleu.values()) / len(bleu))] for name, bleu in scored.items()]
+    return ("\n\n## BLEU of every student\n\n" + _table(["system", *students, "avg"], rows))
+
+
+def _training_table(results: dict[str, Any]) -> str:
+    """What the AIO-KD runs' training logs say (empty if no record has it)."""
+    rows = []
+    for name, entry in results["systems"].items():
+        found = entry.get("training")
+        if not found:
+            continue
+        fractions = " / ".join(f"{100 * f:.1f}%" for _, f in
+                               sorted(found["detached_fraction"].items())) or "-"
+        ce = found["valid_ce"]
+        low, high = min(ce, key=ce.get), max(ce, key=ce.get)
+        stopped = sorted({f"stage {stage}: {why}" for stages in found["stopped"].values()
+                          for stage, why in stages.items()})
+        rows.append([f"`{name}`", ", ".join(map(str, entry.get("seeds", [1]))), fractions,
+                     _cell(found["valid_ce_mean"], 3), _cell(found["valid_ce_spread"], 3),
+                     f"{low} {ce[low]:.3f} / {high} {ce[high]:.3f}", "; ".join(stopped)])
+    if not rows:
+        return ""
+    header = ["system", "seeds", "KD terms detached (stage 1 / 2)", "valid CE, mean",
+              "spread across students", "lowest / highest student", "stopped by"]
+    return ("\n\n## Training\n\nFrom each run's `log.jsonl` (mean over seeds): the share of "
+            "KD terms whose teacher side DGD detached, over the logged updates of each stage (K "
+            "per update); at the best validation of the last stage (the evaluated checkpoint), "
+            "the validation CE (nats/token) averaged over the students, the spread across "
+            "students (highest - lowest CE), the lowest and highest student; why each stage "
+            "stopped.\n\n" + _table(header, rows))
 
 
 def _targets_table(found: dict[str, dict[str, Any]]) -> str:
@@ -238,7 +374,10 @@ def markdown(results: dict[str, Any]) -> str:
 
 - Test set: {results['test_set']}; beam 5; sacreBLEU BLEU and chrF.
 - Device: {results['device']}; threads: {results['threads'] or 'default'}.
-- Preset `{results['preset']}`, seed {results['seed']}.
+- Preset `{results['preset']}`; seeds {', '.join(map(str, results['seeds']))}.
+- A system's score is the mean over its seeds, shown ± the spread (max - min) where it has more
+  than one seed; its updates and cost are means over its seeds. The KD systems of every seed
+  learn from the seed-1 from-scratch 6-6 teacher.
 - Students in the paper's order; `avg` is the mean over the students shown.
 
 ## BLEU
@@ -247,7 +386,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 ## chrF
 
-{_score_table(results, 'chrf')}
+{_score_table(results, 'chrf')}{_all_students_table(results)}{_training_table(results)}
 
 ## Targets
 

@@ -42,9 +42,11 @@ from plan import (
     Work,
     evaluated_all,
     load_preset,
+    parse_seeds,
     selection,
     sort_students,
 )
+from training_log import observe
 
 from aiokd.data.prepare import MULTI30K_DIR
 from aiokd.io import atomic_write_bytes, atomic_write_json
@@ -57,7 +59,9 @@ COST_RULE = (
     "`aiokd distill-data`. cost_minutes_15 (separate students): the trained students' measured "
     "minutes, plus for each of the 15 students not trained the least-squares line of measured "
     "minutes against l_e + l_d (one measured student: its minutes scaled by l_e + l_d), plus the "
-    "teacher for the KD systems."
+    "teacher for the KD systems. With several seeds, a system's cost (and its cost for 15) is "
+    "the mean over its seeds of each seed's cost; every seed's KD systems add the one seed-1 "
+    "teacher."
 )
 
 
@@ -73,6 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--group", action="append", default=[],
                    help="run only this group of the preset, or one system (repeatable)")
     p.add_argument("--max-updates", type=int, help="U, updates per stage (default: preset's)")
+    p.add_argument("--seeds", default="1", help="comma-separated train.seed values, e.g. 1,2 "
+                   "(default: 1); seed S != 1 trains runs NAME-seedS; the KD systems of every "
+                   "seed learn from the seed-1 teacher")
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS of every step "
                    "(default: the preset's)")
     p.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"),
@@ -241,9 +248,10 @@ def run_record(run: Run, steps: list[Step], timings: Timings,
     results = json.loads(path.read_text())
     entries = {entry["student"]: entry for entry in results["students"]}
     record = {
-        "run": run.name, "system": run.system,
+        "run": run.name, "system": run.system, "seed": run.seed,
         "bleu": {s: entries[s]["bleu"] for s in run.students},
         "chrf": {s: entries[s]["chrf"] for s in run.students},
+        "compared": run.compared,
         "train_minutes": timings.minutes(f"train:{run.name}"),
         "extra_minutes": timings.minutes("distill-data") if run.system == "aiokd-seqkd" else 0.0,
         "evaluate_minutes": timings.minutes(f"evaluate:{run.name}"),
@@ -255,6 +263,8 @@ def run_record(run: Run, steps: list[Step], timings: Timings,
     }
     if run.system in report.SEPARATE:
         record["student"] = run.students[0]
+    else:
+        record["training"] = observe(run.path)
     return record
 
 
@@ -270,10 +280,10 @@ def languages(work: Work) -> tuple[str, str]:
 def build_results(preset: Preset, runs: dict[str, dict[str, Any]], drivers: list[str],
                   name: str, work: Work) -> dict[str, Any]:
     """The results file: systems, teacher, targets and how they were obtained."""
-    students = [s for s in CANDIDATES if any(s in r["bleu"] for r in runs.values())]
+    students = [s for s in CANDIDATES
+                if any(s in r.get("compared", r["bleu"]) for r in runs.values())]
     systems = report.summarize(runs, students, CANDIDATES)
     teacher = runs.get(report.TEACHER_RUN)
-    seeds = [o.split("=", 1)[1] for o in preset.overrides if o.startswith("train.seed=")]
     signatures = sorted({json.dumps(r["signatures"], sort_keys=True) for r in runs.values()})
     src, tgt = languages(work)
     return {
@@ -283,7 +293,7 @@ def build_results(preset: Preset, runs: dict[str, dict[str, Any]], drivers: list
         "device": "; ".join(sorted({r["device"] for r in runs.values()})),
         "test_set": "; ".join(sorted({r["test_set"] for r in runs.values()})),
         "sacrebleu_signature": json.loads(signatures[-1]) if signatures else {},
-        "seed": int(seeds[-1]) if seeds else 1, "threads": preset.threads,
+        "seeds": sorted({r.get("seed", 1) for r in runs.values()}), "threads": preset.threads,
         "budget": preset.budget(),
         "cost_rule": COST_RULE, "students": students, "systems": systems,
         "teacher": teacher and {"bleu": teacher["bleu"][report.TEACHER],
@@ -331,9 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     students = args.students.split(",") if args.students else preset.students
     chosen = selection(preset, args.systems and args.systems.split(","), args.group,
                        sort_students(students))
+    seeds = parse_seeds(args.seeds)
     data, test, name = data_and_test(args)
     work = Work(Path(args.out), preset, data, test)
-    steps = work.steps(chosen)
+    steps = work.steps(chosen, seeds)
     work.root.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(work.root / ".gitignore", b"*\n")
     timings = Timings(work.root / "timings.json")

@@ -1,0 +1,117 @@
+"""Learning curves of ``aiokd train`` runs: the validation CE of every student and of their mean,
+update by update, from each run directory's ``log.jsonl``.
+
+    python benchmarks/reproduce/curves.py --runs W/runs/aiokd W/runs/aiokd-seed2 \\
+        --labels "AIO-KD seed 1" "AIO-KD seed 2" --out benchmarks/results/curves-small
+
+writes ``PREFIX.json`` (per run and stage: update -> CE of each student and ``mean``, the best
+validation, and why the stage stopped: ``patience``, ``max_updates`` or ``unfinished``) and
+``PREFIX.png`` (mean validation CE against the update, one line per run, each stage's best
+marked; a second stage continues the first's updates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from training_log import (
+    best_validation,
+    read_entries,
+    run_config,
+    stage_numbers,
+    validations,
+    why_stopped,
+)
+
+from aiokd.io import atomic_write_json
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", nargs="+", required=True, help="run directories of `aiokd train`")
+    p.add_argument("--labels", nargs="+", help="a label per run (default: the directory names)")
+    p.add_argument("--out", required=True, help="PREFIX of PREFIX.json and PREFIX.png")
+    args = p.parse_args(argv)
+    if args.labels and len(args.labels) != len(args.runs):
+        p.error(f"{len(args.labels)} labels for {len(args.runs)} runs")
+    return args
+
+
+def curve(run_dir: Path, label: str) -> dict[str, Any]:
+    """One run's curves by stage, its best validation (of the last stage: the evaluated
+    checkpoint) and whether patience stopped its last stage."""
+    train = run_config(run_dir).get("train", {})
+    entries = read_entries(run_dir)
+    if not any(e["kind"] == "valid" for e in entries):
+        raise SystemExit(f"curves.py: {run_dir}: no validation in its log.jsonl")
+    stages = {}
+    for stage in stage_numbers(entries):
+        points = validations(entries, stage)
+        if not points:
+            continue
+        best = best_validation(points)
+        stages[str(stage)] = {
+            "valid": {str(p["update"]): {**p["ce"], "mean": p["mean"]} for p in points},
+            "best_update": best["update"], "best_mean": best["mean"],
+            "stopped": why_stopped(points, train.get("patience", 0),
+                                   train.get("max_updates", 0)),
+        }
+    last = stages[max(stages, key=int)]
+    return {"label": label, "run": str(run_dir), "stages": stages,
+            "best": {"stage": int(max(stages, key=int)), "update": last["best_update"],
+                     "mean": last["best_mean"]},
+            "stopped_by_patience": last["stopped"] == "patience"}
+
+
+def plot(curves: list[dict[str, Any]], path: Path) -> None:
+    """Mean validation CE against the update (stages one after the other), best points
+    marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for found in curves:
+        xs, ys, best_x, best_y, offset = [], [], [], [], 0
+        for stage in sorted(found["stages"], key=int):
+            points = found["stages"][stage]
+            updates = sorted(map(int, points["valid"]))
+            xs += [offset + u for u in updates]
+            ys += [points["valid"][str(u)]["mean"] for u in updates]
+            best_x.append(offset + points["best_update"])
+            best_y.append(points["best_mean"])
+            offset += updates[-1]
+        line, = axes.plot(xs, ys, label=found["label"])
+        axes.scatter(best_x, best_y, color=line.get_color(), marker="*", s=120, zorder=3)
+    axes.set_xlabel("update (stage 2 continues stage 1)")
+    axes.set_ylabel("validation CE, mean over students (nats/token)")
+    axes.set_title("Validation CE (* best of each stage)")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    runs = [Path(run) for run in args.runs]
+    labels = args.labels or [run.name for run in runs]
+    for run in runs:
+        if not (run / "log.jsonl").is_file():
+            raise SystemExit(f"curves.py: {run}: no log.jsonl (not an `aiokd train` run)")
+    curves = [curve(run, label) for run, label in zip(runs, labels, strict=True)]
+    out = Path(args.out)
+    atomic_write_json(out.with_name(out.name + ".json"), {"runs": curves})
+    plot(curves, out.with_name(out.name + ".png"))
+    print(f"wrote {out}.json and {out}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
