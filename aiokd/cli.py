@@ -2,6 +2,7 @@
 
     prepare -> train -> evaluate -> select -> extract / export -> translate
                                    distill-data (sequence-level KD training data)
+    import (a Marian / OPUS-MT model to start from), score (log-probabilities of translations)
 
 Each verb parses its options here and calls one typed function of the module that owns the step,
 the same function that Python code calls; heavy modules are imported only when their verb runs.
@@ -28,7 +29,7 @@ def _prepare(args: argparse.Namespace) -> int:
     prepare_data(args.out, args.recipe, train=args.train, valid=args.valid, tests=args.test,
                  raw_dir=args.raw_dir, src_lang=args.src_lang, tgt_lang=args.tgt_lang,
                  vocab_size=args.vocab_size, max_len=args.max_len, max_ratio=args.max_ratio,
-                 force=args.force)
+                 force=args.force, tokenizer=args.tokenizer)
     return 0
 
 
@@ -37,7 +38,24 @@ def _train(args: argparse.Namespace) -> int:
 
     train(args.data, args.out, preset=args.preset, config_file=args.config,
           overrides=args.overrides, max_updates=args.max_updates, stage=args.stage,
-          method=args.method, student=args.student, teacher=args.teacher)
+          method=args.method, student=args.student, teacher=args.teacher,
+          init_from=args.init_from)
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from aiokd.formats.marian import import_marian
+
+    import_marian(args.directory, args.out)
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from aiokd.inference.score import score_files
+
+    score_files(args.model, args.src, args.tgt, output_file=args.output, student=args.student,
+                json_lines=args.json, dtype=args.dtype, max_tokens=args.max_tokens,
+                threads=args.threads)
     return 0
 
 
@@ -123,6 +141,9 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
                    help="drop training pairs with more tokens than this on either side")
     p.add_argument("--max-ratio", type=float, default=None,
                    help="drop training pairs whose length ratio exceeds this")
+    p.add_argument("--tokenizer", metavar="MODEL",
+                   help="encode with the tokenizer of this aiokd model directory (e.g. one made "
+                   "by `aiokd import`) instead of training a SentencePiece model")
     p.add_argument("--force", action="store_true", help="overwrite an existing data directory")
     p.set_defaults(run=_prepare)
 
@@ -146,6 +167,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    default=None, help="AIO-KD (default) or a single-student baseline")
     p.add_argument("--student", help="baselines: the student l_e-l_d to train, e.g. 4-2")
     p.add_argument("--teacher", help="word-kd / selective-kd: teacher run directory or checkpoint")
+    p.add_argument("--init-from", metavar="MODEL",
+                   help="start from this model's network and weights (model directory, e.g. "
+                   "from `aiokd import`, run directory or checkpoint); model.* options may only "
+                   "set the dropout rates")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(run=_train)
 
@@ -205,6 +230,35 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_evaluate)
 
 
+def _add_import(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import", help="a Hugging Face Marian (OPUS-MT) model -> an aiokd model",
+                       description="Read a local Marian directory (config.json, "
+                       "model.safetensors, source.spm, target.spm, vocab.json) into a new aiokd "
+                       "model directory: the teacher is the whole model, its prefixes students.")
+    p.add_argument("directory", metavar="DIR", help="the Marian model directory")
+    p.add_argument("--out", required=True, help="the aiokd model directory to write (new)")
+    p.set_defaults(run=_import)
+
+
+def _add_score(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("score", help="log-probability of given translations under a student",
+                       description="One line per pair: the total natural-log probability of "
+                       "the target (every target token and the end of sentence), a tab, its "
+                       "token count; --json writes {\"log_prob\": ..., \"tokens\": ...} "
+                       "per line.")
+    p.add_argument("--model", required=True, help="run directory, checkpoint or model directory")
+    p.add_argument("--student", default=None, help="l_e-l_d (default: the full model)")
+    p.add_argument("--src", required=True, help="source file, one sentence per line")
+    p.add_argument("--tgt", required=True, help="target file, one translation per source line")
+    p.add_argument("-o", "--output", default="-", help="output file (default: stdout)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="precision of the model (default: float32; the sums are float64)")
+    _add_threads(p)
+    p.set_defaults(run=_score)
+
+
 def _add_select(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("select", help="pick the best student that meets a device budget")
     p.add_argument("--results", required=True, help="results.json from `aiokd evaluate`")
@@ -224,12 +278,15 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export one student for deployment (CTranslate2)")
+    p = sub.add_parser("export",
+                       help="export one student for deployment (CTranslate2, Hugging Face)")
     p.add_argument("--model", required=True)
     p.add_argument("--student", default=None)
-    p.add_argument("--format", choices=["ctranslate2"], default="ctranslate2")
+    p.add_argument("--format", choices=["ctranslate2", "hf"], default="ctranslate2",
+                   help="ctranslate2, or hf: a Marian directory for transformers' MarianMTModel "
+                   "(post-norm models with model.positions=marian)")
     p.add_argument("--quantization", choices=["none", "int8", "int8_float32", "float16"],
-                   default="none")
+                   default="none", help="ctranslate2 only")
     p.add_argument("--out", required=True)
     p.set_defaults(run=_export)
 
@@ -255,8 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="All-In-One Knowledge Distillation for NMT: one run, every depth student.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_prepare, _add_train, _add_translate, _add_evaluate, _add_select,
-                _add_extract, _add_export, _add_distill_data):
+    for add in (_add_import, _add_prepare, _add_train, _add_translate, _add_score, _add_evaluate,
+                _add_select, _add_extract, _add_export, _add_distill_data):
         add(sub)
     return parser
 

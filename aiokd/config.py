@@ -346,12 +346,16 @@ def load_config(
     config_file: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     extra: dict[str, dict[str, Any]] | None = None,
+    model: dict[str, Any] | None = None,
 ) -> Config:
-    """Preset, then YAML file, then ``extra`` (CLI flags), then ``key=value`` overrides."""
+    """Preset, then YAML file, then ``extra`` (CLI flags), then ``key=value`` overrides;
+    ``model``: the model section to start from instead of the preset's (``--init-from``)."""
     if preset not in PRESETS:
         raise UserError(f"option --preset: unknown preset {preset!r}; "
                         f"known: {', '.join(PRESETS)}")
     values = _merge({}, PRESETS[preset])
+    if model is not None:
+        values["model"] = dict(model)
     if config_file is not None:
         path = Path(config_file)
         try:

@@ -1,5 +1,7 @@
 """Marian (OPUS-MT) models: import, scoring, decoding and export against Hugging Face's
-``MarianMTModel`` on a tiny randomly initialised model built here (nothing is downloaded)."""
+``MarianMTModel`` on a tiny randomly initialised model (:mod:`tests.marian_model`; nothing is
+downloaded), from Python and through the command line (``aiokd import``, ``aiokd score``,
+``aiokd export --format hf``)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ import json
 import shutil
 
 import pytest
-import sentencepiece as spm
 import torch
 from safetensors.torch import load_file
 
@@ -27,77 +28,22 @@ from aiokd.model.checkpoint import (
 )
 from aiokd.model.transformer import Transformer
 from aiokd.students import CandidateSpace
-from tests.conftest import make_corpus
+from tests.conftest import assert_refused, make_corpus, run_cli
+from tests.marian_model import assert_close_scores, hf_log_probs, make_marian_dir
 
 transformers = pytest.importorskip("transformers")
 
 SOURCES, TARGETS = make_corpus(12, seed=41)
 
 
-def _train_spm(lines: list[str], prefix) -> None:
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(prefix),
-                                   vocab_size=60, character_coverage=1.0, minloglevel=2,
-                                   pad_id=-1, unk_id=0, bos_id=-1, eos_id=1)
-
-
 @pytest.fixture(scope="module")
 def marian_dir(tmp_path_factory):
-    """A Marian directory: 4 encoder and 3 decoder layers, d_model 16, swish, a random
-    final_logits_bias, separate source and target SentencePiece models, one vocab.json."""
-    root = tmp_path_factory.mktemp("marian")
-    src, tgt = make_corpus(300, seed=40)
-    _train_spm(src, root / "source")
-    _train_spm(tgt, root / "target")
-    out = root / "opus-mt-de-en"
-    out.mkdir()
-    pieces = []
-    for side in ("source", "target"):
-        processor = spm.SentencePieceProcessor(model_file=str(root / f"{side}.model"))
-        pieces += [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
-        shutil.copy(root / f"{side}.model", out / f"{side}.spm")
-    ordered = ["</s>", "<unk>"] + sorted(set(pieces) - {"</s>", "<unk>"}) + ["<pad>"]
-    vocab = {piece: i for i, piece in enumerate(ordered)}
-    (out / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (out / "tokenizer_config.json").write_text(json.dumps(
-        {"source_lang": "de", "target_lang": "en", "separate_vocabs": False}), encoding="utf-8")
-    pad = len(vocab) - 1
-    cfg = transformers.MarianConfig(
-        vocab_size=len(vocab), d_model=16, encoder_layers=4, decoder_layers=3,
-        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
-        decoder_ffn_dim=32, max_position_embeddings=64, pad_token_id=pad, eos_token_id=0,
-        decoder_start_token_id=pad, forced_eos_token_id=0, scale_embedding=True,
-        activation_function="swish", dropout=0.0, init_std=0.3)
-    torch.manual_seed(0)
-    model = transformers.MarianMTModel(cfg)
-    with torch.no_grad():
-        model.final_logits_bias.normal_()
-    model.save_pretrained(out, safe_serialization=True)
-    return out
+    return make_marian_dir(tmp_path_factory.mktemp("marian"))
 
 
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory, marian_dir):
     return import_marian(marian_dir, tmp_path_factory.mktemp("imported") / "model")
-
-
-def hf_log_probs(directory, sources: list[str], targets: list[str]) -> list[tuple[float, int]]:
-    """Total log-probability and token count of each target under transformers' model."""
-    tokenizer = transformers.MarianTokenizer.from_pretrained(directory)
-    model = transformers.MarianMTModel.from_pretrained(directory).eval()
-    results = []
-    for source, target in zip(sources, targets, strict=True):
-        batch = tokenizer([source], text_target=[target], return_tensors="pt")
-        with torch.no_grad():
-            logits = model(input_ids=batch["input_ids"], labels=batch["labels"]).logits
-        picked = torch.log_softmax(logits.double(), -1).gather(-1, batch["labels"][..., None])
-        results.append((picked.sum().item(), batch["labels"].shape[1]))
-    return results
-
-
-def assert_close_scores(ours, theirs):
-    assert [count for _, count in ours] == [count for _, count in theirs]
-    for (a, _), (b, _) in zip(ours, theirs, strict=True):
-        assert a == pytest.approx(b, rel=1e-4, abs=1e-4)
 
 
 def test_teacher_scores_equal_transformers(imported, marian_dir):
@@ -245,3 +191,84 @@ def test_unmappable_models_are_refused(tmp_path, tiny_model_dir):
     with pytest.raises(UserError, match="pre-norm model does not map"):
         export_marian(tmp_path / "pre", tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# The command line
+
+
+def _text_files(tmp_path, sources, targets):
+    src, tgt = tmp_path / "input.de", tmp_path / "input.en"
+    src.write_text("".join(line + "\n" for line in sources), encoding="utf-8")
+    tgt.write_text("".join(line + "\n" for line in targets), encoding="utf-8")
+    return src, tgt
+
+
+def _cli_scores(capsys, *argv):
+    status, out, err = run_cli(["score", *argv], capsys)
+    assert status == 0, err
+    return [(float(total), int(count)) for total, count in
+            (line.split("\t") for line in out.splitlines())]
+
+
+def test_cli_import_then_score_equals_transformers(tmp_path, marian_dir, capsys):
+    model = tmp_path / "model"
+    status, _, err = run_cli(["import", marian_dir, "--out", model], capsys)
+    assert status == 0 and "students 2-2 3-2 4-2 3-3 4-3" in err
+    src, tgt = _text_files(tmp_path, SOURCES, TARGETS)
+    theirs = hf_log_probs(marian_dir, SOURCES, TARGETS)
+    assert_close_scores(_cli_scores(capsys, "--model", model, "--src", src, "--tgt", tgt), theirs)
+    status, out, _ = run_cli(["score", "--model", model, "--src", src, "--tgt", tgt, "--json",
+                              "--dtype", "float64", "--threads", "1"], capsys)
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert status == 0 and sorted(rows[0]) == ["log_prob", "tokens"]
+    assert_close_scores([(row["log_prob"], row["tokens"]) for row in rows], theirs)
+
+
+@pytest.mark.parametrize("student", ["4-2", "2-2"])
+def test_cli_exported_student_scores_equal_transformers(tmp_path, imported, capsys, student):
+    out = tmp_path / "hf"
+    status, _, err = run_cli(["export", "--model", imported, "--student", student, "--format",
+                              "hf", "--out", out], capsys)
+    assert status == 0, err
+    assert transformers.MarianMTModel.from_pretrained(out).config.encoder_layers == int(
+        student[0])
+    src, tgt = _text_files(tmp_path, SOURCES, TARGETS)
+    ours = _cli_scores(capsys, "--model", imported, "--student", student, "--src", src,
+                       "--tgt", tgt)
+    assert_close_scores(ours, hf_log_probs(out, SOURCES, TARGETS))
+
+
+def test_cli_score_refuses_unequal_files(tmp_path, imported, capsys):
+    src, tgt = _text_files(tmp_path, SOURCES, TARGETS[:-1])
+    assert_refused(["score", "--model", imported, "--src", src, "--tgt", tgt], capsys, src, tgt,
+                   "12 lines", "11")
+    assert_refused(["score", "--model", imported, "--student", "4-4", "--src", src, "--tgt",
+                    src], capsys, "4-4")
+
+
+def _pickled(marian_dir, tmp_path):
+    out = _copy(marian_dir, tmp_path, remove=("model.safetensors",))
+    (out / "pytorch_model.bin").write_bytes(b"\x80\x04 not read")
+    return out
+
+
+@pytest.mark.parametrize("make, names", [
+    (lambda m, t: t / "nowhere", ["nowhere", "no such directory"]),
+    (lambda m, t: _copy(m, t, {"model_type": "bart"}), ["config.json", "not a Marian model"]),
+    (lambda m, t: _copy(m, t, {"normalize_before": True}), ["config.json", "normalize_before"]),
+    (_pickled, ["pytorch_model.bin", "pickle"]),
+    (lambda m, t: _copy(m, t, remove=("source.spm",)), ["source.spm", "missing"]),
+    (lambda m, t: _copy(m, t, remove=("vocab.json",)), ["vocab.json", "missing"]),
+])
+def test_cli_import_refuses_bad_directories(tmp_path, marian_dir, capsys, make, names):
+    out = tmp_path / "model"
+    assert_refused(["import", make(marian_dir, tmp_path), "--out", out], capsys, *names, out=out)
+
+
+def test_cli_export_hf_refuses_what_does_not_map(tmp_path, tiny_model_dir, imported, capsys):
+    out = tmp_path / "hf"
+    assert_refused(["export", "--model", tiny_model_dir, "--format", "hf", "--out", out], capsys,
+                   "model.positions=tensor2tensor", "train with model.positions=marian", out=out)
+    assert_refused(["export", "--model", imported, "--format", "hf", "--quantization", "int8",
+                    "--out", out], capsys, "--quantization int8", out=out)

@@ -3,7 +3,8 @@
 Layout (all files of one directory)::
 
     manifest.json                  what is here (see :func:`load_manifest`)
-    spm.model, spm.vocab           the joint SentencePiece model
+    spm.model, spm.vocab           the joint SentencePiece model, or another model's tokenizer
+                                   (``"tokenizer"`` in the manifest: see :func:`data_tokenizer`)
     {split}.{lang}.ids.npy         token ids of all lines of one side, concatenated (no BOS/EOS)
     {split}.{lang}.offsets.npy     int64, n + 1 entries: line i is ids[offsets[i]:offsets[i + 1]]
     {split}.{lang}.txt             the cleaned raw text, one line per pair
@@ -24,13 +25,14 @@ import numpy as np
 import sentencepiece as spm
 
 from aiokd.data.text import read_lines
+from aiokd.data.tokenizer import FILES, SENTENCEPIECE, TokenizerFiles
 from aiokd.errors import UserError
 
 FORMAT = "aiokd-data"
 VERSION = 1
 MANIFEST = "manifest.json"
-_REQUIRED_KEYS = ("src_lang", "tgt_lang", "spm_model", "vocab_size", "pad_id", "unk_id",
-                  "bos_id", "eos_id", "splits")
+_REQUIRED_KEYS = ("src_lang", "tgt_lang", "vocab_size", "pad_id", "unk_id", "bos_id", "eos_id",
+                  "splits")
 
 
 def ids_dtype(vocab_size: int) -> np.dtype:
@@ -70,12 +72,35 @@ def load_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
     if manifest.get("version") != VERSION:
         raise UserError(f"{path}: unsupported {FORMAT} version {manifest.get('version')!r} "
                         f"(this aiokd reads version {VERSION})")
-    missing = [key for key in _REQUIRED_KEYS if key not in manifest]
+    kind = manifest.get("tokenizer", SENTENCEPIECE)
+    if kind not in FILES:
+        raise UserError(f"{path}: unknown tokenizer kind {kind!r}; known: {', '.join(FILES)}")
+    required = (*_REQUIRED_KEYS, "spm_model") if kind == SENTENCEPIECE else _REQUIRED_KEYS
+    missing = [key for key in required if key not in manifest]
     if missing:
         raise UserError(f"{path}: damaged manifest (missing {', '.join(missing)})")
     if not isinstance(manifest["splits"], dict):
         raise UserError(f"{path}: damaged manifest (splits is not a mapping)")
     return manifest
+
+
+def data_tokenizer(data_dir: str | os.PathLike) -> TokenizerFiles:
+    """The files of the tokenizer ``data_dir`` is encoded with: the joint SentencePiece model
+    the manifest names (``spm_model``), or, where the manifest says ``"tokenizer": KIND``, the
+    files of that kind (:mod:`aiokd.data.tokenizer`) taken from a model by
+    ``aiokd prepare --tokenizer``.
+
+    Raises:
+        UserError: a damaged manifest or a missing tokenizer file (named).
+    """
+    manifest = load_manifest(data_dir)
+    kind = manifest.get("tokenizer", SENTENCEPIECE)
+    if kind != SENTENCEPIECE:
+        return TokenizerFiles.read(data_dir, kind)
+    path = Path(data_dir) / manifest["spm_model"]
+    if not path.is_file():
+        raise UserError(f"{path}: missing from the data directory; run `aiokd prepare` again")
+    return TokenizerFiles.of(path.read_bytes())
 
 
 class Tokenizer:
@@ -110,6 +135,9 @@ class Tokenizer:
             UserError: the manifest or the model is missing or they disagree.
         """
         manifest = load_manifest(data_dir)
+        if manifest.get("tokenizer", SENTENCEPIECE) != SENTENCEPIECE:
+            raise UserError(f"{data_dir} is encoded with a {manifest['tokenizer']} tokenizer, "
+                            "not one joint SentencePiece model")
         tokenizer = cls.load(Path(data_dir) / manifest["spm_model"])
         for key in ("vocab_size", "pad_id", "unk_id", "bos_id", "eos_id"):
             if getattr(tokenizer, key) != manifest[key]:

@@ -6,9 +6,12 @@ pairs whose token counts differ by more than the factor ``max_ratio`` are droppe
 validation set is a curated reference and keeps them).  Test sets are never reordered or filtered:
 an empty source line stays, with its reference.
 
-One joint SentencePiece model is trained on both sides of the training text, every split is
-encoded with it, and the result is written as described in :mod:`aiokd.data.corpus`, together with
-``manifest.json``.  The directory is built under a temporary name and appears only when complete.
+One joint SentencePiece model is trained on both sides of the training text and every split is
+encoded with it; or, given an existing model (``--tokenizer MODEL``), every split is encoded with
+that model's tokenizer (sources with its source side, targets with its target side), whose files
+the data directory keeps.  The result is written as described in :mod:`aiokd.data.corpus`,
+together with ``manifest.json``.  The directory is built under a temporary name and appears only
+when complete.
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import sentencepiece as spm
 
 import aiokd
 from aiokd.data import iwslt14
-from aiokd.data.corpus import FORMAT, MANIFEST, VERSION, Tokenizer, ids_dtype, side_files
+from aiokd.data.corpus import FORMAT, MANIFEST, VERSION, ids_dtype, side_files
+from aiokd.data.encoding import SPECIAL_IDS, Encoder, model_encoder, trained_encoder
 from aiokd.data.text import find_side, read_parallel
+from aiokd.data.tokenizer import ModelTokenizer, read_model_tokenizer
 from aiokd.errors import UserError
 from aiokd.io import atomic_directory, atomic_write_json, check_new_directory
 
@@ -36,17 +40,10 @@ Pair = tuple[list[str], list[str]]
 DEFAULT_SRC_LANG = "de"
 DEFAULT_TGT_LANG = "en"
 DEFAULT_TEST_NAME = "test"
-SPM_MODEL = "spm.model"
-SPECIAL_IDS = {"pad_id": 0, "unk_id": 1, "bos_id": 2, "eos_id": 3}
-SPM_INPUT_SENTENCE_SIZE = 2_000_000
-SPM_SEED = 1
 MULTI30K_DIR = Path(aiokd.__file__).parent / "datasets" / "multi30k"
-_THREADS = min(4, os.cpu_count() or 1)
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _RESERVED_SPLITS = ("train", "valid")
-_VOCAB_TOO_HIGH = re.compile(r"Please set it to a value <= (\d+)")
-_VOCAB_TOO_LOW = re.compile(r"smaller than required_chars\. \d+ vs (\d+)")
 
 
 @dataclass(frozen=True)
@@ -134,46 +131,6 @@ def _new_split(name: str, kind: str, pair: Pair, source_files: list[str]) -> _Sp
                   source_files=list(source_files))
 
 
-def train_sentencepiece(
-    lines: list[str], vocab_size: int, prefix: Path, model_type: str = "unigram"
-) -> Tokenizer:
-    """Train the joint SentencePiece model ``PREFIX.model`` (and ``.vocab``) on ``lines``.
-
-    Raises:
-        UserError: ``vocab_size`` does not suit the data (naming ``--vocab-size`` and the bound
-            SentencePiece reports).
-    """
-    spm.set_random_generator_seed(SPM_SEED)
-    try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines),
-            model_prefix=str(prefix),
-            model_type=model_type,
-            vocab_size=vocab_size,
-            character_coverage=1.0,
-            input_sentence_size=SPM_INPUT_SENTENCE_SIZE,
-            shuffle_input_sentence=True,
-            num_threads=_THREADS,
-            minloglevel=2,
-            **SPECIAL_IDS,
-        )
-    except RuntimeError as error:
-        raise _vocab_error(vocab_size, str(error)) from error
-    return Tokenizer.load(prefix.with_suffix(".model"))
-
-
-def _vocab_error(vocab_size: int, message: str) -> UserError:
-    """A one-line explanation of a failed SentencePiece training."""
-    too_high, too_low = _VOCAB_TOO_HIGH.search(message), _VOCAB_TOO_LOW.search(message)
-    if too_high:
-        return UserError(f"--vocab-size {vocab_size} is too large for this training data; "
-                         f"SentencePiece allows at most {too_high.group(1)}")
-    if too_low:
-        return UserError(f"--vocab-size {vocab_size} is too small for this training data: it "
-                         f"has {too_low.group(1)} distinct characters and special pieces")
-    return UserError(f"SentencePiece training failed with --vocab-size {vocab_size}: "
-                     f"{message.splitlines()[0] if message else 'no reason given'}")
-
 
 def _token_counts(split: _Split) -> list[tuple[int, int]]:
     return list(zip(map(len, split.src_ids), map(len, split.tgt_ids), strict=True))
@@ -217,18 +174,18 @@ def _collect_splits(train: Pair, valid: Pair, tests: dict[str, Pair],
     return splits
 
 
-def _encode_and_write(directory: Path, name: str, split: _Split, tokenizer: Tokenizer,
+def _encode_and_write(directory: Path, name: str, split: _Split, encoder: Encoder,
                       langs: tuple[str, str], max_len: int | None,
                       max_ratio: float | None) -> dict[str, Any]:
     """Encode a split, filter it by length unless it is a test set, write it; its manifest entry."""
     _log(f"encoding {name} ({len(split.src):,} pairs)")
-    split.src_ids = tokenizer.encode_batch(split.src, num_threads=_THREADS)
-    split.tgt_ids = tokenizer.encode_batch(split.tgt, num_threads=_THREADS)
+    split.src_ids = encoder.source(split.src)
+    split.tgt_ids = encoder.target(split.tgt)
     if split.kind != "test":
         _filter_lengths(split, max_len, max_ratio)
         if not split.src:
             raise UserError(f"no {name} pair is left after the --max-len/--max-ratio filters")
-    dtype = ids_dtype(tokenizer.vocab_size)
+    dtype = ids_dtype(encoder.vocab_size)
     src_tokens = _write_side(directory, name, langs[0], split.src, split.src_ids, dtype)
     tgt_tokens = _write_side(directory, name, langs[1], split.tgt, split.tgt_ids, dtype)
     return {
@@ -269,6 +226,7 @@ def prepare(
     overwrite: bool = False,
     recipe: dict[str, Any] | None = None,
     source_files: dict[str, list[str]] | None = None,
+    tokenizer: ModelTokenizer | None = None,
 ) -> dict[str, Any]:
     """Clean, encode and write a data directory; return its manifest.
 
@@ -284,6 +242,8 @@ def prepare(
         overwrite: replace an existing ``out``.
         recipe: recorded in the manifest (name and recipe-specific facts).
         source_files: split name -> the files it was read from, recorded in the manifest.
+        tokenizer: encode with this model's tokenizer instead of training one (``vocab_size``
+            and ``model_type`` are then unused).
 
     Raises:
         UserError: bad options, unequal sides, nothing left to train on, or a vocabulary size
@@ -293,26 +253,26 @@ def prepare(
     splits = _collect_splits(train, valid, tests, source_files or {})
     langs = (src_lang, tgt_lang)
     with atomic_directory(out, overwrite=overwrite) as directory:
-        train_text = splits["train"].src + splits["train"].tgt
-        _log(f"training SentencePiece ({model_type}, {vocab_size:,} pieces) on "
-             f"{len(train_text):,} lines")
-        tokenizer = train_sentencepiece(train_text, vocab_size, directory / Path(SPM_MODEL).stem,
-                                        model_type)
-        entries = {name: _encode_and_write(directory, name, split, tokenizer, langs,
-                                           max_len, max_ratio)
-                   for name, split in splits.items()}
+        if tokenizer is None:
+            text = splits["train"].src + splits["train"].tgt
+            _log(f"training SentencePiece ({model_type}, {vocab_size:,} pieces) on "
+                 f"{len(text):,} lines")
+            encoder, entries = trained_encoder(directory, text, vocab_size, model_type)
+        else:
+            _log(f"encoding with the tokenizer of {tokenizer.source}")
+            encoder, entries = model_encoder(directory, tokenizer)
+        split_entries = {name: _encode_and_write(directory, name, split, encoder, langs,
+                                                 max_len, max_ratio)
+                         for name, split in splits.items()}
         manifest = {
             "format": FORMAT,
             "version": VERSION,
             "src_lang": src_lang,
             "tgt_lang": tgt_lang,
-            "spm_model": SPM_MODEL,
-            "spm_type": model_type,
-            "vocab_size": tokenizer.vocab_size,
-            **SPECIAL_IDS,
-            "ids_dtype": ids_dtype(tokenizer.vocab_size).name,
+            **entries,
+            "ids_dtype": ids_dtype(encoder.vocab_size).name,
             "cleaning": {"strip": True, "max_len": max_len, "max_ratio": max_ratio},
-            "splits": entries,
+            "splits": split_entries,
             "recipe": recipe,
             "created_with": f"aiokd {aiokd.__version__}",
         }
@@ -420,7 +380,8 @@ def prepare_data(out: str | os.PathLike, recipe: str | None = None, *,
                  tests: list[str] | tuple[str, ...] = (), raw_dir: str | None = None,
                  src_lang: str | None = None, tgt_lang: str | None = None,
                  vocab_size: int | None = None, max_len: int | None = None,
-                 max_ratio: float | None = None, force: bool = False) -> dict[str, Any]:
+                 max_ratio: float | None = None, force: bool = False,
+                 tokenizer: str | os.PathLike | None = None) -> dict[str, Any]:
     """``aiokd prepare``: a data directory from a recipe or from the user's files; returns its
     manifest.
 
@@ -433,12 +394,18 @@ def prepare_data(out: str | os.PathLike, recipe: str | None = None, *,
         src_lang, tgt_lang: language suffixes (default: de, en).
         vocab_size, max_len, max_ratio: as :func:`prepare`; None takes the recipe's default.
         force: overwrite an existing ``out``.
+        tokenizer: an aiokd model directory (e.g. made by ``aiokd import``) whose tokenizer
+            encodes the data instead of a new SentencePiece model.
 
     Raises:
-        UserError: bad options or input files, or ``out`` exists and ``force`` is false.
+        UserError: bad options or input files, ``out`` exists and ``force`` is false, or
+            ``tokenizer`` is not a model directory with a usable tokenizer.
     """
     if recipe not in RECIPE_DEFAULTS:
         raise UserError(f"unknown recipe {recipe!r}; known: multi30k, iwslt14")
+    if tokenizer is not None and vocab_size is not None:
+        raise UserError(f"--vocab-size {vocab_size}: the vocabulary is that of --tokenizer "
+                        f"{tokenizer}; leave --vocab-size out")
     src_lang = src_lang or DEFAULT_SRC_LANG
     tgt_lang = tgt_lang or DEFAULT_TGT_LANG
     defaults = RECIPE_DEFAULTS[recipe]
@@ -447,10 +414,11 @@ def prepare_data(out: str | os.PathLike, recipe: str | None = None, *,
     max_ratio = max_ratio if max_ratio is not None else defaults.max_ratio
     _check_options(src_lang, tgt_lang, {}, vocab_size, max_len, max_ratio)
     check_new_directory(out, overwrite=force)
+    model_tokenizer = None if tokenizer is None else read_model_tokenizer(tokenizer)
     if recipe is None:
         inputs = _custom_inputs(train, valid, list(tests), raw_dir, src_lang, tgt_lang)
     else:
         inputs = _recipe_inputs(recipe, train, valid, list(tests), raw_dir, src_lang, tgt_lang)
     return prepare(out, src_lang, tgt_lang, inputs.train, inputs.valid, inputs.tests, vocab_size,
                    max_len, max_ratio, overwrite=force, recipe=inputs.recipe,
-                   source_files=inputs.source_files)
+                   source_files=inputs.source_files, tokenizer=model_tokenizer)

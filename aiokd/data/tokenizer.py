@@ -86,6 +86,14 @@ class TokenizerFiles:
             digest.update(data)
         return digest.hexdigest()
 
+    @property
+    def identity(self) -> dict[str, str]:
+        """How a model directory's ``config.json`` and a run's ``run.json`` name the tokenizer:
+        ``spm_sha256`` for the joint kind, else its kind and ``tokenizer_sha256``."""
+        if self.kind == SENTENCEPIECE:
+            return {"spm_sha256": self.sha256}
+        return {"tokenizer": self.kind, "tokenizer_sha256": self.sha256}
+
     def spm_bytes(self, where: str | os.PathLike) -> bytes:
         """The joint SentencePiece model; a UserError naming ``where`` for another kind."""
         if self.kind != SENTENCEPIECE:
@@ -186,3 +194,55 @@ def _language_tag(line: str) -> tuple[list[str], str]:
     if end == -1:
         return [], line
     return [line[:end + 2]], line[end + 2:]
+
+
+@dataclass(frozen=True)
+class ModelTokenizer:
+    """The tokenizer of an aiokd model directory and the ids the model gives its special
+    tokens: what ``aiokd prepare --tokenizer MODEL`` encodes with."""
+
+    files: TokenizerFiles
+    source: Path
+    vocab_size: int
+    pad_id: int
+    unk_id: int
+    bos_id: int
+    eos_id: int
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        return {"pad_id": self.pad_id, "unk_id": self.unk_id, "bos_id": self.bos_id,
+                "eos_id": self.eos_id}
+
+
+def read_model_tokenizer(directory: str | os.PathLike) -> ModelTokenizer:
+    """The tokenizer of the aiokd model directory ``directory`` (a run directory, an extracted
+    student, an imported model), checked against its ``config.json``.
+
+    Raises:
+        UserError: not a model directory (a Marian directory is named as such: import it first),
+            a missing or damaged tokenizer file, or a vocabulary that does not fit the model.
+    """
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise UserError(f"--tokenizer {directory}: not an aiokd model directory (no "
+                        "config.json)")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise UserError(f"{config_path}: not valid JSON") from None
+    if isinstance(config, dict) and config.get("model_type") == "marian":
+        raise UserError(f"--tokenizer {directory}: a Marian directory, not an aiokd model; "
+                        f"import it first: aiokd import {directory} --out MODEL")
+    model = config.get("model") if isinstance(config, dict) else None
+    ids = ({key: model.get(key) for key in ("vocab_size", "pad_id", "bos_id", "eos_id")}
+           if isinstance(model, dict) and config.get("format") == "aiokd-model" else {})
+    if not ids or not all(type(value) is int for value in ids.values()):
+        raise UserError(f"{config_path}: not a valid aiokd model config")
+    files = TokenizerFiles.read(directory, config.get("tokenizer", SENTENCEPIECE))
+    tokenizer = files.load(directory)
+    if len(tokenizer.pieces) != ids["vocab_size"]:
+        raise UserError(f"{directory}: the tokenizer has {len(tokenizer.pieces)} pieces but "
+                        f"{config_path} says model.vocab_size {ids['vocab_size']}")
+    return ModelTokenizer(files, directory, unk_id=tokenizer.unk_id, **ids)

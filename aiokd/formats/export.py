@@ -7,6 +7,8 @@
   ``TransformerSpec`` from the student's weights (``model.bin``, CTranslate2's ``config.json``,
   ``shared_vocabulary.json``), plus the tokenizer's files (``spm.model``, or a Marian model's
   three) and ``aiokd.json``, which :func:`aiokd.load` reads.
+* **export --format hf** writes a Hugging Face Marian directory (:mod:`aiokd.formats.marian`)
+  that ``MarianMTModel`` and ``MarianTokenizer`` load with ``from_pretrained``.
 
 The CTranslate2 model is the same network: post-norm (or pre-norm) layers with the model's layer
 norm epsilon and feed-forward activation; the embedding, scaled by ``sqrt(C)`` (unless
@@ -33,6 +35,7 @@ from torch import Tensor, nn
 from aiokd.config import Config, ModelConfig
 from aiokd.data.tokenizer import SENTENCEPIECE
 from aiokd.errors import UserError
+from aiokd.formats.marian import export_marian
 from aiokd.io import atomic_directory, atomic_write_json
 from aiokd.model.checkpoint import ModelFiles, load_model_files, model_config_json, save_model_dir
 from aiokd.model.transformer import DecoderLayer, EncoderLayer, Transformer
@@ -44,6 +47,8 @@ from aiokd.students import (
     student_name,
 )
 
+FORMATS = ("ctranslate2", "hf")
+"""What ``aiokd export --format`` writes."""
 EXPORT_INFO = "aiokd.json"
 EXPORT_FORMAT = "aiokd-ctranslate2"
 
@@ -67,11 +72,15 @@ def read_export_info(directory: Path) -> dict[str, Any]:
     return info
 
 
-def load_source(path: str | Path) -> ModelFiles:
-    """A model to extract or export from; a CTranslate2 export cannot be one."""
+def _check_not_export(path: str | Path) -> None:
     if is_ctranslate2_export(Path(path)):
         raise UserError(f"{path} is a CTranslate2 export; give the run directory, checkpoint or "
                         "extracted student it came from")
+
+
+def load_source(path: str | Path) -> ModelFiles:
+    """A model to extract or export from; a CTranslate2 export cannot be one."""
+    _check_not_export(path)
     return load_model_files(path)
 
 
@@ -240,15 +249,22 @@ def export(model: str | Path, out: str | Path, *, student: str | None = None,
     the directory ``out``; returns ``out``.
 
     Args:
-        format: ``ctranslate2``, the one format written.
-        quantization: as :func:`write_ctranslate2`.
+        format: ``ctranslate2``, or ``hf`` (a Marian directory for Hugging Face's
+            ``MarianMTModel``: :func:`aiokd.formats.marian.export_marian`).
+        quantization: ctranslate2: as :func:`write_ctranslate2`.
 
     Raises:
-        UserError: an unreadable model, an untrained student, an existing ``out``, or an unknown
-            format.
+        UserError: an unreadable model, an untrained student, an existing ``out``, an unknown
+            format, or (hf) an architecture that Marian does not have.
     """
-    if format != "ctranslate2":
-        raise UserError(f"--format {format}: unknown format; known: ctranslate2")
+    if format not in FORMATS:
+        raise UserError(f"--format {format}: unknown format; known: {', '.join(FORMATS)}")
+    if format == "hf":
+        if quantization != "none":
+            raise UserError(f"--quantization {quantization}: only for --format ctranslate2; "
+                            "the hf format is written in float32")
+        _check_not_export(model)
+        return export_marian(model, out, student)
     files = load_source(model)
     chosen = choose_student(student, files.students, files.source)
     out = Path(out)

@@ -260,11 +260,12 @@ def _check_exportable(files: ModelFiles) -> None:
     cfg = files.model.cfg
     if cfg.pre_norm:
         raise UserError(f"{files.source}: a pre-norm model does not map to Marian (post-norm "
-                        "only)")
+                        "only); train with model.pre_norm=false model.positions=marian (the "
+                        "small preset has both)")
     if cfg.positions != "marian":
         raise UserError(f"{files.source}: model.positions={cfg.positions} does not map to "
-                        "Marian, which computes its own table (train with "
-                        "model.positions=marian)")
+                        "Marian, which computes its own table; train with "
+                        "model.positions=marian (the small preset uses it)")
     if cfg.layer_norm_eps != 1e-5:
         raise UserError(f"{files.source}: model.layer_norm_eps={cfg.layer_norm_eps} does not "
                         "map to Marian (1e-5)")

@@ -8,18 +8,25 @@ with ``z_t`` the student's logits (decoder input: BOS, i.e. ``model.bos_id``, th
 natural logarithm; the count is ``n + 1``.  Pairs are scored in batches of similar length (at most
 ``max_tokens`` padded tokens each); the log-softmax and the sums are in float64 whatever the
 model's dtype (``float32`` by default, ``float64`` for reference values).
+
+``aiokd score`` (:func:`score_files`) writes one line per pair: the total, a tab, the count; or,
+with ``--json``, one object ``{"log_prob": total, "tokens": count}`` per line.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from aiokd.data.batching import collate, token_batches
 from aiokd.errors import UserError
-from aiokd.model.checkpoint import ModelFiles
+from aiokd.inference.api import set_threads
+from aiokd.inference.translate import read_input, write_output
+from aiokd.model.checkpoint import ModelFiles, load_model_files
 from aiokd.model.transformer import Transformer
 from aiokd.students import Student, choose_student
 
@@ -81,3 +88,30 @@ def score(files: ModelFiles, student: str | None, sources: list[str], targets: l
     if next(model.parameters()).dtype != DTYPES[dtype]:
         model = copy.deepcopy(model).to(DTYPES[dtype])
     return score_ids(model.eval(), chosen, src_ids, tgt_ids, max_tokens)
+
+
+def score_files(model: str | Path, src: str, tgt: str, *, output_file: str = "-",
+                student: str | None = None, json_lines: bool = False, dtype: str = "float32",
+                max_tokens: int = 4096, threads: int | None = None) -> list[tuple[float, int]]:
+    """``aiokd score``: the log-probability of each line of ``tgt`` given the same line of
+    ``src`` under ``student`` (default: the teacher) of ``model`` (a run or model directory or a
+    checkpoint), written to ``output_file`` (``-``: stdout) as the module docstring says; returns
+    the scores.
+
+    Raises:
+        UserError: an unreadable model or file, files of unequal line counts (both named), or
+            bad options.
+    """
+    set_threads(threads)
+    files = load_model_files(model)
+    sources, targets = read_input(src), read_input(tgt)
+    if len(sources) != len(targets):
+        raise UserError(f"{src} has {len(sources)} lines but {tgt} has {len(targets)}; give "
+                        "one target line per source line")
+    scores = score(files, student, sources, targets, max_tokens, dtype)
+    if json_lines:
+        lines = [json.dumps({"log_prob": total, "tokens": count}) for total, count in scores]
+    else:
+        lines = [f"{total!r}\t{count}" for total, count in scores]
+    write_output(output_file, lines)
+    return scores

@@ -44,11 +44,11 @@ from aiokd.model.checkpoint import (
     read_checkpoint,
     save_checkpoint,
     save_model_dir,
-    sha256,
 )
 from aiokd.model.transformer import Transformer
 from aiokd.students import Student, sample_students, student_name
 from aiokd.train.distributed import Distributed, setup_distributed
+from aiokd.train.init_from import start_from_model
 from aiokd.train.precision import PRECISION_NAMES, amp_dtype, resolve_precision
 from aiokd.train.run_dir import Logger, Run, locked_run, open_run
 
@@ -246,13 +246,14 @@ class Stage:
         if self.cfg.distill.method not in ("word-kd", "selective-kd"):
             return None
         files = load_model_files(self.cfg.distill.teacher)
-        if sha256(files.spm_bytes) != sha256(self.run.spm_bytes):
+        if files.tokenizer.sha256 != self.run.tokenizer.sha256:
             raise UserError(f"{self.cfg.distill.teacher}: the teacher's vocabulary does not match "
                             f"{self.run.data_dir}")
         return files.model.to(self.dist.device)
 
     def start(self) -> None:
-        """Resume from ``last``, or start stage 2 from stage 1's best, or start afresh."""
+        """Resume from ``last``, or start stage 2 from stage 1's best, or start from the
+        ``--init-from`` model, or from random weights."""
         last = self.run.last(self.stage)
         if last.is_file():
             checkpoint = read_checkpoint(last)
@@ -261,6 +262,10 @@ class Stage:
             if not self.state.finished:
                 self.logger.say(f"resuming stage {self.stage} at update {self.state.update} "
                                 f"from {last}")
+        elif self.run.init_from is not None and not (self.stage == 2
+                                                     and self.run.best(1).is_file()):
+            start_from_model(self.model, self.run.init_from)
+            self.logger.say(f"stage {self.stage} starts from {self.run.init_from}")
         elif self.stage == 2:
             best = self.run.best(1)
             if not best.is_file():
@@ -274,7 +279,7 @@ class Stage:
             return
         meta = {"config": self.cfg.to_dict(), "stage": self.stage, "languages": self.run.languages,
                 "state": self.state.__dict__, "aiokd_version": __version__}
-        save_checkpoint(path, self.model, meta, self.run.spm_bytes,
+        save_checkpoint(path, self.model, meta, self.run.tokenizer,
                         self.optimizer if with_optimizer else None)
 
     def _students(self) -> list[Student]:
@@ -409,9 +414,11 @@ class Stage:
 # Entry points
 
 
-def run_training(data_dir: str | Path, out: str | Path, cfg: Config) -> dict[str, Any]:
-    """Train every stage of ``cfg`` into run directory ``out``; returns the final validation
-    losses of the best model. Resumes whatever an earlier call left unfinished.
+def run_training(data_dir: str | Path, out: str | Path, cfg: Config,
+                 init_from: str | Path | None = None) -> dict[str, Any]:
+    """Train every stage of ``cfg`` into run directory ``out``, the first from the weights of
+    the model ``init_from`` if given; returns the final validation losses of the best model.
+    Resumes whatever an earlier call left unfinished.
 
     Raises:
         UserError: bad data or settings, or another process trains in ``out``.
@@ -426,7 +433,8 @@ def run_training(data_dir: str | Path, out: str | Path, cfg: Config) -> dict[str
     fresh = not root.exists()
     with locked_run(root) if dist_.main else contextlib.nullcontext():
         try:
-            run = open_run(root, cfg, Path(data_dir), dist_.main)
+            run = open_run(root, cfg, Path(data_dir), dist_.main,
+                           None if init_from is None else Path(init_from).resolve())
             return _train_stages(run, dist_, train_split, valid_split)
         except (UserError, OSError):
             checkpoints = root / "checkpoints"
@@ -470,10 +478,11 @@ def _train_stages(run: Run, dist_: Distributed, train_split: ParallelSplit,
             final.restore(model)
             config_json = model_config_json(cfg, cfg.distill.space(cfg.model), run.languages,
                                             {"valid_ce": best_losses})
-            save_model_dir(run.root, model, config_json, run.spm_bytes)
+            save_model_dir(run.root, model, config_json, run.tokenizer)
             space = cfg.distill.space(cfg.model)
-            logger.say(f"best model written to {run.root} (model.safetensors, config.json, "
-                       "spm.model)\n" + format_losses(best_losses, space.evaluated))
+            files = ", ".join(["model.safetensors", "config.json", *run.tokenizer.files])
+            logger.say(f"best model written to {run.root} ({files})\n"
+                       + format_losses(best_losses, space.evaluated))
     finally:
         logger.close()
     return best_losses

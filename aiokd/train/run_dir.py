@@ -1,14 +1,16 @@
 """The run directory of ``aiokd train``: what it holds, who may use it, and its log.
 
-    run.json                 settings, data and vocabulary the run was started with
+    run.json                 settings, data, tokenizer and initial model the run was started with
     checkpoints/             stage{1,2}-{last,best}.safetensors
     log.jsonl, tensorboard/  training and validation figures
-    model.safetensors, config.json, spm.model    the best model, once training ends
+    model.safetensors, config.json, spm.model    the best model, once training ends (with the
+                             data's tokenizer: spm.model, or a Marian model's files)
     run.lock                 held by the process training in the directory
 
 Running ``aiokd train`` again on the directory resumes the run, provided every setting other than
-:data:`RESUMABLE_CHANGES` and the vocabulary are the same.  One process at a time trains in a run
-directory (with ``torchrun``, the main process holds the lock for the whole job).
+:data:`RESUMABLE_CHANGES`, the tokenizer and the initial model (``--init-from``) are the same.
+One process at a time trains in a run directory (with ``torchrun``, the main process holds the
+lock for the whole job).
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ from tqdm import tqdm
 
 from aiokd import __version__
 from aiokd.config import Config
-from aiokd.data.corpus import load_manifest
+from aiokd.data.corpus import data_tokenizer, load_manifest
+from aiokd.data.tokenizer import TokenizerFiles
 from aiokd.errors import UserError
 from aiokd.io import atomic_write_json, make_directories
 from aiokd.lock import exclusive_lock
-from aiokd.model.checkpoint import sha256
 
 RESUMABLE_CHANGES = {"max_updates", "max_epochs", "patience", "validate_every", "save_every",
                      "log_every", "threads", "max_bad_steps", "compile"}
@@ -39,13 +41,15 @@ LOCK = "run.lock"
 
 @dataclass
 class Run:
-    """Paths of a run directory and what stays fixed across its stages."""
+    """Paths of a run directory and what stays fixed across its stages; ``init_from``: the
+    model the first stage starts from (None: random initialisation)."""
 
     root: Path
     cfg: Config
     data_dir: Path
-    spm_bytes: bytes
+    tokenizer: TokenizerFiles
     languages: dict[str, str]
+    init_from: Path | None = None
 
     @property
     def checkpoints(self) -> Path:
@@ -83,10 +87,12 @@ def locked_run(root: Path) -> Iterator[None]:
         yield
 
 
-def open_run(root: Path, cfg: Config, data_dir: Path, main: bool) -> Run:
-    """Create ``root`` or check that it was made with the same settings and vocabulary."""
+def open_run(root: Path, cfg: Config, data_dir: Path, main: bool,
+             init_from: Path | None = None) -> Run:
+    """Create ``root`` or check that it was made with the same settings, tokenizer and initial
+    model (``init_from``, resolved)."""
     manifest = load_manifest(data_dir)
-    spm_bytes = (data_dir / manifest["spm_model"]).read_bytes()
+    tokenizer = data_tokenizer(data_dir)
     if manifest["vocab_size"] != cfg.model.vocab_size:
         raise UserError(f"{data_dir}: vocabulary of {manifest['vocab_size']} does not match "
                         f"model.vocab_size={cfg.model.vocab_size}")
@@ -99,18 +105,27 @@ def open_run(root: Path, cfg: Config, data_dir: Path, main: bool) -> Run:
             saved_cfg = Config.from_dict(saved["config"], where=str(run_file))
         except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
             raise UserError(f"{run_file}: damaged run description") from None
-        if saved.get("spm_sha256") != sha256(spm_bytes):
+        if {key: saved.get(key) for key in tokenizer.identity} != tokenizer.identity:
             raise UserError(f"{root} was trained with another vocabulary than {data_dir}; "
                             "use a new --out")
+        if saved.get("init_from") != (None if init_from is None else str(init_from)):
+            raise UserError(f"{root} was started {_init_words(saved.get('init_from'))}, now "
+                            f"{_init_words(init_from)}; resume with the same --init-from or use "
+                            "a new --out")
         check_same_settings(saved_cfg, cfg, root)
     elif main and _holds_foreign_files(root):
         raise UserError(f"{root}: exists and is not an aiokd run directory; use a new --out")
     if main:
         atomic_write_json(run_file, {
             "aiokd_version": __version__, "config": cfg.to_dict(), "data": str(data_dir),
-            "spm_sha256": sha256(spm_bytes), **languages,
+            **tokenizer.identity, **languages,
+            **({} if init_from is None else {"init_from": str(init_from)}),
         })
-    return Run(root, cfg, data_dir, spm_bytes, languages)
+    return Run(root, cfg, data_dir, tokenizer, languages, init_from)
+
+
+def _init_words(init_from: str | Path | None) -> str:
+    return "without --init-from" if init_from is None else f"with --init-from {init_from}"
 
 
 def _holds_foreign_files(root: Path) -> bool:
