@@ -8,11 +8,11 @@ gradient detaching and mutual learning (Miao et al., EMNLP 2023).
 __version__ = "0.1.0"
 
 
-def load(path, device=None, engine=None, dtype=None):
+def load(path, device=None, engine=None, dtype=None, threads=None):
     """Load a model to translate with; see :func:`aiokd.inference.api.load`.
 
     ``aiokd.load(PATH).translate(lines, student="6-2")``.
     """
     from aiokd.inference.api import load as load_model
 
-    return load_model(path, device=device, engine=engine, dtype=dtype)
+    return load_model(path, device=device, engine=engine, dtype=dtype, threads=threads)

@@ -176,16 +176,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_dtype(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                   help="precision to translate in (default: float32; with --engine "
-                   "ctranslate2 the export's own); bfloat16 translates batches faster where the "
-                   "hardware multiplies bf16 natively (e.g. CPUs with AMX)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+                   default=None, help="precision to translate in (default auto: what was "
+                   "measured fastest on this machine, bfloat16 only where clearly faster than "
+                   "float32; with --engine ctranslate2 the export's own)")
 
 
 def _add_threads(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads of PyTorch and CTranslate2 (default: PyTorch's, one per "
-                   "core); benchmarks/ctranslate2_threads.py measures CTranslate2's best")
+                   "core; CTranslate2: that or 1, whichever was measured faster here)")
 
 
 def _add_translate(sub: argparse._SubParsersAction) -> None:

@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 
+import aiokd
 from aiokd.config import ModelConfig
 from aiokd.inference import precision
 from aiokd.model import probe
@@ -106,10 +107,11 @@ def test_training_with_auto_precision_logs_the_measured_choice(tiny_data_dir, tm
     assert run_cli(train_argv(tiny_data_dir, out, "train.stages=1"), capsys)[0] == 0
     record = _precision_record(out)
     if native:
-        assert record["amp"] in ("none", "bf16") and record["reason"].startswith("measured")
+        assert record["amp"] in ("none", "bf16") and "(measured on this machine" in record[
+            "precision"]
         assert {"seconds_none", "seconds_bf16"} <= set(record)
     else:
-        assert record["amp"] == "none" and "no native bf16" in record["reason"]
+        assert record["amp"] == "none" and "no native bf16" in record["precision"]
     assert json.loads((out / "run.json").read_text())["config"]["train"]["amp"] == "auto"
 
 
@@ -119,3 +121,39 @@ def test_a_given_precision_is_kept(tiny_data_dir, tmp_path, capsys):
                    capsys)[0] == 0
     assert _precision_record(out)["amp"] == "none"
     assert not probe.cache_path().exists()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_loading_chooses_the_decoding_precision_by_measurement(tiny_model_dir, monkeypatch,
+                                                               native):
+    monkeypatch.setattr(precision, "bf16_is_native", lambda device: native)
+    translator = aiokd.load(tiny_model_dir, device="cpu")
+    chosen = translator.settings["dtype"]
+    assert chosen in (("float32", "bfloat16") if native else ("float32",))
+    assert {p.dtype for p in translator._engine.model.parameters()} == {getattr(torch, chosen)}
+    assert ("measured on this machine" if native else "no native bf16") in translator.settings[
+        "dtype_reason"]
+    given = aiokd.load(tiny_model_dir, device="cpu", dtype="float32").settings
+    assert given == {"dtype": "float32", "dtype_reason": "as given"}
+
+
+def test_ctranslate2_threads_are_measured_unless_given(tiny_model_dir, tiny_corpus):
+    lines = tiny_corpus["test"][0][:3]
+    torch.set_num_threads(2)
+    auto = aiokd.load(tiny_model_dir, device="cpu", engine="ctranslate2")
+    auto.translate(lines, student="3-2")
+    assert auto.settings["ctranslate2_threads"] in ("1", "2")
+    assert "measured on this machine" in auto.settings["ctranslate2_threads_reason"]
+    given = aiokd.load(tiny_model_dir, device="cpu", engine="ctranslate2", threads=2)
+    assert given.translate(lines, student="3-2") == auto.translate(lines, student="3-2")
+    assert given.settings["ctranslate2_threads"] == "2"
+
+
+def test_evaluate_records_the_settings_and_why(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    status, stdout, _ = run_cli(["evaluate", "--model", tiny_model_dir, "--data", tiny_data_dir,
+                                 "--split", "test", "--students", "3-2", "--no-latency",
+                                 "--out", out], capsys)
+    results = json.loads(out.read_text())
+    assert status == 0 and results["dtype"] in ("float32", "bfloat16")
+    assert results["dtype_reason"] and f"dtype: {results['dtype']}, " in stdout

@@ -85,7 +85,7 @@ def test_translates_in_half_precision(tiny_model_dir, model, lines, dtype):
     full = model.translate(lines, student="3-2", beam=3)
     same = sum(a == b for a, b in zip(out, full, strict=True))
     assert all(out) and same >= 2 * len(lines) // 3
-    with pytest.raises(UserError, match="--dtype int8: expected one of float32, bfloat16"):
+    with pytest.raises(UserError, match="--dtype int8: expected auto or one of float32, bfloat16"):
         aiokd.load(tiny_model_dir, dtype="int8")
 
 

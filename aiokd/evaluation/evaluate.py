@@ -163,15 +163,16 @@ def _entry(name: str, scores: tuple[Score, Score, Score | None], footprint: Foot
 def evaluate(model: str | os.PathLike, test: EvalSet, students: str | list[str] | None = None,
              beam: int = 5, engine: str = "torch", device: str | None = None,
              tok_bleu: bool = False, latency: LatencySettings | None = DEFAULT_LATENCY,
-             progress: bool = True, dtype: str | None = None) -> dict[str, Any]:
-    """Evaluate students of ``model`` on ``test``, translating in precision ``dtype`` (see
-    :func:`aiokd.inference.api.load`); returns the results (see :mod:`aiokd.evaluation.results`).
-    ``latency=None`` skips timing."""
+             progress: bool = True, dtype: str | None = None,
+             threads: int | None = None) -> dict[str, Any]:
+    """Evaluate students of ``model`` on ``test``, translating in precision ``dtype`` with
+    CTranslate2 ``threads`` (see :func:`aiokd.inference.api.load`); returns the results (see
+    :mod:`aiokd.evaluation.results`).  ``latency=None`` skips timing."""
     if beam < 1:
         raise UserError(f"--beam {beam}: must be at least 1")
     if latency is not None and (latency.sample < 1 or latency.runs < 1):
         raise UserError("--latency-sample and --latency-runs must be at least 1")
-    translator = load(model, device=device, engine=engine, dtype=dtype)
+    translator = load(model, device=device, engine=engine, dtype=dtype, threads=threads)
     names = choose_students(students, translator)
     facts = inspect_model(model, [parse_student(name) for name in names], engine)
     _check_languages(test, facts)
@@ -205,7 +206,7 @@ def evaluate(model: str | os.PathLike, test: EvalSet, students: str | list[str] 
         "test_set": {**test.description, "sentences": len(test.sources)},
         "beam": beam,
         "engine": engine,
-        "dtype": dtype or ("default" if engine == "ctranslate2" else "float32"),
+        **translator.settings,
         "device": device_name,
         "hardware": _hardware(device_name),
         "threads": torch.get_num_threads(),
@@ -269,6 +270,11 @@ def summary(results: dict[str, Any]) -> str:
     lines.append(f"size: {results['size']}")
     device = (f"{results['engine']} in {results.get('dtype', 'float32')} on {results['device']} "
               f"({results['hardware']}), torch threads: {results['threads']}")
+    if "ctranslate2_threads" in results:
+        device += f", CTranslate2 threads: {results['ctranslate2_threads']}"
+    for setting in ("dtype", "ctranslate2_threads"):
+        if results.get(f"{setting}_reason", "as given") != "as given":
+            lines.append(f"{setting}: {results[setting]}, {results[f'{setting}_reason']}")
     latency = results["latency"]
     if latency:
         lines.append(f"latency: {device}; ms/sent = {latency['batch1_sample_sentences']} "
@@ -312,7 +318,7 @@ def evaluate_model(model: str | os.PathLike, out: str | os.PathLike, *, data: st
     test = read_test_set(data, split, src, ref)
     settings = LatencySettings(latency_sample, latency_runs) if latency else None
     results = evaluate(model, test, students, beam=beam, engine=engine, device=device,
-                       tok_bleu=tok_bleu, latency=settings, dtype=dtype)
+                       tok_bleu=tok_bleu, latency=settings, dtype=dtype, threads=threads)
     written = write_outputs(results, out)
     print(summary(results))
     print("\nwrote " + ", ".join(str(path) for path in written))

@@ -18,13 +18,18 @@ and CTranslate2's length penalty, which divides by the length with the EOS as ou
 model that is not a CTranslate2 export, the CTranslate2 engine exports each student it is asked
 for, in float32, to a temporary directory that is removed once the model is loaded.
 
-``dtype`` sets the precision of the weights and activations: ``float32`` (the default for the
-PyTorch engine), ``bfloat16`` or ``float16``.  The PyTorch engine casts the model to it (the beam
-scores stay float32); the CTranslate2 engine passes it as ``compute_type`` (default: the type the
-export was saved in) and accepts only those this CTranslate2 build supports on the device.
-Where the hardware multiplies bf16 natively (recent GPUs, CPUs with Intel AMX), ``bfloat16``
-translates batches faster than ``float32``, and a few outputs differ
-(``benchmarks/decoding_precision.py`` measures both).
+``dtype`` sets the precision of the weights and activations: ``float32``, ``bfloat16`` or
+``float16``, or ``auto`` (the default).  The PyTorch engine casts the model to it (the beam scores
+stay float32); ``auto`` there is what translates fastest on this machine, measured on the
+teacher (:mod:`aiokd.inference.precision`: bfloat16 only where the hardware multiplies bf16
+natively and it was clearly faster than float32; a few outputs then differ,
+``benchmarks/decoding_precision.py`` measures both).  The CTranslate2 engine passes ``dtype`` as
+``compute_type`` (``auto``: the type the export was saved in) and accepts only those this
+CTranslate2 build supports on the device.
+
+``threads``: the CPU threads of CTranslate2 (``intra_threads``); by default PyTorch's thread
+count or 1, whichever translated faster on this machine (on small virtual machines one thread
+can be many times faster).  :attr:`Translator.settings` says what was chosen and why.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from aiokd.data.batching import token_batches
 from aiokd.data.tokenizer import SENTENCEPIECE, TokenizerFiles
 from aiokd.errors import UserError
 from aiokd.inference.generate import SearchOptions, generate
+from aiokd.inference.precision import ctranslate2_threads, decoding_precision
 from aiokd.model.checkpoint import ModelFiles, load_model_files
 from aiokd.model.transformer import Transformer
 from aiokd.students import Student, choose_student, student_name
@@ -93,18 +99,21 @@ def _ctranslate2_device(device: str | None) -> tuple[str, int]:
     return kind, int(index or 0)
 
 
-def _ctranslate2_options(device: str | None, dtype: str | None) -> dict[str, object]:
-    """The ``ctranslate2.Translator`` arguments for ``--device`` and ``--dtype``, checked; without
-    ``dtype`` the export's own type (``compute_type="default"``)."""
+def _ctranslate2_options(device: str | None, dtype: str | None,
+                         threads: int | None) -> dict[str, object]:
+    """The ``ctranslate2.Translator`` arguments for ``--device``, ``--dtype`` and ``--threads``,
+    checked; without ``dtype`` (or with ``auto``) the export's own type
+    (``compute_type="default"``), without ``threads`` PyTorch's thread count."""
     import ctranslate2
 
     kind, index = _ctranslate2_device(device)
     supported = ctranslate2.get_supported_compute_types(kind)
+    dtype = None if dtype == "auto" else dtype
     if dtype is not None and dtype not in supported:
         raise UserError(f"--dtype {dtype}: CTranslate2 cannot compute in it on {kind} here "
                         f"(it can in: {', '.join(sorted(supported))})")
     return {"device": kind, "device_index": index, "compute_type": dtype or "default",
-            "intra_threads": torch.get_num_threads()}
+            "intra_threads": threads or torch.get_num_threads()}
 
 
 def _open_ctranslate2(directory: Path, options: dict[str, object]):
@@ -114,6 +123,23 @@ def _open_ctranslate2(directory: Path, options: dict[str, object]):
         return ctranslate2.Translator(str(directory), **options)
     except (RuntimeError, ValueError) as error:
         raise UserError(f"{directory}: CTranslate2 cannot load it ({error})") from None
+
+
+def _fastest_threads(directory: Path, options: dict[str, object], threads: int | None,
+                     pieces: list[str], question: str) -> dict[str, str]:
+    """Set ``options["intra_threads"]``: ``threads`` if given, else the faster of PyTorch's
+    thread count and 1 on a CPU (measured once per machine and model); returns the setting and
+    why."""
+    if threads is not None or options["device"] != "cpu":
+        return {"ctranslate2_threads": str(options["intra_threads"]),
+                "ctranslate2_threads_reason": "as given"}
+    torch_threads = torch.get_num_threads()
+    choice = ctranslate2_threads(
+        lambda n: _open_ctranslate2(directory, {**options, "intra_threads": n}), pieces,
+        f"{question}|{options['compute_type']}", int(options["intra_threads"]))
+    torch.set_num_threads(torch_threads)  # CTranslate2 sets OpenMP's count, PyTorch's too
+    options["intra_threads"] = int(choice.value)
+    return {"ctranslate2_threads": choice.value, "ctranslate2_threads_reason": choice.reason}
 
 
 class _CTranslate2Engine:
@@ -154,8 +180,12 @@ class Translator:
     """A loaded model: text in, text out, with any of its students (see the module docstring)."""
 
     def __init__(self, engine: _TorchEngine | _CTranslate2Engine, processor, cfg: ModelConfig,
-                 students: list[Student], source: Path):
+                 students: list[Student], source: Path, settings: dict[str, str]):
         self._engine = engine
+        self.settings = settings
+        """The precision (``dtype``) and, for CTranslate2, the thread count
+        (``ctranslate2_threads``) it translates with, each with its ``..._reason``; with
+        CTranslate2 exporting on the fly, the threads appear once a student was opened."""
         self._processor = processor
         self.cfg = cfg
         self._students = students
@@ -217,32 +247,50 @@ def _torch_device(device: str | None) -> torch.device:
     return chosen
 
 
-def _exporting(files: ModelFiles, options: dict[str, object]) -> Callable[[Student], object]:
-    """Opens a student of ``files`` in CTranslate2 by exporting it to a temporary directory."""
+def _question(cfg: ModelConfig, student: Student) -> str:
+    """What a thread-count probe of ``student`` of a model of ``cfg`` is cached under."""
+    return (f"V={cfg.vocab_size}|C={cfg.d_model}|F={cfg.ffn_dim}|H={cfg.heads}|"
+            f"student={student_name(student)}")
+
+
+def _exporting(files: ModelFiles, options: dict[str, object], threads: int | None,
+               settings: dict[str, str]) -> Callable[[Student], object]:
+    """Opens a student of ``files`` in CTranslate2 by exporting it to a temporary directory;
+    the thread count is chosen on the first student opened and recorded in ``settings``."""
     from aiokd.formats.export import write_ctranslate2
+
+    pieces = files.tokenizer.load(files.source).pieces
 
     def open_student(student: Student):
         with tempfile.TemporaryDirectory(prefix="aiokd-ctranslate2-") as directory:
             write_ctranslate2(Path(directory), files, student, "none")
+            if "ctranslate2_threads" not in settings:
+                settings.update(_fastest_threads(Path(directory), options, threads, pieces,
+                                                 _question(files.model.cfg, student)))
             return _open_ctranslate2(Path(directory), options)
 
     return open_student
 
 
-def _load_export(directory: Path, options: dict[str, object]) -> Translator:
+def _load_export(directory: Path, options: dict[str, object], threads: int | None) -> Translator:
     from aiokd.formats.export import read_export_info
 
     info = read_export_info(directory)
     cfg = ModelConfig(**info["model"])
     tokenizer = TokenizerFiles.read(directory, info.get("tokenizer", SENTENCEPIECE))
     processor = tokenizer.load(directory)
+    student = (cfg.enc_layers, cfg.dec_layers)
+    settings = {"dtype": str(options["compute_type"]), "dtype_reason": "the export's own"
+                if options["compute_type"] == "default" else "as given",
+                **_fastest_threads(directory, options, threads, processor.pieces,
+                                   _question(cfg, student))}
     translator = _open_ctranslate2(directory, options)
     engine = _CTranslate2Engine(lambda student: translator, processor.pieces, cfg)
-    return Translator(engine, processor, cfg, [(cfg.enc_layers, cfg.dec_layers)], directory)
+    return Translator(engine, processor, cfg, [student], directory, settings)
 
 
 def load(path: str | os.PathLike, device: str | None = None, engine: str | None = None,
-         dtype: str | None = None) -> Translator:
+         dtype: str | None = None, threads: int | None = None) -> Translator:
     """Load a model to translate with.
 
     Args:
@@ -251,8 +299,9 @@ def load(path: str | os.PathLike, device: str | None = None, engine: str | None 
         device: ``cpu``, ``cuda`` or ``cuda:N``; default: CUDA when available.
         engine: ``torch`` or ``ctranslate2``; default: ``ctranslate2`` for an export, else
             ``torch``.
-        dtype: ``float32``, ``bfloat16`` or ``float16`` (see the module docstring); default:
-            float32 in PyTorch, the export's own type in CTranslate2.
+        dtype: ``auto`` (the default), ``float32``, ``bfloat16`` or ``float16`` (see the module
+            docstring).
+        threads: CTranslate2's CPU threads (default: measured, see the module docstring).
 
     Raises:
         UserError: the path is not a model, a file is damaged, ``engine="torch"`` for an
@@ -263,18 +312,28 @@ def load(path: str | os.PathLike, device: str | None = None, engine: str | None 
     path = Path(path)
     if engine not in (None, "torch", "ctranslate2"):
         raise UserError(f"--engine {engine}: expected torch or ctranslate2")
-    if dtype not in (None, *DTYPES):
-        raise UserError(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
+    if dtype not in (None, "auto", *DTYPES):
+        raise UserError(f"--dtype {dtype}: expected auto or one of {', '.join(DTYPES)}")
     if is_ctranslate2_export(path):
         if engine == "torch":
             raise UserError(f"{path} is a CTranslate2 export; translate with --engine ctranslate2")
-        return _load_export(path, _ctranslate2_options(device, dtype))
+        return _load_export(path, _ctranslate2_options(device, dtype, threads), threads)
     files = load_model_files(path)
     processor = files.tokenizer.load(files.source)
     cfg = files.model.cfg
     if engine == "ctranslate2":
-        open_student = _exporting(files, _ctranslate2_options(device, dtype))
-        chosen = _CTranslate2Engine(open_student, processor.pieces, cfg)
+        options = _ctranslate2_options(device, dtype, threads)
+        settings = {"dtype": str(options["compute_type"]), "dtype_reason": "as given"
+                    if dtype not in (None, "auto") else "float32, as exported on the fly"}
+        chosen = _CTranslate2Engine(_exporting(files, options, threads, settings),
+                                    processor.pieces, cfg)
     else:
-        chosen = _TorchEngine(files.model.to(_torch_device(device), DTYPES[dtype or "float32"]))
-    return Translator(chosen, processor, cfg, files.students, files.source)
+        model = files.model.to(_torch_device(device))
+        if dtype in (None, "auto"):
+            choice = decoding_precision(model, model.teacher, next(model.parameters()).device)
+            dtype, reason = choice.value, choice.reason
+        else:
+            reason = "as given"
+        settings = {"dtype": dtype, "dtype_reason": reason}
+        chosen = _TorchEngine(model.to(DTYPES[dtype]))
+    return Translator(chosen, processor, cfg, files.students, files.source, settings)

@@ -182,10 +182,10 @@ def distill_data(model: str | Path, data: str | Path, out: str | Path, student: 
     make_directories(out.parent)
     with exclusive_lock(out.parent / f".{out.name}.lock", str(out)):
         sources = ParallelSplit.load(data, "train").source_lines()
-        translator = load(model, device=device, dtype=dtype)
+        translator = load(model, device=device, dtype=dtype, threads=threads)
         name = student_name(translator.check_student(student))
         recipe = {"name": "distill-data", "model": str(Path(model).resolve()), "student": name,
-                  "beam": beam, "dtype": dtype or "float32"}
+                  "beam": beam, "dtype": translator.settings["dtype"]}
         job = {**recipe, "model_files": _fingerprint(Path(model)),
                "data": str(data.resolve()), "train": _fingerprint(data / side_files(
                    "train", load_manifest(data)["src_lang"])["text"]), "chunk_lines": chunk_lines}

@@ -65,8 +65,8 @@ def translate_files(model: str | Path, *, input_file: str = "-", output_file: st
     """``aiokd translate``: translate the lines of ``input_file`` (``-``: stdin) with ``student``
     of ``model`` (None: the full model) into ``output_file`` (``-``: stdout).
 
-    ``engine``, ``device`` and ``dtype`` are as :func:`aiokd.inference.api.load`; ``threads``
-    as :func:`aiokd.inference.api.set_threads`.
+    ``engine``, ``device``, ``dtype`` and ``threads`` are as :func:`aiokd.inference.api.load`;
+    ``threads`` also sets PyTorch's (:func:`aiokd.inference.api.set_threads`).
 
     Raises:
         UserError: an unreadable model or input, an untrained student, or bad options.
@@ -74,7 +74,7 @@ def translate_files(model: str | Path, *, input_file: str = "-", output_file: st
     if output_file != "-" and Path(output_file).is_dir():
         raise UserError(f"-o {output_file}: is a directory")
     set_threads(threads)
-    translator = load(model, device=device, engine=engine, dtype=dtype)
+    translator = load(model, device=device, engine=engine, dtype=dtype, threads=threads)
     translator.check_student(student)
     lines = read_input(input_file)
     with tqdm(total=len(lines), unit="line", file=sys.stderr,

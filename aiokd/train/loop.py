@@ -49,7 +49,7 @@ from aiokd.model.transformer import Transformer
 from aiokd.students import Student, sample_students, student_name
 from aiokd.train.distributed import Distributed, setup_distributed
 from aiokd.train.init_from import start_from_model
-from aiokd.train.precision import PRECISION_NAMES, amp_dtype, resolve_precision
+from aiokd.train.precision import amp_dtype, precision_record, resolve_precision
 from aiokd.train.run_dir import Logger, Run, locked_run, open_run
 
 # ----------------------------------------------------------------------------------------------
@@ -455,15 +455,16 @@ def _train_stages(run: Run, dist_: Distributed, train_split: ParallelSplit,
     logger = Logger(run, dist_.main)
     run.cfg, precision = resolve_precision(run.cfg, dist_)
     cfg = run.cfg
-    logger.say(f"precision: {PRECISION_NAMES[cfg.train.amp]} ({precision.reason})")
-    logger.record("precision", 0, 0, {"amp": cfg.train.amp, "reason": precision.reason,
-                                      **{f"seconds_{k}": v for k, v in precision.seconds.items()}})
+    logger.say(f"precision: {precision_record(cfg, precision)['precision']}")
     try:
         for stage_number in run.stages:
             stage = Stage(run, stage_number, dist_, train_split, valid_split, logger)
             stage.start()
             if stage.state.finished:
                 logger.say(f"stage {stage_number} already finished ({stage.state.finished})")
+            else:
+                logger.record("precision", stage_number, stage.state.update,
+                              precision_record(cfg, precision))
             state = stage.run_to_end(cfg.train.max_updates)
             if dist_.world > 1:
                 dist.barrier()  # stage 2 reads the best checkpoint the main process wrote

@@ -36,3 +36,11 @@ def resolve_precision(cfg: Config, dist_: Distributed) -> tuple[Config, Choice]:
         dist.broadcast_object_list(shared, src=0)
         choice = shared[0]
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, amp=choice.value)), choice
+
+
+def precision_record(cfg: Config, choice: Choice) -> dict[str, object]:
+    """The log entry of the precision a stage trains in: ``amp``, a line saying what and why,
+    and the measured seconds per candidate step."""
+    return {"amp": cfg.train.amp,
+            "precision": f"{PRECISION_NAMES[cfg.train.amp]} ({choice.reason})",
+            **{f"seconds_{name}": value for name, value in choice.seconds.items()}}
