@@ -69,8 +69,8 @@ class Objective(nn.Module):
             stage: 1 or 2; mutual learning from stage ``distill.ml_stage`` on.
         Returns:
             ``(loss, stats)``: the loss summed over tokens; ``stats`` holds sums of the teacher's
-            (or the baseline student's) ``nll`` and label-smoothed ``ce``, ``kd``, ``ml`` and the
-            number of ``detached`` students.
+            (or the baseline student's) ``nll`` and label-smoothed ``ce``, ``kd``, ``ml``, and
+            (AIO-KD) each sampled student's ``student_ces`` and detaching ``gates`` (``(K,)``).
         """
         mask = target != self.model.cfg.pad_id
         gold = target[mask]
@@ -92,8 +92,8 @@ class Objective(nn.Module):
         loss = aiokd_loss if d.loss == "fused" else aiokd_loss_reference
         # The projections' outputs feed this loss alone: their gradient may overwrite them.
         terms = loss(logits[0], logits[1:], gold, settings, overwrite=True)
-        stats = {"nll": terms.teacher_nll, "ce": terms.ce[0], "student_ce": terms.ce[1:].sum(),
-                 "kd": terms.kd, "ml": terms.ml, "detached": (1.0 - terms.gates).sum()}
+        stats = {"nll": terms.teacher_nll, "ce": terms.ce[0], "student_ces": terms.ce[1:],
+                 "kd": terms.kd, "ml": terms.ml, "gates": terms.gates}
         return terms.loss, stats
 
     def _single_student(self, src, prev_tgt, mask, gold):

@@ -50,6 +50,14 @@ from aiokd.students import Student, sample_students, student_name
 from aiokd.train.distributed import Distributed, setup_distributed
 from aiokd.train.init_from import start_from_model
 from aiokd.train.precision import amp_dtype, precision_record, resolve_precision
+from aiokd.train.report import (
+    COUNTS,
+    VECTORS,
+    detached_line,
+    format_losses,
+    student_statistics,
+    with_spread,
+)
 from aiokd.train.run_dir import Logger, Run, locked_run, open_run
 
 # ----------------------------------------------------------------------------------------------
@@ -150,21 +158,7 @@ def validate(model: Transformer, split: ParallelSplit, students: list[Student], 
     totals, tokens = sums[:-1], sums[-1]
     losses = {student_name(s): t / tokens for s, t in zip(students, totals, strict=True)}
     losses["mean"] = sum(totals) / tokens / len(students)
-    return losses
-
-
-def format_losses(losses: dict[str, float], students: list[Student]) -> str:
-    """Per-student losses by name, laid out as a grid: one row per ``l_d``, one column per
-    ``l_e``; then their mean."""
-    encs = sorted({le for le, _ in students})
-    decs = sorted({ld for _, ld in students})
-    lines = ["valid CE (nats/token) by student l_e-l_d:"]
-    for ld in decs:
-        cells = [f"{student_name((le, ld)):>5} {losses[student_name((le, ld))]:6.3f}"
-                 if (le, ld) in students else " " * 12 for le in encs]
-        lines.append("  ".join(cells).rstrip())
-    lines.append(f"mean over {len(students)} students: {losses['mean']:.4f}")
-    return "\n".join(lines)
+    return with_spread(losses, students)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,6 +177,8 @@ class StageState:
     stale_validations: int = 0
     bad_steps: int = 0
     finished: str = ""
+    kd_terms: float = 0.0
+    kd_detached: float = 0.0
     best_losses: dict[str, float] | None = None
     validated_at: int = -1
 
@@ -307,9 +303,10 @@ class Stage:
         if improved:
             self.save(self.run.best(self.stage), with_optimizer=False)
 
-    def train_update(self, batches: list[np.ndarray]) -> dict[str, float]:
+    def train_update(self, batches: list[np.ndarray]) -> tuple[dict[str, Any], list[Student]]:
         """Forward and backward over this process's batches of one update; returns ``tokens``,
-        ``loss``, ``nll``... summed over all processes (the update's one synchronisation)."""
+        ``batches``, ``loss``, ``nll``... summed over all processes (the update's one
+        synchronisation; :data:`~aiokd.train.report.VECTORS` per student), and the students."""
         students = self._students()
         _seed_update(self.cfg, self.stage, self.state.update, self.dist.rank)
         totals, names = None, []
@@ -324,11 +321,15 @@ class Stage:
                     loss, stats = self.objective(batch.src, batch.prev_tgt, batch.target,
                                                  students, self.stage)
                 self.scaler.scale(loss).backward()
-            values = torch.stack([torch.tensor(float(batch.tokens), device=loss.device),
-                                  loss.detach().float(), *(v.float() for v in stats.values())])
+            parts = {"tokens": float(batch.tokens), "batches": 1.0, "loss": loss, **stats}
+            values = torch.cat([torch.as_tensor(v, device=loss.device).detach().float().reshape(-1)
+                                for v in parts.values()])
             totals = values if totals is None else totals + values
-            names = ["tokens", "loss", *stats]
-        return dict(zip(names, self.dist.all_sum(totals.double()).tolist(), strict=True))
+            names, sizes = list(parts), [torch.as_tensor(v).numel() for v in parts.values()]
+        summed = iter(self.dist.all_sum(totals.double()).tolist())
+        found = {name: [next(summed) for _ in range(size)]
+                 for name, size in zip(names, sizes, strict=True)}
+        return ({name: v if name in VECTORS else v[0] for name, v in found.items()}, students)
 
     def step(self, total_tokens: float) -> None:
         """Adam step on the gradient of ``loss_sum / total_tokens`` (over all processes)."""
@@ -368,7 +369,7 @@ class Stage:
             if t.max_epochs and epoch >= t.max_epochs:
                 s.finished = "max_epochs"
                 break
-            totals = self.train_update(batches)
+            totals, students = self.train_update(batches)
             s.epoch, s.index = epoch, index
             tokens = totals["tokens"]
             if not math.isfinite(totals["loss"]):
@@ -380,14 +381,20 @@ class Stage:
             s.update += 1
             tokens_done += tokens
             speed = tokens_done / (time.perf_counter() - started)
+            per_student = student_statistics(students, totals)
+            s.kd_terms += len(students)
+            s.kd_detached += per_student.get("detached", 0.0)
             bar.update(1)
             bar.set_postfix(loss=f"{totals['loss'] / tokens:.3f}",
-                            nll=f"{totals['nll'] / tokens:.3f}", tok_s=f"{speed:.0f}")
+                            nll=f"{totals['nll'] / tokens:.3f}", tok_s=f"{speed:.0f}",
+                            **({"ratio": f"{per_student['ratio_max']:.3f}",
+                                "detached": f"{s.kd_detached:g}/{s.kd_terms:g}"}
+                               if students else {}))
             if s.update % t.log_every == 0:
                 self.logger.record("train", self.stage, s.update, {
                     "lr": self.optimizer.param_groups[0]["lr"], "tokens_per_s": speed,
-                    **{k: v / tokens for k, v in totals.items() if k != "tokens"},
-                    "tokens": tokens})
+                    **{k: v / tokens for k, v in totals.items() if k not in (*COUNTS, "tokens")},
+                    "tokens": tokens, **per_student})
             at_end = s.update == max_updates
             if s.update % t.validate_every == 0 or at_end:
                 self._validate()
@@ -469,7 +476,9 @@ def _train_stages(run: Run, dist_: Distributed, train_split: ParallelSplit,
             if dist_.world > 1:
                 dist.barrier()  # stage 2 reads the best checkpoint the main process wrote
             logger.say(f"stage {stage_number} finished ({state.finished}); best mean valid CE "
-                       f"{state.best:.4f} at update {state.best_update}")
+                       f"{state.best:.4f} at update {state.best_update}"
+                       + (f"; {detached_line(state.kd_detached, state.kd_terms)}"
+                          if state.kd_terms else ""))
         if dist_.world > 1:
             dist.barrier()  # the main process may still be writing the best checkpoint
         final = read_checkpoint(run.best(run.stages[-1]))
