@@ -56,6 +56,7 @@ from speed_common import (
 )
 
 from aiokd.data.corpus import ParallelSplit, load_manifest
+from aiokd.model.probe import training_precision
 
 
 @dataclass
@@ -93,6 +94,9 @@ def bench_preset(preset: str, data_dir: Path, overrides: list[str], plan: Plan,
     valid_batches = speed_validation.validation_batches(
         ParallelSplit.load(data_dir, "valid"), base, plan.valid_batches, device)
     result = speed_training.preset_summary(base, batches)
+    if precisions == ["float32", "bfloat16"]:  # --amp auto on a CPU: what auto picks here
+        choice = training_precision(base.model, device, base.train.max_tokens)
+        result["auto_precision"] = {"chose": AUTO_NAMES[choice.value], "reason": choice.reason}
     scaled = {variant.name for variant in
               speed_scaling.scaling_variants(speed_training.headline_k(plan.ks))}
     for precision in precisions:
@@ -109,13 +113,29 @@ def bench_preset(preset: str, data_dir: Path, overrides: list[str], plan: Plan,
                 [pair for pair in variants if pair[0].name in scaled], train_split,
                 plan.token_sizes, plan.length_edges, plan.runs, plan.warmup, device, dtype)
         result["precisions"][precision] = entry
+    if "auto_precision" in result:
+        speeds = {p: result["precisions"][p]["training"]["teacher"]["tokens_per_s"]
+                  for p in precisions}
+        fastest = max(speeds, key=speeds.get)
+        result["auto_precision"].update(teacher_tokens_per_s=speeds, fastest=fastest,
+                                        auto_is_fastest=result["auto_precision"]["chose"]
+                                        == fastest)
     return result
+
+
+AUTO_NAMES = {"none": "float32", "bf16": "bfloat16"}
+"""``train.amp`` values by the benchmark's precision names."""
 
 
 def format_report(report: dict[str, Any]) -> str:
     """The figures of ``report`` as plain-text tables."""
     lines = format_head(report)
     for preset, entry in report.get("presets", {}).items():
+        if "auto_precision" in entry:
+            auto = entry["auto_precision"]
+            speeds = ", ".join(f"{p} {s:.0f}" for p, s in auto["teacher_tokens_per_s"].items())
+            lines.append(f"{preset}: train.amp=auto chose {auto['chose']} ({auto['reason']}); "
+                         f"teacher tok/s measured here: {speeds}; fastest {auto['fastest']}")
         for precision, figures in entry["precisions"].items():
             lines += speed_training.format_training(preset, precision, entry, figures)
             if "validation" in figures:

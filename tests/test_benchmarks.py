@@ -20,6 +20,7 @@ from aiokd.data.corpus import load_manifest
 from aiokd.model.transformer import Transformer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import auto_settings  # noqa: E402
 import speed  # noqa: E402
 import speed_decoding  # noqa: E402
 import speed_scaling  # noqa: E402
@@ -41,6 +42,26 @@ def one_thread():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+def test_auto_precision_is_reported_beside_the_measured_alternatives(tiny_data_dir, tmp_path,
+                                                                     one_thread, monkeypatch):
+    """Where the benchmark times float32 and bf16, it says what ``train.amp=auto`` picks here
+    and which precision its teacher step measured fastest, so a wrong choice shows."""
+    from aiokd.model import probe
+
+    monkeypatch.setenv("AIOKD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(probe, "bf16_is_native", lambda device: True)
+    monkeypatch.setattr(speed, "choose_precisions",
+                        lambda amp, device, quick=False: ["float32", "bfloat16"])
+    report = speed.main([
+        "--preset", "tiny", "--data", str(tiny_data_dir), "--ks", "2", "--runs", "1",
+        "--warmup", "1", "--threads", "1", "--skip", "validation,scaling,decoding",
+        "--amp", "auto", "--set", *TINY])
+    auto = report["presets"]["tiny"]["auto_precision"]
+    assert auto["chose"] in ("float32", "bfloat16") and auto["reason"].startswith("measured")
+    assert set(auto["teacher_tokens_per_s"]) == {"float32", "bfloat16"}
+    assert auto["auto_is_fastest"] == (auto["chose"] == auto["fastest"])
 
 
 def test_quick_run_writes_every_headline_figure(tiny_data_dir, tmp_path, one_thread):
@@ -205,3 +226,17 @@ def test_ctranslate2_threads_times_every_count(tiny_model_dir, tiny_data_dir, ca
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
     assert [row[0] for row in rows] == ["1", "2"]
     assert all(_positive(float(cell)) for row in rows for cell in row[1:])
+
+
+def test_auto_settings_compares_the_default_with_each_explicit_setting(
+        tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch, one_thread):
+    monkeypatch.setenv("AIOKD_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "auto.json"
+    report = auto_settings.main(["--model", str(tiny_model_dir), "--data", str(tiny_data_dir),
+                                 "--sentences", "6", "--single", "2", "--rounds", "2",
+                                 "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    torch_engine, ct2 = report["engines"]["torch"], report["engines"]["ctranslate2"]
+    assert {"default", "float32"} <= set(torch_engine["seconds"])
+    assert torch_engine["default_chose"]["dtype"] in torch_engine["seconds"]
+    assert ct2["default_vs_fastest"] >= 1.0 and "ctranslate2_threads" in ct2["default_chose"]

@@ -15,6 +15,7 @@ memory-mapped, so opening a split costs little memory whatever its size.
 
 from __future__ import annotations
 
+import itertools
 import json
 import operator
 import os
@@ -300,3 +301,18 @@ class ParallelSplit:
     def target_lines(self) -> list[str]:
         """The cleaned raw target text (the references of a test set), one string per pair."""
         return self._tgt.lines()
+
+
+def write_side(directory: Path, name: str, lang: str, lines: list[str],
+                ids: list[list[int]], dtype: np.dtype) -> int:
+    """Write ids, offsets and text of one side of a split (the layout above); return its number
+    of tokens."""
+    files = side_files(name, lang)
+    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)), out=offsets[1:])
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(offsets[-1]))
+    np.save(directory / files["ids"], flat)
+    np.save(directory / files["offsets"], offsets)
+    with open(directory / files["text"], "w", encoding="utf-8", newline="\n") as handle:
+        handle.writelines(line + "\n" for line in lines)
+    return int(offsets[-1])

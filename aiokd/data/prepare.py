@@ -24,11 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import aiokd
 from aiokd.data import iwslt14
-from aiokd.data.corpus import FORMAT, MANIFEST, VERSION, ids_dtype, side_files
+from aiokd.data.corpus import FORMAT, MANIFEST, VERSION, ids_dtype, write_side
 from aiokd.data.encoding import SPECIAL_IDS, Encoder, model_encoder, trained_encoder
 from aiokd.data.text import find_side, read_parallel
 from aiokd.data.tokenizer import ModelTokenizer, read_model_tokenizer
@@ -145,20 +143,6 @@ def _filter_lengths(split: _Split, max_len: int | None, max_ratio: float | None)
                    "ratio")
 
 
-def _write_side(directory: Path, name: str, lang: str, lines: list[str],
-                ids: list[list[int]], dtype: np.dtype) -> int:
-    """Write ids, offsets and text of one side of a split; return its number of tokens."""
-    files = side_files(name, lang)
-    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
-    np.cumsum(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)), out=offsets[1:])
-    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(offsets[-1]))
-    np.save(directory / files["ids"], flat)
-    np.save(directory / files["offsets"], offsets)
-    with open(directory / files["text"], "w", encoding="utf-8", newline="\n") as handle:
-        handle.writelines(line + "\n" for line in lines)
-    return int(offsets[-1])
-
-
 def _collect_splits(train: Pair, valid: Pair, tests: dict[str, Pair],
                     source_files: dict[str, list[str]]) -> dict[str, _Split]:
     """All splits, stripped; training and validation pairs with an empty side are dropped."""
@@ -186,8 +170,8 @@ def _encode_and_write(directory: Path, name: str, split: _Split, encoder: Encode
         if not split.src:
             raise UserError(f"no {name} pair is left after the --max-len/--max-ratio filters")
     dtype = ids_dtype(encoder.vocab_size)
-    src_tokens = _write_side(directory, name, langs[0], split.src, split.src_ids, dtype)
-    tgt_tokens = _write_side(directory, name, langs[1], split.tgt, split.tgt_ids, dtype)
+    src_tokens = write_side(directory, name, langs[0], split.src, split.src_ids, dtype)
+    tgt_tokens = write_side(directory, name, langs[1], split.tgt, split.tgt_ids, dtype)
     return {
         "kind": split.kind,
         "pairs": len(split.src),

@@ -31,8 +31,8 @@ from aiokd.data.corpus import (
     ids_dtype,
     load_manifest,
     side_files,
+    write_side,
 )
-from aiokd.data.prepare import _write_side
 from aiokd.errors import UserError
 from aiokd.inference.api import Translator, load, set_threads
 from aiokd.io import (
@@ -145,7 +145,7 @@ def write_distilled(data: Path, out: Path, translations: list[str],
             _copy_split(data, directory, split, manifest,
                         ("src",) if split == "train" else ("src", "tgt"))
         ids = tokenizer.encode_batch(translations)
-        tgt_tokens = _write_side(directory, "train", manifest["tgt_lang"], translations, ids,
+        tgt_tokens = write_side(directory, "train", manifest["tgt_lang"], translations, ids,
                                  ids_dtype(tokenizer.vocab_size))
         tgt_text = str(data / side_files("train", manifest["tgt_lang"])["text"])
         manifest["splits"]["train"] = {
