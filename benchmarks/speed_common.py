@@ -14,7 +14,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from aiokd.config import Config, ModelConfig, load_config
 from aiokd.data.batching import Batch, token_batches
 from aiokd.data.corpus import ParallelSplit, load_manifest
 from aiokd.evaluation.latency import timed
+from aiokd.model.probe import cpu_model
 from aiokd.students import Student
 from aiokd.train.loop import make_batch
 
@@ -50,13 +50,7 @@ def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU's model name."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_model()
 
 
 def load_average() -> list[float] | None:

@@ -57,7 +57,8 @@ def cache_path() -> Path:
     return Path(root) / "probes.json"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The processor's model name (Linux: ``/proc/cpuinfo``)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -83,7 +84,7 @@ def machine_key(device: torch.device) -> str:
     if device.type == "cuda":
         what = [torch.cuda.get_device_name(device), torch.version.cuda or ""]
     else:
-        what = [_cpu_model(), *_cpu_flags(), f"threads={torch.get_num_threads()}"]
+        what = [cpu_model(), *_cpu_flags(), f"threads={torch.get_num_threads()}"]
     return "|".join([device.type, *what, f"torch={torch.__version__}"])
 
 

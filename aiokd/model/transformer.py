@@ -180,10 +180,10 @@ class Residual(nn.Module):
     more slowly than it casts and adds one.
     """
 
-    def __init__(self, dim: int, dropout: float, pre_norm: bool, eps: float = 1e-5):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.norm = nn.LayerNorm(dim, eps=eps)
-        self.dropout, self.pre_norm = dropout, pre_norm
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.dropout, self.pre_norm = cfg.dropout, cfg.pre_norm
 
     def forward(self, x: Tensor, sublayer, *args, **kwargs) -> Tensor:
         if self.pre_norm:
@@ -197,12 +197,10 @@ class EncoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.self_attn = SelfAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
-        self.self_attn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm,
-                                        cfg.layer_norm_eps)
+        self.self_attn_block = Residual(cfg)
         self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.activation_dropout,
                                cfg.activation)
-        self.ffn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm,
-                                  cfg.layer_norm_eps)
+        self.ffn_block = Residual(cfg)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         x = self.self_attn_block(x, self.self_attn, mask)
@@ -213,15 +211,12 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.self_attn = SelfAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
-        self.self_attn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm,
-                                        cfg.layer_norm_eps)
+        self.self_attn_block = Residual(cfg)
         self.cross_attn = CrossAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
-        self.cross_attn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm,
-                                         cfg.layer_norm_eps)
+        self.cross_attn_block = Residual(cfg)
         self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.activation_dropout,
                                cfg.activation)
-        self.ffn_block = Residual(cfg.d_model, cfg.dropout, cfg.pre_norm,
-                                  cfg.layer_norm_eps)
+        self.ffn_block = Residual(cfg)
 
     def forward(self, x: Tensor, memory_kv: tuple[Tensor, Tensor], memory_mask: Tensor,
                 cache: dict[str, Tensor] | None = None) -> Tensor:
