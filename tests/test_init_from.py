@@ -176,3 +176,17 @@ def test_init_from_refusals(tmp_path, marian_data, imported, tiny_data_dir, caps
                        capsys, *names, out=out)
     assert_refused(["train", "--data", marian_data, "--out", out, "--init-from",
                     tmp_path / "nothing"], capsys, "nothing", out=out)
+
+
+def test_distill_data_from_an_imported_model_keeps_its_tokenizer(tmp_path, marian_data,
+                                                                  imported):
+    out = tmp_path / "seqkd"
+    _cli("distill-data", "--model", imported, "--data", marian_data, "--out", out, "--beam", "2")
+    manifest = load_manifest(out)
+    assert manifest["tokenizer"] == "marian" and data_tokenizer(out) == data_tokenizer(
+        marian_data)
+    tokenizer = load_model_files(imported).tokenizer.load(imported)
+    split = ParallelSplit.load(out, "train")
+    targets = split.target_lines()
+    assert [split.tgt(i).tolist() for i in range(len(split))] == tokenizer.encode_target(targets)
+    assert split.source_lines() == ParallelSplit.load(marian_data, "train").source_lines()

@@ -27,12 +27,13 @@ import aiokd
 from aiokd.data.corpus import (
     MANIFEST,
     ParallelSplit,
-    Tokenizer,
+    data_tokenizer,
     ids_dtype,
     load_manifest,
     side_files,
     write_side,
 )
+from aiokd.data.tokenizer import FILES
 from aiokd.errors import UserError
 from aiokd.inference.api import Translator, load, set_threads
 from aiokd.io import (
@@ -132,21 +133,21 @@ def write_distilled(data: Path, out: Path, translations: list[str],
     """Write the data directory ``out``: ``data`` with its training targets replaced by
     ``translations``; return its manifest."""
     manifest = load_manifest(data)
-    tokenizer = Tokenizer.from_data_dir(data)
+    tokenizer = data_tokenizer(data)
     train = manifest["splits"]["train"]
     if train["pairs"] != len(translations):
         raise UserError(f"{data}: {train['pairs']} training pairs but {len(translations)} "
                         "translations")
     with atomic_directory(out, overwrite=overwrite) as directory:
-        for name in {manifest["spm_model"], "spm.vocab"}:
+        for name in {manifest.get("spm_model"), "spm.vocab", *FILES[tokenizer.kind]} - {None}:
             if (data / name).is_file():
                 shutil.copy2(data / name, directory / name)
         for split in manifest["splits"]:
             _copy_split(data, directory, split, manifest,
                         ("src",) if split == "train" else ("src", "tgt"))
-        ids = tokenizer.encode_batch(translations)
+        ids = tokenizer.load(data).encode_target(translations)
         tgt_tokens = write_side(directory, "train", manifest["tgt_lang"], translations, ids,
-                                 ids_dtype(tokenizer.vocab_size))
+                                ids_dtype(manifest["vocab_size"]))
         tgt_text = str(data / side_files("train", manifest["tgt_lang"])["text"])
         manifest["splits"]["train"] = {
             **train, "tgt_tokens": tgt_tokens, "dropped": {},
