@@ -9,6 +9,7 @@ tokens so that every candidate does the same number of steps.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -52,11 +53,17 @@ def decoding_precision(model: Transformer, student: Student, device: torch.devic
         return Choice("bfloat16", "bfloat16: native on this GPU")
     cfg = model.cfg
     sources = probe_sources(cfg.vocab_size)
-    half = Transformer(cfg).to(device, torch.bfloat16).eval()
-    half.load_state_dict(model.state_dict())
+    @functools.cache
+    def half() -> Transformer:
+        """A bfloat16 copy, made on the first call only (none when the choice is cached)."""
+        copy = Transformer(cfg).to(device, torch.bfloat16).eval()
+        copy.load_state_dict(model.state_dict())
+        return copy
+
+    model.eval()
     engines = {name: _translation_workload(
-        lambda batch, m=m: generate(m, batch, student, SEARCH), sources)
-        for name, m in (("float32", model.eval()), ("bfloat16", half))}
+        lambda batch, m=m: generate(m(), batch, student, SEARCH), sources)
+        for name, m in (("float32", lambda: model), ("bfloat16", half))}
     question = (f"decode|V={cfg.vocab_size}|C={cfg.d_model}|F={cfg.ffn_dim}|H={cfg.heads}|"
                 f"student={student[0]}-{student[1]}|pre={cfg.pre_norm}")
     with torch.inference_mode():

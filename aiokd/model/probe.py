@@ -20,6 +20,7 @@ run log and the results files.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -159,14 +160,18 @@ def _training_step(cfg: ModelConfig, device: torch.device, dtype: torch.dtype | 
     target tokens (sentences of 24 tokens), under autocast in ``dtype`` (None: float32)."""
     from aiokd.model.transformer import Transformer
 
-    generator = torch.Generator().manual_seed(0)
-    model = Transformer(cfg).to(device).train()
-    length = min(24, cfg.max_positions)
-    rows = max(1, tokens // length)
-    src, tgt = (torch.randint(4, cfg.vocab_size, (rows, length), generator=generator).to(device)
-                for _ in range(2))
+    @functools.cache
+    def built() -> tuple[Transformer, torch.Tensor, torch.Tensor]:
+        """The model and batch, made on the first call only (none when the choice is cached)."""
+        generator = torch.Generator().manual_seed(0)
+        length = min(24, cfg.max_positions)
+        rows = max(1, tokens // length)
+        src, tgt = (torch.randint(4, cfg.vocab_size, (rows, length), generator=generator)
+                    .to(device) for _ in range(2))
+        return Transformer(cfg).to(device).train(), src, tgt
 
     def step() -> None:
+        model, src, tgt = built()
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(src, tgt)
         loss = F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten())
