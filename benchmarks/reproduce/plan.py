@@ -29,7 +29,7 @@ from aiokd.students import CandidateSpace, parse_student, student_name
 HERE = Path(__file__).resolve().parent
 CANDIDATES = [student_name(s) for s in CandidateSpace().candidates]
 """The paper's 15 students in its order."""
-DEFAULT_SYSTEMS = tuple(s for s in ORDER if s != "selective-kd")
+DEFAULT_SYSTEMS = tuple(s for s in ORDER if s not in ("selective-kd", "aiokd-init"))
 PAPER = ["distill.alpha=5.5", "distill.beta=0.5", "distill.eta=1.1", "distill.k=2",
          "distill.sandwich=false", "distill.ml_mode=no_weight", "distill.ml_stage=2"]
 """The paper's AIO-KD settings, named so that ``aiokd-paper`` keeps them if the defaults change."""
@@ -244,6 +244,8 @@ class Work:
             args += ["--method", system, "--student", student]
             if system != "scratch":
                 args += ["--teacher", str(self.run_dir(TEACHER_RUN))]
+        if system == "aiokd-init":
+            args += ["--init-from", str(self.run_dir(TEACHER_RUN))]
         args += [f"train.validate_every={p.validate_every}", f"train.patience={p.patience}",
                  *p.overrides, *ABLATIONS.get(system, [])]
         if seed != 1:

@@ -25,12 +25,12 @@ from typing import Any
 
 SEPARATE = ("scratch", "word-kd", "selective-kd")
 """Systems that train one model per student."""
-FROM_TEACHER = ("word-kd", "selective-kd", "aiokd-seqkd")
+FROM_TEACHER = ("word-kd", "selective-kd", "aiokd-seqkd", "aiokd-init")
 """Systems that need the from-scratch 6-6 teacher; its cost is part of theirs."""
 ORDER = ("scratch", "word-kd", "selective-kd", "aiokd", "aiokd-paper", "aiokd-separate",
          "aiokd-sandwich", "aiokd-sandwich-kd1", "aiokd-no-dgd", "aiokd-no-ml", "aiokd-one-stage",
-         "aiokd-seqkd")
-OPTIONS = ("aiokd-sandwich", "aiokd-sandwich-kd1")
+         "aiokd-seqkd", "aiokd-init")
+OPTIONS = ("aiokd-sandwich", "aiokd-sandwich-kd1", "aiokd-init")
 """AIO-KD with options that are not the paper's (its behaviour stays the default)."""
 TEACHER = "6-6"
 TEACHER_RUN = "scratch-6-6"
@@ -47,6 +47,7 @@ LABELS = {
     "aiokd-no-ml": "AIO-KD without mutual learning",
     "aiokd-one-stage": "AIO-KD, one stage (2U updates, ML throughout)",
     "aiokd-seqkd": "AIO-KD on Seq-KD data",
+    "aiokd-init": "AIO-KD from the from-scratch 6-6 teacher's weights",
 }
 
 
