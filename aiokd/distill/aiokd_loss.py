@@ -36,7 +36,8 @@ and through the log-softmax ``dL/dx_m = G_m - p_m sum_v G_m``.  The CE part of `
 ``-1`` over ``v``, so ``dL/dx_m = p_m - eps_i - c 1[v = y] + H_m - p_m sum_v H_m`` with ``H_m`` the
 KD and mutual-learning part.
 
-Both passes work a block of rows at a time (temporaries of a block stay in the cache).  The
+Both passes work a block of rows at a time (on a CPU the temporaries of a block stay in the
+cache; on a GPU a block is most or all of the batch: :func:`aiokd.distill.losses.row_blocks`).  The
 forward pass keeps only ``logsumexp`` per token and model; the backward pass recomputes ``lp`` and
 ``p`` from it and writes ``dL/dx`` over the logits (``overwrite``) or into new tensors.
 """
@@ -157,7 +158,7 @@ class _AIOKDLoss(torch.autograd.Function):
         lse = logits[0].new_empty((models, n), dtype=float_type)
         row_sums = logits[0].new_zeros(models, dtype=float_type)
         kl = logits[0].new_zeros((models, models), dtype=float_type)  # kl[a, b] = KL(P_a || P_b)
-        for rows in row_blocks(n, vocab * models):
+        for rows in row_blocks(n, vocab * models, logits[0].device):
             blocks = [at_least_float32(x[rows]) for x in logits]
             for m, block in enumerate(blocks):
                 torch.logsumexp(block, dim=-1, out=lse[m, rows])
@@ -203,7 +204,7 @@ class _AIOKDLoss(torch.autograd.Function):
         grads = [x if ctx.overwrite and distinct else torch.empty_like(x) for x in logits]
         alpha_k = settings.alpha / max(k, 1)
         b = settings.beta / max(ml_terms(len(pairs), settings.ml_mode), 1)
-        for rows in row_blocks(n, vocab * models):
+        for rows in row_blocks(n, vocab * models, logits[0].device):
             lp = _log_probs(logits, lse, rows)
             p = [x.exp() for x in lp]
             if k:  # KD: the students' side, and the teacher's side gated by g_k

@@ -71,10 +71,22 @@ def label_smoothed_nll(lprobs: Tensor, target: Tensor, epsilon: float) -> tuple[
     return _LabelSmoothedNLL.apply(lprobs, target, epsilon)
 
 
-def row_blocks(rows: int, vocab: int, block_bytes: int = 1 << 20) -> list[slice]:
-    """Consecutive blocks of the ``rows`` of an ``(N, V)`` float32 table, each about
-    ``block_bytes`` (at least one row): a full-vocabulary temporary of one block stays in the
-    cache instead of costing a fresh ``(N, V)`` allocation."""
+CACHE_BLOCK_BYTES = 1 << 20
+"""A block of a CPU's row loop: its full-vocabulary temporaries stay in a core's cache."""
+DEVICE_BLOCK_BYTES = 256 << 20
+"""A block of an accelerator's row loop: there the loop only bounds the temporaries' memory, and
+every block costs kernel launches (an H200 took 380 ms per AIO-KD step of the ``small`` preset
+with the CPU's blocks, 41 ms with the whole batch at once; ``benchmarks/results/speed-gpu-h200.md``)."""
+
+
+def row_blocks(rows: int, vocab: int, device: torch.device,
+               block_bytes: int | None = None) -> list[slice]:
+    """Consecutive blocks of the ``rows`` of an ``(N, V)`` float32 table on ``device``, each about
+    ``block_bytes`` (at least one row; default :data:`CACHE_BLOCK_BYTES` on a CPU, where a
+    full-vocabulary temporary of one block stays in the cache instead of costing a fresh
+    ``(N, V)`` allocation, else :data:`DEVICE_BLOCK_BYTES`)."""
+    if block_bytes is None:
+        block_bytes = CACHE_BLOCK_BYTES if device.type == "cpu" else DEVICE_BLOCK_BYTES
     step = max(1, block_bytes // (4 * vocab))
     return [slice(start, start + step) for start in range(0, rows, step)]
 
@@ -84,7 +96,7 @@ def _logsumexp(logits: Tensor, with_sums: bool = False) -> tuple[Tensor, Tensor 
     ``(N,)`` in float32 at least, computed block by block (:func:`row_blocks`)."""
     lse = logits.new_empty(logits.shape[0], dtype=torch.promote_types(logits.dtype, torch.float32))
     sums = torch.empty_like(lse) if with_sums else None
-    for rows in row_blocks(*logits.shape):
+    for rows in row_blocks(*logits.shape, logits.device):
         block = at_least_float32(logits[rows])
         torch.logsumexp(block, dim=-1, out=lse[rows])
         if sums is not None:
@@ -123,7 +135,7 @@ class _LabelSmoothedNLLFromLogits(torch.autograd.Function):
         logits, target, lse = ctx.saved_tensors
         on_target, everywhere = ctx.coefficients
         logits_grad = logits if ctx.overwrite else torch.empty_like(logits)
-        for rows in row_blocks(*logits.shape):
+        for rows in row_blocks(*logits.shape, logits.device):
             x, out = at_least_float32(logits[rows]), logits_grad[rows]
             # float32: exp(x - lse) straight into the output block; else in the float32 copy
             # (a half-precision scatter would convert the whole table to float32 and back)
@@ -166,8 +178,9 @@ def token_nll_from_hidden(hidden: Tensor, project: Callable[[Tensor], Tensor], t
     """:func:`token_nll_from_logits` of ``project(hidden)``, ``(N,)``: the final hidden states
     ``hidden (N, C)`` are projected to their ``(n, V)`` logits by ``project`` a block of rows at a
     time (about 8 MB of logits each), so that no ``(N, V)`` tensor is made."""
+    blocks = row_blocks(len(hidden), vocab, hidden.device, block_bytes=8 << 20)
     return torch.cat([token_nll_from_logits(project(hidden[rows]), target[rows])
-                      for rows in row_blocks(len(hidden), vocab, block_bytes=8 << 20)])
+                      for rows in blocks])
 
 
 def token_nll(lprobs: Tensor, target: Tensor) -> Tensor:

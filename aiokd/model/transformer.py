@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from aiokd.config import ModelConfig
 from aiokd.model.kernels import attention_products, dropout
@@ -62,6 +63,14 @@ ACTIVATION_FUNCTIONS = {"relu": F.relu, "gelu": F.gelu, "swish": F.silu, "silu":
 """``model.activation`` -> the feed-forward activation."""
 
 
+GPU_ATTENTION_KERNELS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                         SDPBackend.MATH]
+"""The fused attention kernels :func:`attention` lets PyTorch choose from on a GPU.  cuDNN's is left
+out: it prepares a plan for every new ``(B, H, T, S)``, and with batches of varying lengths an
+H200's training step of the ``small`` preset took 427 ms with it, 63 ms without
+(``benchmarks/results/speed-gpu-h200.md``)."""
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool,
               dropout_p: float) -> Tensor:
     """``softmax(q k^T / sqrt(d) + mask) v``.
@@ -71,13 +80,17 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool
     there its kernels take two to four times as long, forward and backward, as two batched
     matrix products around a float32 softmax (:func:`attention_products`;
     ``benchmarks/attention_kernels.py``).  At inference PyTorch's flash kernel is the fastest,
-    and it reads the memory's keys in place at every decoding step.
+    and it reads the memory's keys in place at every decoding step.  On a GPU the kernel is one
+    of :data:`GPU_ATTENTION_KERNELS`.
     """
-    if (q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
-            and torch.is_grad_enabled()):
-        return attention_products(q, k, v, mask, causal, dropout_p)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                          dropout_p=dropout_p)
+    if q.device.type == "cpu":
+        if q.dtype in (torch.bfloat16, torch.float16) and torch.is_grad_enabled():
+            return attention_products(q, k, v, mask, causal, dropout_p)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                              dropout_p=dropout_p)
+    with sdpa_kernel(GPU_ATTENTION_KERNELS):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                              dropout_p=dropout_p)
 
 
 def _split_heads(x: Tensor, heads: int) -> Tensor:
