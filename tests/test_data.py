@@ -8,7 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from aiokd.data.corpus import ParallelSplit, Tokenizer, load_manifest
+from aiokd.data.corpus import ParallelSplit, data_sentencepiece, load_manifest
+from aiokd.data.tokenizer import SentencePieceTokenizer
 from aiokd.errors import UserError
 from tests.conftest import TINY_VOCAB
 
@@ -44,7 +45,7 @@ def test_unknown_split_lists_available(tiny_data_dir):
 
 
 def test_tokenizer(tiny_data_dir):
-    tokenizer = Tokenizer.from_data_dir(tiny_data_dir)
+    tokenizer = data_sentencepiece(tiny_data_dir)
     assert tokenizer.vocab_size == TINY_VOCAB
     assert (tokenizer.pad_id, tokenizer.unk_id, tokenizer.bos_id, tokenizer.eos_id) == (0, 1, 2, 3)
     ids = tokenizer.encode("Der hund läuft schnell .")
@@ -55,10 +56,10 @@ def test_tokenizer(tiny_data_dir):
 
 def test_tokenizer_errors(tmp_path):
     with pytest.raises(UserError, match="no such SentencePiece model"):
-        Tokenizer.load(tmp_path / "spm.model")
+        SentencePieceTokenizer.load(tmp_path / "spm.model")
     (tmp_path / "spm.model").write_bytes(b"not a model")
     with pytest.raises(UserError, match="spm.model: not a SentencePiece model"):
-        Tokenizer.load(tmp_path / "spm.model")
+        SentencePieceTokenizer.load(tmp_path / "spm.model")
 
 
 def test_manifest_errors(tmp_path, data_copy):

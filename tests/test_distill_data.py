@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from aiokd.cli import main as cli_main
-from aiokd.data.corpus import ParallelSplit, Tokenizer, load_manifest, side_files
+from aiokd.data.corpus import ParallelSplit, data_sentencepiece, load_manifest, side_files
 from aiokd.inference.distill_data import distill_data, translate_resumably
 from tests.conftest import TINY_MODEL, run_aiokd
 
@@ -30,7 +30,7 @@ def test_same_pairs_same_vocabulary_translated_targets(distilled, tiny_data_dir)
     assert all(np.array_equal(train.src(i), original.src(i)) for i in range(len(train)))
     targets = train.target_lines()
     assert targets != original.target_lines()
-    tokenizer = Tokenizer.from_data_dir(out)
+    tokenizer = data_sentencepiece(out)
     assert [list(train.tgt(i)) for i in range(len(train))] == tokenizer.encode_batch(targets)
     assert (out / "spm.model").read_bytes() == (tiny_data_dir / "spm.model").read_bytes()
     assert manifest == load_manifest(out)

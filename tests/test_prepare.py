@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from aiokd.cli import main as cli_main
-from aiokd.data.corpus import ParallelSplit, Tokenizer, load_manifest
+from aiokd.data.corpus import ParallelSplit, data_sentencepiece, load_manifest
 from aiokd.data.prepare import prepare
 from aiokd.errors import UserError
 from tests.conftest import (
@@ -76,7 +76,7 @@ def test_directory_layout_and_manifest(tiny_data_dir, tiny_corpus):
 
 
 def test_ids_match_the_sentencepiece_model(tiny_data_dir, tiny_corpus):
-    tokenizer = Tokenizer.from_data_dir(tiny_data_dir)
+    tokenizer = data_sentencepiece(tiny_data_dir)
     split = ParallelSplit.load(tiny_data_dir, "valid")
     for i in (0, 7, len(split) - 1):
         assert split.src(i).tolist() == tokenizer.encode(tiny_corpus["valid"][0][i])

@@ -3,8 +3,9 @@
 Layout (all files of one directory)::
 
     manifest.json                  what is here (see :func:`load_manifest`)
-    spm.model, spm.vocab           the joint SentencePiece model, or another model's tokenizer
-                                   (``"tokenizer"`` in the manifest: see :func:`data_tokenizer`)
+    spm.model, spm.vocab           the joint SentencePiece model (:func:`data_sentencepiece`), or
+                                   another model's tokenizer (``"tokenizer"`` in the manifest:
+                                   see :func:`data_tokenizer`)
     {split}.{lang}.ids.npy         token ids of all lines of one side, concatenated (no BOS/EOS)
     {split}.{lang}.offsets.npy     int64, n + 1 entries: line i is ids[offsets[i]:offsets[i + 1]]
     {split}.{lang}.txt             the cleaned raw text, one line per pair
@@ -23,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import sentencepiece as spm
 
 from aiokd.data.text import read_lines
-from aiokd.data.tokenizer import FILES, SENTENCEPIECE, TokenizerFiles
+from aiokd.data.tokenizer import FILES, SENTENCEPIECE, SentencePieceTokenizer, TokenizerFiles
 from aiokd.errors import UserError
 
 FORMAT = "aiokd-data"
@@ -104,79 +104,24 @@ def data_tokenizer(data_dir: str | os.PathLike) -> TokenizerFiles:
     return TokenizerFiles.of(path.read_bytes())
 
 
-class Tokenizer:
-    """The joint SentencePiece model of a data directory."""
+def data_sentencepiece(data_dir: str | os.PathLike) -> SentencePieceTokenizer:
+    """The joint SentencePiece model named by the manifest of ``data_dir``, checked against it
+    (vocabulary size and special ids).
 
-    def __init__(self, processor: spm.SentencePieceProcessor, path: Path):
-        self._sp = processor
-        self.path = path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> Tokenizer:
-        """Load a SentencePiece ``.model`` file.
-
-        Raises:
-            UserError: the file is missing or not a SentencePiece model.
-        """
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"{path}: no such SentencePiece model")
-        processor = spm.SentencePieceProcessor()
-        try:
-            processor.LoadFromSerializedProto(path.read_bytes())
-        except (RuntimeError, OSError) as error:
-            raise UserError(f"{path}: not a SentencePiece model ({error})") from error
-        return cls(processor, path)
-
-    @classmethod
-    def from_data_dir(cls, data_dir: str | os.PathLike) -> Tokenizer:
-        """The model named by the manifest of ``data_dir``, checked against it.
-
-        Raises:
-            UserError: the manifest or the model is missing or they disagree.
-        """
-        manifest = load_manifest(data_dir)
-        if manifest.get("tokenizer", SENTENCEPIECE) != SENTENCEPIECE:
-            raise UserError(f"{data_dir} is encoded with a {manifest['tokenizer']} tokenizer, "
-                            "not one joint SentencePiece model")
-        tokenizer = cls.load(Path(data_dir) / manifest["spm_model"])
-        for key in ("vocab_size", "pad_id", "unk_id", "bos_id", "eos_id"):
-            if getattr(tokenizer, key) != manifest[key]:
-                raise UserError(f"{tokenizer.path}: {key} is {getattr(tokenizer, key)} but "
-                                f"{Path(data_dir) / MANIFEST} says {manifest[key]}")
-        return tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        return self._sp.get_piece_size()
-
-    @property
-    def pad_id(self) -> int:
-        return self._sp.pad_id()
-
-    @property
-    def unk_id(self) -> int:
-        return self._sp.unk_id()
-
-    @property
-    def bos_id(self) -> int:
-        return self._sp.bos_id()
-
-    @property
-    def eos_id(self) -> int:
-        return self._sp.eos_id()
-
-    def encode(self, text: str) -> list[int]:
-        """Token ids of one line, without BOS/EOS."""
-        return self._sp.encode(text)
-
-    def encode_batch(self, lines: list[str], num_threads: int = 1) -> list[list[int]]:
-        """Token ids of many lines at once (much faster than one :meth:`encode` per line)."""
-        return self._sp.encode(lines, num_threads=num_threads)
-
-    def decode(self, ids) -> str:
-        """Text of a sequence of ids; pad, BOS and EOS ids are ignored."""
-        return self._sp.decode([int(token) for token in ids])
+    Raises:
+        UserError: the manifest or the model is missing, the directory is encoded with another
+            kind of tokenizer, or the model and the manifest disagree.
+    """
+    manifest = load_manifest(data_dir)
+    if manifest.get("tokenizer", SENTENCEPIECE) != SENTENCEPIECE:
+        raise UserError(f"{data_dir} is encoded with a {manifest['tokenizer']} tokenizer, "
+                        "not one joint SentencePiece model")
+    tokenizer = SentencePieceTokenizer.load(Path(data_dir) / manifest["spm_model"])
+    for key in ("vocab_size", "pad_id", "unk_id", "bos_id", "eos_id"):
+        if getattr(tokenizer, key) != manifest[key]:
+            raise UserError(f"{tokenizer.path}: {key} is {getattr(tokenizer, key)} but "
+                            f"{Path(data_dir) / MANIFEST} says {manifest[key]}")
+    return tokenizer
 
 
 def _load_array(path: Path) -> np.ndarray:

@@ -19,8 +19,7 @@ from typing import Any
 
 import sentencepiece as spm
 
-from aiokd.data.corpus import Tokenizer
-from aiokd.data.tokenizer import SENTENCEPIECE, ModelTokenizer
+from aiokd.data.tokenizer import SENTENCEPIECE, ModelTokenizer, SentencePieceTokenizer
 from aiokd.errors import UserError
 
 SPM_MODEL = "spm.model"
@@ -44,8 +43,9 @@ class Encoder:
 
 def train_sentencepiece(
     lines: list[str], vocab_size: int, prefix: Path, model_type: str = "unigram"
-) -> Tokenizer:
-    """Train the joint SentencePiece model ``PREFIX.model`` (and ``.vocab``) on ``lines``.
+) -> SentencePieceTokenizer:
+    """Train the joint SentencePiece model ``PREFIX.model`` (and ``.vocab``) on ``lines``;
+    the model, loaded from ``PREFIX.model``.
 
     Raises:
         UserError: ``vocab_size`` does not suit the data (naming ``--vocab-size`` and the bound
@@ -67,7 +67,7 @@ def train_sentencepiece(
         )
     except RuntimeError as error:
         raise _vocab_error(vocab_size, str(error)) from error
-    return Tokenizer.load(prefix.with_suffix(".model"))
+    return SentencePieceTokenizer.load(prefix.with_suffix(".model"))
 
 
 def _vocab_error(vocab_size: int, message: str) -> UserError:

@@ -3,13 +3,15 @@
 Two kinds, named by ``"tokenizer"`` in a model's ``config.json`` (absent: ``sentencepiece``):
 
 * ``sentencepiece``: one joint SentencePiece model, ``spm.model``, whose ids are the model's ids
-  (what ``aiokd prepare`` trains).
-* ``marian``: the tokenizer of a Marian (OPUS-MT) model, ``source.spm``, ``target.spm`` and
-  ``vocab.json``.  A source line is split into pieces by the source SentencePiece model (a leading
-  language tag such as ``>>fra<<`` stays one piece), and each piece is looked up in
-  ``vocab.json``, ``<unk>`` when absent; target ids are looked up the other way and joined by the
-  target SentencePiece model, special tokens (``<pad>``, ``</s>``, ``<unk>``) left out.  This is
-  what Hugging Face's ``MarianTokenizer`` does.
+  (what ``aiokd prepare`` trains): :class:`SentencePieceTokenizer`, the one wrapper of a single
+  SentencePiece model (a data directory's, checked against its manifest:
+  :func:`aiokd.data.corpus.data_sentencepiece`).
+* ``marian``: the tokenizer of a Marian (OPUS-MT) model (:class:`MarianTokenizer`),
+  ``source.spm``, ``target.spm`` and ``vocab.json``.  A source line is split into pieces by the
+  source SentencePiece model (a leading language tag such as ``>>fra<<`` stays one piece), and
+  each piece is looked up in ``vocab.json``, ``<unk>`` when absent; target ids are looked up the
+  other way and joined by the target SentencePiece model, special tokens (``<pad>``, ``</s>``,
+  ``<unk>``) left out.  This is what Hugging Face's ``MarianTokenizer`` does.
 
 Both give ids without EOS; the model appends it.  The files travel as bytes (model directories,
 checkpoints, data directories): :class:`TokenizerFiles`.  Nothing is unpickled.
@@ -17,6 +19,7 @@ checkpoints, data directories): :class:`TokenizerFiles`.  Nothing is unpickled.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -138,21 +141,77 @@ def _marian_vocab(data: bytes, where: str | os.PathLike) -> list[str]:
 
 
 class SentencePieceTokenizer:
-    """One joint SentencePiece model: its ids are the model's ids."""
+    """One joint SentencePiece model: its ids are the model's ids.  ``path`` is the file it was
+    loaded from (None when it came from bytes)."""
 
-    def __init__(self, processor: spm.SentencePieceProcessor):
+    def __init__(self, processor: spm.SentencePieceProcessor, path: Path | None = None):
         self._sp = processor
-        self.pieces = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
-        self.unk_id = processor.unk_id()
+        self.path = path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SentencePieceTokenizer:
+        """The SentencePiece model of the ``.model`` file ``path``.
+
+        Raises:
+            UserError: the file is missing or not a SentencePiece model.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"{path}: no such SentencePiece model")
+        processor = spm.SentencePieceProcessor()
+        try:
+            processor.LoadFromSerializedProto(path.read_bytes())
+        except (RuntimeError, OSError) as error:
+            raise UserError(f"{path}: not a SentencePiece model ({error})") from error
+        return cls(processor, path)
+
+    @functools.cached_property
+    def pieces(self) -> list[str]:
+        """The piece of each id: ``pieces[i]`` is the piece of id ``i``."""
+        return [self._sp.id_to_piece(i) for i in range(self._sp.get_piece_size())]
+
+    @property
+    def vocab_size(self) -> int:
+        """The number of pieces."""
+        return self._sp.get_piece_size()
+
+    @property
+    def pad_id(self) -> int:
+        """The id of the padding piece (-1 when the model has none)."""
+        return self._sp.pad_id()
+
+    @property
+    def unk_id(self) -> int:
+        """The id of the unknown piece."""
+        return self._sp.unk_id()
+
+    @property
+    def bos_id(self) -> int:
+        """The id of the beginning-of-sentence piece (-1 when the model has none)."""
+        return self._sp.bos_id()
+
+    @property
+    def eos_id(self) -> int:
+        """The id of the end-of-sentence piece (-1 when the model has none)."""
+        return self._sp.eos_id()
+
+    def encode(self, text: str) -> list[int]:
+        """The ids of one line, without BOS/EOS."""
+        return self._sp.encode(text)
+
+    def encode_batch(self, lines: list[str], num_threads: int = 1) -> list[list[int]]:
+        """The ids of each line, without BOS/EOS (much faster than one :meth:`encode` per
+        line)."""
+        return self._sp.encode(lines, num_threads=num_threads)
 
     def encode_source(self, lines: list[str]) -> list[list[int]]:
-        """Ids of each line, without EOS."""
+        """The ids of each line, without EOS."""
         return self._sp.encode(lines)
 
     encode_target = encode_source
 
     def decode(self, ids) -> str:
-        """Text of target ids; pad, BOS and EOS are left out."""
+        """The text of target ids; pad, BOS and EOS are left out."""
         return self._sp.decode([int(token) for token in ids])
 
 
