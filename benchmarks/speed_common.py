@@ -33,7 +33,7 @@ from aiokd.data.corpus import ParallelSplit, load_manifest
 from aiokd.evaluation.latency import timed
 from aiokd.model.probe import cpu_model
 from aiokd.students import Student
-from aiokd.train.loop import make_batch
+from aiokd.train.stream import make_batch
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 """Precision name -> autocast dtype (``None``: no autocast)."""

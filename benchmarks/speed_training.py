@@ -53,7 +53,8 @@ from aiokd.distill.objective import Objective
 from aiokd.evaluation.latency import timed
 from aiokd.model.transformer import Transformer
 from aiokd.students import Student, sample_students, student_name
-from aiokd.train.loop import build_model, make_optimizer, scale_and_clip_gradients
+from aiokd.train.loop import build_model
+from aiokd.train.optimizer import make_optimizer, scale_and_clip_gradients
 
 KS = [1, 2, 3, 4]
 """Numbers of sampled students K measured unless told otherwise."""

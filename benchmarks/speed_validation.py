@@ -41,7 +41,7 @@ from aiokd.distill.objective import validation_nll
 from aiokd.evaluation.latency import timed
 from aiokd.model.transformer import Transformer
 from aiokd.students import Student
-from aiokd.train.loop import make_batch
+from aiokd.train.stream import make_batch
 
 
 def validation_batches(split: ParallelSplit, cfg: Config, count: int,

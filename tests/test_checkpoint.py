@@ -22,7 +22,7 @@ from aiokd.distill.objective import Objective
 from aiokd.errors import UserError
 from aiokd.model.checkpoint import load_model_files, read_checkpoint, save_checkpoint
 from aiokd.model.transformer import Transformer
-from aiokd.train.loop import make_optimizer
+from aiokd.train.optimizer import make_optimizer
 from tests.conftest import TINY_MODEL, run_aiokd
 
 PACKAGE = Path(aiokd.__file__).parent

@@ -9,7 +9,7 @@ from aiokd.config import load_config
 from aiokd.distill.objective import validation_nll
 from aiokd.model.kernels import DROPOUT_BITS, attention_products, dropout
 from aiokd.model.transformer import Transformer
-from aiokd.train.loop import scale_and_clip_gradients
+from aiokd.train.optimizer import scale_and_clip_gradients
 from tests.conftest import TINY_MODEL
 
 

@@ -75,8 +75,9 @@ CACHE_BLOCK_BYTES = 1 << 20
 """A block of a CPU's row loop: its full-vocabulary temporaries stay in a core's cache."""
 DEVICE_BLOCK_BYTES = 256 << 20
 """A block of an accelerator's row loop: there the loop only bounds the temporaries' memory, and
-every block costs kernel launches (an H200 took 380 ms per AIO-KD step of the ``small`` preset
-with the CPU's blocks, 41 ms with the whole batch at once; ``benchmarks/results/speed-gpu-h200.md``)."""
+every block costs kernel launches.  With the CPU's blocks an H200 took 380 ms per AIO-KD step of
+the ``small`` preset; with the autograd loss over the whole batch at once, 41 ms
+(``benchmarks/results/speed-gpu-h200.md``)."""
 
 
 def row_blocks(rows: int, vocab: int, device: torch.device,

@@ -32,8 +32,8 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from aiokd import __version__
-from aiokd.config import Config, ModelConfig
-from aiokd.data.batching import Batch, collate, token_batches
+from aiokd.config import Config
+from aiokd.data.batching import token_batches
 from aiokd.data.corpus import ParallelSplit
 from aiokd.distill.objective import Objective, validation_nll
 from aiokd.errors import UserError
@@ -49,6 +49,7 @@ from aiokd.model.transformer import Transformer
 from aiokd.students import Student, sample_students, student_name
 from aiokd.train.distributed import Distributed, setup_distributed
 from aiokd.train.init_from import start_from_model
+from aiokd.train.optimizer import inverse_sqrt_lr, make_optimizer, scale_and_clip_gradients
 from aiokd.train.precision import amp_dtype, precision_record, resolve_precision
 from aiokd.train.report import (
     COUNTS,
@@ -59,79 +60,7 @@ from aiokd.train.report import (
     with_spread,
 )
 from aiokd.train.run_dir import Logger, Run, locked_run, open_run
-
-# ----------------------------------------------------------------------------------------------
-# Devices and the learning rate
-
-
-def inverse_sqrt_lr(cfg: Config, update: int) -> float:
-    """Linear warm-up from ``warmup_init_lr`` to ``lr`` over ``warmup_updates``, then
-    ``lr * sqrt(warmup_updates / update)`` (Vaswani et al. 2017, as fairseq's inverse_sqrt)."""
-    t = cfg.train
-    if update < t.warmup_updates:
-        return t.warmup_init_lr + (t.lr - t.warmup_init_lr) * update / t.warmup_updates
-    return t.lr * math.sqrt(max(t.warmup_updates, 1) / max(update, 1))
-
-
-# ----------------------------------------------------------------------------------------------
-# Data
-
-
-def check_lengths(model: ModelConfig, *splits: ParallelSplit) -> None:
-    """UserError if a sentence of ``splits`` (with its BOS or EOS) exceeds the model's positions."""
-    for split in splits:
-        longest = int(max(split.src_lengths.max(initial=0), split.tgt_lengths.max(initial=0)))
-        if longest + 1 > model.max_positions:
-            raise UserError(f"{split.data_dir}: the {split.name} split has a sentence of {longest} "
-                            f"tokens, more than model.max_positions={model.max_positions} allows; "
-                            "prepare the data with a lower --max-len")
-
-
-class BatchStream:
-    """The training batches of one process as a resumable stream at position ``(epoch, index)``.
-
-    Each update takes ``world * update_freq`` consecutive batches of the epoch; process ``r``
-    computes batches ``r, r + world, ...`` of them.  The tail of an epoch too short for a whole
-    update is skipped, so every process always does the same number of forward passes.
-    """
-
-    def __init__(self, split: ParallelSplit, cfg: Config, dist_: Distributed):
-        self.split, self.cfg, self.dist = split, cfg, dist_
-        self.per_update = dist_.world * cfg.train.update_freq
-        self._epoch_batches: tuple[int, list[np.ndarray]] | None = None
-        self._check_enough(0)  # before training starts, not at its first update
-
-    def _check_enough(self, epoch: int) -> None:
-        if self.per_update > len(self.batches(epoch)):
-            raise UserError(f"{self.split.data_dir}: the training set has fewer batches "
-                            f"({len(self.batches(epoch))}) than one update needs "
-                            f"({self.per_update}); lower train.update_freq")
-
-    def batches(self, epoch: int) -> list[np.ndarray]:
-        if self._epoch_batches is None or self._epoch_batches[0] != epoch:
-            found = token_batches(self.split.src_lengths, self.split.tgt_lengths,
-                                  self.cfg.train.max_tokens, self.cfg.train.seed, epoch)
-            self._epoch_batches = (epoch, found)
-        return self._epoch_batches[1]
-
-    def next_update(self, epoch: int, index: int) -> tuple[list[np.ndarray], int, int]:
-        """This process's batches for one update, and the position after it."""
-        if index + self.per_update > len(self.batches(epoch)):
-            epoch, index = epoch + 1, 0
-            self._check_enough(epoch)
-        chosen = self.batches(epoch)[index:index + self.per_update]
-        return chosen[self.dist.rank::self.dist.world], epoch, index + self.per_update
-
-    def collate(self, indices: np.ndarray) -> Batch:
-        return make_batch(self.split, indices, self.dist.device)
-
-
-def make_batch(split: ParallelSplit, indices: np.ndarray, device: torch.device) -> Batch:
-    m = split.manifest
-    batch = collate([split.src(i) for i in indices], [split.tgt(i) for i in indices],
-                    m["pad_id"], m["bos_id"], m["eos_id"])
-    return batch.to(device)
-
+from aiokd.train.stream import BatchStream, check_lengths, make_batch
 
 # ----------------------------------------------------------------------------------------------
 # Validation
@@ -195,26 +124,6 @@ def build_model(cfg: Config, device: torch.device) -> Transformer:
     if cfg.train.compile:
         model.compile_layers()
     return model
-
-
-def make_optimizer(model: Transformer, cfg: Config) -> torch.optim.AdamW:
-    """Adam with decoupled weight decay (as fairseq's Adam), one fused kernel over all
-    parameters."""
-    t = cfg.train
-    return torch.optim.AdamW(model.parameters(), lr=t.warmup_init_lr, betas=t.adam_betas,
-                             eps=t.adam_eps, weight_decay=t.weight_decay, fused=True)
-
-
-def scale_and_clip_gradients(model: Transformer, factor: float, max_norm: float) -> None:
-    """``g <- c * factor * g`` with ``c = min(1, max_norm / (||factor * g|| + 1e-6))`` (no
-    clipping when ``max_norm <= 0``), as ``g *= factor`` then ``clip_grad_norm_`` would do, in one
-    pass over the gradients after one read for the norm."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if max_norm > 0:
-        norm = torch.nn.utils.get_total_norm(grads) * factor
-        torch._foreach_mul_(grads, (max_norm / (norm + 1e-6)).clamp(max=1.0) * factor)
-    else:
-        torch._foreach_mul_(grads, factor)
 
 
 class Stage:
