@@ -44,7 +44,7 @@ def config_of(argv: list[str]) -> Config:
 def test_every_train_command_is_a_valid_aiokd_train(tmp_path):
     p, steps = tiny_steps(tmp_path, systems=list(report.ORDER))
     trains = {s.key: s.args for s in steps if s.key.startswith("train:")}
-    assert len(trains) == 9 + 3 * 5  # 9 AIO-KD systems; 5 students x 3 separate systems
+    assert len(trains) == 10 + 3 * 5  # 10 AIO-KD systems; 5 students x 3 separate systems
     for key, args in trains.items():
         cfg = config_of(args)
         u = p.updates_per_stage
@@ -57,6 +57,8 @@ def test_every_train_command_is_a_valid_aiokd_train(tmp_path):
     low_kd = config_of(trains["train:aiokd-sandwich-kd1"]).distill
     assert low_kd.sandwich and low_kd.alpha == 1.0
     assert not config_of(trains["train:aiokd-no-dgd"]).distill.detach
+    init_from = trains["train:aiokd-init"]
+    assert init_from[init_from.index("--init-from") + 1] == str(tmp_path / "runs" / "scratch-6-6")
 
 
 def test_the_new_rows_train_with_their_settings(tmp_path):
