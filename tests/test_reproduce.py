@@ -392,3 +392,16 @@ def test_bad_data_options_are_one_line_errors(tmp_path, extra, message):
     done = run_driver(tmp_path / "work", tmp_path / "results", *extra)
     assert done.returncode != 0 and message in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_student_with_fewer_seeds_costs_its_mean_once():
+    """From scratch: 2-2 with seeds 1 and 2 (10 and 12 minutes), 6-6 with seed 1 only (30): the
+    system's cost and updates are per student the mean over its seeds, summed (11 + 30)."""
+    runs = {name: _record(name, "scratch", seed, {student: 30.0}, minutes)
+            | {"student": student, "updates": updates}
+            for name, seed, student, minutes, updates in [
+                ("scratch-2-2", 1, "2-2", 10.0, 400), ("scratch-2-2-seed2", 2, "2-2", 12.0, 600),
+                ("scratch-6-6", 1, "6-6", 30.0, 1000)]}
+    scratch = report.summarize(runs, ["2-2", "6-6"], plan.CANDIDATES)["scratch"]
+    assert scratch["cost_minutes"] == 41.0 and scratch["updates"] == 1500
+    assert scratch["cost_minutes_by_seed"] == {"1": 40.0, "2": 12.0}

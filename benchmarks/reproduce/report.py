@@ -20,6 +20,7 @@ merge by taking the union of their records.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from statistics import mean
 from typing import Any
 
@@ -80,6 +81,21 @@ def extrapolate_15(measured: dict[str, float], candidates: list[str]) -> float |
 def _average(values: dict[str, float], students: list[str]) -> float | None:
     chosen = [values[s] for s in students if s in values]
     return round(mean(chosen), 2) if chosen else None
+
+
+def _minutes(record: dict[str, Any]) -> float:
+    """The training minutes of one run, with what it needed besides (e.g. Seq-KD data)."""
+    return record["train_minutes"] + record.get("extra_minutes", 0.0)
+
+
+def _sum_of_means(records: list[dict[str, Any]], value: str | Callable) -> float:
+    """Over the runs of one system: per student the mean over its seeds (a single-run system has
+    one group), summed over the students, so that a student with fewer seeds is counted once."""
+    get = value if callable(value) else (lambda r: r[value])
+    groups: dict[str | None, list[float]] = {}
+    for record in records:
+        groups.setdefault(record.get("student"), []).append(get(record))
+    return sum(mean(values) for values in groups.values())
 
 
 def _seeds(records: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
@@ -154,8 +170,7 @@ def summarize(runs: dict[str, dict[str, Any]], students: list[str],
                                               if s in students} for seed, rs in by_seed.items()},
                  "spread": bleu["spread"], "avg_bleu_by_seed": bleu["avg_by_seed"],
                  "avg_bleu_spread": bleu["avg_spread"], "students": len(bleu["mean"]),
-                 "updates": round(mean(sum(r["updates"] for r in rs)
-                                       for rs in by_seed.values())),
+                 "updates": round(_sum_of_means(mine, "updates")),
                  "runs": sorted(r["run"] for r in mine)}
         scored = _over_seeds({seed: _scores(rs, "bleu") for seed, rs in by_seed.items()},
                              candidates)["mean"]
@@ -163,9 +178,8 @@ def summarize(runs: dict[str, dict[str, Any]], students: list[str],
             entry["bleu_all_students"] = scored
         needs_teacher = system in FROM_TEACHER
         extra = teacher_minutes if needs_teacher and teacher_minutes is not None else 0.0
-        costs = {seed: sum(r["train_minutes"] + r.get("extra_minutes", 0.0) for r in rs) + extra
-                 for seed, rs in by_seed.items()}
-        entry["cost_minutes"] = round(mean(costs.values()), 2)
+        costs = {seed: sum(_minutes(r) for r in rs) + extra for seed, rs in by_seed.items()}
+        entry["cost_minutes"] = round(_sum_of_means(mine, _minutes) + extra, 2)
         entry["cost_minutes_by_seed"] = {str(seed): round(c, 2) for seed, c in costs.items()}
         entry["cost_includes_teacher"] = needs_teacher and teacher_minutes is not None
         if system in SEPARATE:
