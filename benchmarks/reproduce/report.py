@@ -386,7 +386,8 @@ def markdown(results: dict[str, Any]) -> str:
 - Device: {results['device']}; threads: {results['threads'] or 'default'}.
 - Preset `{results['preset']}`; seeds {', '.join(map(str, results['seeds']))}.
 - A system's score is the mean over its seeds, shown ± the spread (max - min) where it has more
-  than one seed; its updates and cost are means over its seeds. The KD systems of every seed
+  than one seed; its updates and cost are, per student, the mean over that student's seeds,
+  summed over its students. The KD systems of every seed
   learn from the seed-1 from-scratch 6-6 teacher.
 - Students in the paper's order; `avg` is the mean over the students shown.
 
