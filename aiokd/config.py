@@ -308,6 +308,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"lr": 1e-3, "warmup_updates": 1000, "max_updates": 8000, "validate_every": 250,
                   "save_every": 250, "patience": 5, "log_every": 50},
     },
+    "narrow": {  # the same at half the width: on Multi30k the 6-6 beats the 2-2 here
+        "model": {"d_model": 128, "ffn_dim": 512, "heads": 4, "positions": "marian"},
+        "train": {"lr": 1e-3, "warmup_updates": 1000, "max_updates": 12000, "validate_every": 250,
+                  "save_every": 250, "patience": 5, "log_every": 50},
+    },
     "iwslt": {},  # the defaults above are the paper's IWSLT14 settings
     "base": {
         "model": {"d_model": 512, "ffn_dim": 2048, "heads": 8, "dropout": 0.1},
