@@ -22,6 +22,7 @@ Shapes: ``B`` batch, ``S`` source length, ``T`` target length, ``C`` model width
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -83,12 +84,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool
     and it reads the memory's keys in place at every decoding step.  On a GPU the kernel is one
     of :data:`GPU_ATTENTION_KERNELS`.
     """
-    if q.device.type == "cpu":
-        if q.dtype in (torch.bfloat16, torch.float16) and torch.is_grad_enabled():
-            return attention_products(q, k, v, mask, causal, dropout_p)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                              dropout_p=dropout_p)
-    with sdpa_kernel(GPU_ATTENTION_KERNELS):
+    on_cpu = q.device.type == "cpu"
+    if on_cpu and q.dtype in (torch.bfloat16, torch.float16) and torch.is_grad_enabled():
+        return attention_products(q, k, v, mask, causal, dropout_p)
+    with contextlib.nullcontext() if on_cpu else sdpa_kernel(GPU_ATTENTION_KERNELS):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                               dropout_p=dropout_p)
 

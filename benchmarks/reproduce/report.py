@@ -88,13 +88,13 @@ def _minutes(record: dict[str, Any]) -> float:
     return record["train_minutes"] + record.get("extra_minutes", 0.0)
 
 
-def _sum_of_means(records: list[dict[str, Any]], value: str | Callable) -> float:
-    """Over the runs of one system: per student the mean over its seeds (a single-run system has
-    one group), summed over the students, so that a student with fewer seeds is counted once."""
-    get = value if callable(value) else (lambda r: r[value])
+def _sum_of_means(records: list[dict[str, Any]], value: Callable[[dict], float]) -> float:
+    """Over the runs of one system: per student the mean of ``value(run)`` over its seeds (a
+    single-run system has one group), summed over the students, so that a student with fewer
+    seeds is counted once."""
     groups: dict[str | None, list[float]] = {}
     for record in records:
-        groups.setdefault(record.get("student"), []).append(get(record))
+        groups.setdefault(record.get("student"), []).append(value(record))
     return sum(mean(values) for values in groups.values())
 
 
@@ -170,7 +170,7 @@ def summarize(runs: dict[str, dict[str, Any]], students: list[str],
                                               if s in students} for seed, rs in by_seed.items()},
                  "spread": bleu["spread"], "avg_bleu_by_seed": bleu["avg_by_seed"],
                  "avg_bleu_spread": bleu["avg_spread"], "students": len(bleu["mean"]),
-                 "updates": round(_sum_of_means(mine, "updates")),
+                 "updates": round(_sum_of_means(mine, lambda r: r["updates"])),
                  "runs": sorted(r["run"] for r in mine)}
         scored = _over_seeds({seed: _scores(rs, "bleu") for seed, rs in by_seed.items()},
                              candidates)["mean"]
