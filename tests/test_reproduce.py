@@ -405,3 +405,26 @@ def test_a_student_with_fewer_seeds_costs_its_mean_once():
     scratch = report.summarize(runs, ["2-2", "6-6"], plan.CANDIDATES)["scratch"]
     assert scratch["cost_minutes"] == 41.0 and scratch["updates"] == 1500
     assert scratch["cost_minutes_by_seed"] == {"1": 40.0, "2": 12.0}
+
+
+def test_a_step_cost_is_recorded_while_it_runs(tmp_path, monkeypatch):
+    """A driver killed without warning keeps the cost of its running step: ``timings.json``
+    grows while the step runs, not only when it ends."""
+    import threading
+
+    import run
+    fake_python = tmp_path / "python"
+    fake_python.write_text("#!/bin/sh\nsleep 2\n")
+    fake_python.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake_python))
+    monkeypatch.setattr(run, "TIMING_FLUSH_SECONDS", 0.1)
+    step = plan.Step("train:scratch-2-2", "train scratch-2-2", ["train"], lambda: False)
+    timings = run.Timings(tmp_path / "timings.json")
+    worker = threading.Thread(target=run.execute, args=(step, tmp_path / "step.log", timings, 1))
+    worker.start()
+    worker.join(timeout=1.0)
+    assert worker.is_alive()
+    while_running = json.loads((tmp_path / "timings.json").read_text())["train:scratch-2-2"]
+    worker.join()
+    finished = json.loads((tmp_path / "timings.json").read_text())["train:scratch-2-2"]
+    assert 0.5 < while_running < finished and 1.9 < finished < 4.0

@@ -189,22 +189,37 @@ class Timings:
         return round(self.seconds.get(key, 0.0) / 60, 2)
 
 
+TIMING_FLUSH_SECONDS = 30
+"""How often a running step's time is added to ``timings.json``: a driver killed without
+warning (a machine shut down) loses at most this much of the step's cost."""
+
+
 def execute(step: Step, log: Path, timings: Timings, threads: int | None) -> int:
-    """Run one step to its end, its output appended to ``log``; its time is recorded even when
-    it fails or is interrupted."""
+    """Run one step to its end, its output appended to ``log``; its time is recorded as it
+    runs, and also when it fails or is interrupted."""
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    started = time.perf_counter()
-    try:
-        with open(log, "a", encoding="utf-8") as out:
-            out.write(f"$ {command_line(step)}\n{CODE_LINE}{code_version()}\n")
-            out.flush()
-            return subprocess.run([sys.executable, "-m", "aiokd", *step.args], stdout=out,
-                                  stderr=subprocess.STDOUT, env=env, check=False).returncode
-    finally:
-        timings.add(step.key, time.perf_counter() - started)
+    counted = time.perf_counter()
+    with open(log, "a", encoding="utf-8") as out:
+        out.write(f"$ {command_line(step)}\n{CODE_LINE}{code_version()}\n")
+        out.flush()
+        process = subprocess.Popen([sys.executable, "-m", "aiokd", *step.args], stdout=out,
+                                   stderr=subprocess.STDOUT, env=env)
+        try:
+            while True:
+                try:
+                    return process.wait(timeout=TIMING_FLUSH_SECONDS)
+                except subprocess.TimeoutExpired:
+                    now = time.perf_counter()
+                    timings.add(step.key, now - counted)
+                    counted = now
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                process.wait()
+            timings.add(step.key, time.perf_counter() - counted)
 
 
 def updates_done(run_dir: Path) -> int:
