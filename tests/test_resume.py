@@ -229,3 +229,28 @@ def test_leftover_temporary_file_is_ignored_and_removed(tmp_path, tiny_data_dir)
         stale.write_bytes(good[:100])
     train(tiny_data_dir, out, max_updates=2, overrides=OPTIONS)
     assert not temporaries(out)
+
+
+def test_a_stage_stopped_at_its_cap_continues_when_the_cap_is_raised(tmp_path, tiny_data_dir):
+    """Trained to 6 updates, then the same command with ``--max-updates 12``: the files of a run
+    trained to 12 at once.  In a two-stage run only the last started stage continues."""
+    def train_to(out: Path, updates: int, stages: str) -> str:
+        done = run_aiokd("train", "--data", tiny_data_dir, "--out", out, "--max-updates", updates,
+                         *OPTIONS, f"train.stages={stages}")
+        assert done.returncode == 0, done.stderr
+        return done.stdout + done.stderr
+
+    train_to(tmp_path / "at-once", 12, "1")
+    train_to(tmp_path / "raised", 6, "1")
+    assert "continuing to 12" in train_to(tmp_path / "raised", 12, "1")
+    for name in ["model.safetensors", "checkpoints/stage1-last.safetensors",
+                 "checkpoints/stage1-best.safetensors"]:
+        assert (tmp_path / "raised" / name).read_bytes() == \
+            (tmp_path / "at-once" / name).read_bytes(), name
+
+    train_to(tmp_path / "two", 6, "both")
+    said = train_to(tmp_path / "two", 8, "both")
+    assert "stage 1 already finished (max_updates)" in said and "continuing to 8" in said
+    stage_1 = read_checkpoint(tmp_path / "two" / "checkpoints" / "stage1-last.safetensors")
+    stage_2 = read_checkpoint(tmp_path / "two" / "checkpoints" / "stage2-last.safetensors")
+    assert stage_1.meta["state"]["update"] == 6 and stage_2.meta["state"]["update"] == 8

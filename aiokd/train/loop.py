@@ -164,6 +164,7 @@ class Stage:
             checkpoint = read_checkpoint(last)
             checkpoint.restore(self.model, self.optimizer)
             self.state = StageState(**checkpoint.meta["state"])
+            self._reopen_if_cap_raised()
             if not self.state.finished:
                 self.logger.say(f"resuming stage {self.stage} at update {self.state.update} "
                                 f"from {last}")
@@ -178,6 +179,16 @@ class Stage:
                                 "not exist; run stage 1 first (train.stages=1 or both)")
             read_checkpoint(best).restore(self.model)
             self.logger.say(f"stage 2 starts from {best} with a fresh optimizer and warm-up")
+
+    def _reopen_if_cap_raised(self) -> None:
+        """A stage that stopped at ``train.max_updates`` continues when the cap has been raised
+        since, unless a later stage has already started from it."""
+        s = self.state
+        if (s.finished == "max_updates" and s.update < self.cfg.train.max_updates
+                and not self.run.last(self.stage + 1).is_file()):
+            self.logger.say(f"stage {self.stage} stopped at the cap of {s.update} updates; "
+                            f"continuing to {self.cfg.train.max_updates}")
+            s.finished = ""
 
     def save(self, path: Path, with_optimizer: bool = True) -> None:
         if not self.dist.main:
