@@ -303,6 +303,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"lr": 3e-3, "warmup_updates": 100, "max_tokens": 2048, "max_updates": 500,
                   "validate_every": 250, "save_every": 100, "clip_norm": 1.0, "log_every": 10},
     },
+    "quickstart": {  # the README's main command: a family whose depth shows, in minutes on a CPU
+        "model": {"d_model": 128, "ffn_dim": 512, "heads": 4, "dropout": 0.1, "pre_norm": True},
+        "train": {"lr": 3e-3, "warmup_updates": 100, "max_tokens": 2048, "max_updates": 1250,
+                  "validate_every": 250, "save_every": 250, "clip_norm": 1.0, "log_every": 10},
+    },
     "small": {  # the paper's post-norm model and dropout at a width a CPU trains to convergence
         "model": {"d_model": 256, "ffn_dim": 1024, "heads": 4, "positions": "marian"},
         "train": {"lr": 1e-3, "warmup_updates": 1000, "max_updates": 8000, "validate_every": 250,
