@@ -16,7 +16,7 @@ import argparse
 import errno
 import sys
 
-from aiokd.config import PRESETS
+from aiokd.config import DEFAULT_PRESET, PRESETS
 from aiokd.errors import UserError
 
 # ----------------------------------------------------------------------------------------------
@@ -159,8 +159,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", required=True, help="data directory made by `aiokd prepare`")
     p.add_argument("--out", required=True, help="run directory (created, or resumed)")
-    p.add_argument("--preset", default="tiny",
-                   help=f"{' | '.join(PRESETS)} (default: tiny; see aiokd/config.py)")
+    p.add_argument("--preset", default=DEFAULT_PRESET,
+                   help=f"{' | '.join(PRESETS)} (default: {DEFAULT_PRESET}; see aiokd/config.py)")
     p.add_argument("--config", help="YAML file with overrides of the preset")
     p.add_argument("--max-updates", type=int, help="cap the number of updates of each stage")
     p.add_argument("--stage", choices=["1", "2", "both"], default=None,

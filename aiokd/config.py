@@ -297,6 +297,9 @@ def _check_keys(values: Any, cls: type, where: str) -> None:
                         f"known: {', '.join(sorted(known))}")
 
 
+DEFAULT_PRESET = "quickstart"
+"""The preset of a run that names none: the README's main command."""
+
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "model": {"d_model": 256, "ffn_dim": 512, "heads": 4, "dropout": 0.1, "pre_norm": True},
@@ -352,7 +355,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 
 
 def load_config(
-    preset: str = "tiny",
+    preset: str = DEFAULT_PRESET,
     config_file: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     extra: dict[str, dict[str, Any]] | None = None,

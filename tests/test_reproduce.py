@@ -407,14 +407,18 @@ def test_a_student_with_fewer_seeds_costs_its_mean_once():
     assert scratch["cost_minutes_by_seed"] == {"1": 40.0, "2": 12.0}
 
 
-def test_a_step_cost_is_recorded_while_it_runs(tmp_path, monkeypatch):
+
+@pytest.mark.parametrize("busy", [True, False])
+def test_a_step_cost_is_recorded_while_it_runs(tmp_path, monkeypatch, busy):
     """A driver killed without warning keeps the cost of its running step: ``timings.json``
-    grows while the step runs, not only when it ends."""
+    grows while the step runs, not only when it ends; its CPU seconds are counted apart from its
+    wall seconds (a step that waits, or is paused, costs no CPU time)."""
     import threading
 
     import run
     fake_python = tmp_path / "python"
-    fake_python.write_text("#!/bin/sh\nsleep 2\n")
+    work = "while time.time() < end: pass" if busy else "time.sleep(2)"
+    fake_python.write_text(f"#!{sys.executable}\nimport time\nend = time.time() + 2\n{work}\n")
     fake_python.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(fake_python))
     monkeypatch.setattr(run, "TIMING_FLUSH_SECONDS", 0.1)
@@ -424,7 +428,12 @@ def test_a_step_cost_is_recorded_while_it_runs(tmp_path, monkeypatch):
     worker.start()
     worker.join(timeout=1.0)
     assert worker.is_alive()
-    while_running = json.loads((tmp_path / "timings.json").read_text())["train:scratch-2-2"]
+    running = json.loads((tmp_path / "timings.json").read_text())
     worker.join()
-    finished = json.loads((tmp_path / "timings.json").read_text())["train:scratch-2-2"]
-    assert 0.5 < while_running < finished and 1.9 < finished < 4.0
+    finished = json.loads((tmp_path / "timings.json").read_text())
+    wall, cpu = finished["train:scratch-2-2"], finished["cpu:train:scratch-2-2"]
+    assert 0.5 < running["train:scratch-2-2"] < wall and 1.9 < wall < 4.0
+    if busy:
+        assert running["cpu:train:scratch-2-2"] > 0.2 and 1.0 < cpu < wall + 0.5
+    else:
+        assert cpu < 0.5

@@ -1,6 +1,6 @@
 """Training from Python, as ``aiokd train`` does it: options in, a trained run directory out.
 
-    aiokd.train.api.train("data/multi30k", "runs/aiokd", preset="tiny", overrides=["train.lr=7e-4"])
+    aiokd.train.api.train("data/multi30k", "runs/aiokd", overrides=["train.lr=7e-4"])
 
 The options become a :class:`~aiokd.config.Config` (preset, then YAML file, then the options, then
 ``key=value`` overrides), fitted to the data directory's vocabulary, and
@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from aiokd.config import Config, load_config
+from aiokd.config import DEFAULT_PRESET, Config, load_config
 from aiokd.data.corpus import load_manifest
 from aiokd.errors import UserError
 from aiokd.model.checkpoint import ModelFiles, load_model_files
@@ -22,7 +22,7 @@ from aiokd.train.init_from import check_data_tokenizer, check_model_options, che
 from aiokd.train.loop import run_training
 
 
-def build_config(preset: str = "tiny", config_file: str | Path | None = None,
+def build_config(preset: str = DEFAULT_PRESET, config_file: str | Path | None = None,
                  overrides: list[str] | tuple[str, ...] = (), max_updates: int | None = None,
                  stage: str | None = None, method: str | None = None,
                  student: str | None = None, teacher: str | Path | None = None,
@@ -59,7 +59,7 @@ def build_config(preset: str = "tiny", config_file: str | Path | None = None,
     return cfg
 
 
-def train(data: str | Path, out: str | Path, *, preset: str = "tiny",
+def train(data: str | Path, out: str | Path, *, preset: str = DEFAULT_PRESET,
           config_file: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
           max_updates: int | None = None, stage: str | None = None, method: str | None = None,
           student: str | None = None, teacher: str | Path | None = None,

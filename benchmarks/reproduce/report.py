@@ -292,7 +292,8 @@ def _average_cell(entry: dict[str, Any], metric: str) -> str:
 
 def _score_table(results: dict[str, Any], metric: str) -> str:
     students = results["students"]
-    header = ["system", "seeds", *students, "avg", "updates", "cost (device-min)",
+    unit = "GPU-min" if results["device"].startswith("1 GPU") else "CPU-min"
+    header = ["system", "seeds", *students, "avg", "updates", f"cost ({unit})",
               "cost for 15 (+teacher)"]
     rows = []
     for name, entry in results["systems"].items():

@@ -24,6 +24,7 @@ import gzip
 import itertools
 import json
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -53,9 +54,10 @@ from aiokd.io import atomic_write_bytes, atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 COST_RULE = (
-    "device-minutes = wall-clock minutes of each `aiokd train` subprocess (summed over resumed "
-    "attempts) x 1 device; evaluation is not counted. Word-KD and Selective-KD add their "
-    "teacher's (scratch-6-6) training; aiokd-seqkd adds the teacher's training and "
+    "on a CPU, CPU-minutes (user + system time) of each `aiokd train` subprocess, so that runs "
+    "sharing the cores, or paused, cost what they computed; on a GPU, device-minutes = "
+    "wall-clock minutes x 1 device; summed over resumed attempts; evaluation is not counted. "
+    "Word-KD and Selective-KD add their teacher's (scratch-6-6) training; aiokd-seqkd adds the teacher's training and "
     "`aiokd distill-data`. cost_minutes_15 (separate students): the trained students' measured "
     "minutes, plus for each of the 15 students not trained the least-squares line of measured "
     "minutes against l_e + l_d (one measured student: its minutes scaled by l_e + l_d), plus the "
@@ -168,8 +170,9 @@ def locked(root: Path) -> Iterator[None]:
 
 
 class Timings:
-    """Wall seconds of every step, summed over attempts, in ``W/timings.json`` (re-read before
-    each change, under :func:`locked`, so that concurrent drivers add up)."""
+    """Wall seconds of every step, and under ``cpu:KEY`` its CPU seconds, summed over attempts,
+    in ``W/timings.json`` (re-read before each change, under :func:`locked`, so that concurrent
+    drivers add up)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -179,14 +182,39 @@ class Timings:
     def reload(self) -> None:
         self.seconds = json.loads(self.path.read_text()) if self.path.is_file() else {}
 
-    def add(self, key: str, seconds: float) -> None:
+    def add(self, key: str, wall: float, cpu: float = 0.0) -> None:
         with locked(self.path.parent):
             self.reload()
-            self.seconds[key] = self.seconds.get(key, 0.0) + seconds
+            for name, seconds in ((key, wall), (CPU + key, cpu)):
+                self.seconds[name] = self.seconds.get(name, 0.0) + seconds
             atomic_write_json(self.path, self.seconds)
 
     def minutes(self, key: str) -> float:
         return round(self.seconds.get(key, 0.0) / 60, 2)
+
+    def cost_minutes(self, key: str, on_gpu: bool) -> float:
+        """The cost of a step: device-minutes on a GPU, CPU-minutes on a CPU."""
+        return self.minutes(key if on_gpu or CPU + key not in self.seconds else CPU + key)
+
+
+CPU = "cpu:"
+"""Prefix of the ``timings.json`` keys that hold a step's CPU seconds."""
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of the running process ``pid`` so far (Linux ``/proc``; 0.0
+    where unknown: the time is then counted when the process ends)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of this process's ended and waited-for children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 TIMING_FLUSH_SECONDS = 30
@@ -201,7 +229,7 @@ def execute(step: Step, log: Path, timings: Timings, threads: int | None) -> int
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    counted = time.perf_counter()
+    counted, cpu_counted, children_before = time.perf_counter(), 0.0, children_cpu_seconds()
     with open(log, "a", encoding="utf-8") as out:
         out.write(f"$ {command_line(step)}\n{CODE_LINE}{code_version()}\n")
         out.flush()
@@ -212,14 +240,15 @@ def execute(step: Step, log: Path, timings: Timings, threads: int | None) -> int
                 try:
                     return process.wait(timeout=TIMING_FLUSH_SECONDS)
                 except subprocess.TimeoutExpired:
-                    now = time.perf_counter()
-                    timings.add(step.key, now - counted)
-                    counted = now
+                    now, cpu = time.perf_counter(), max(cpu_seconds(process.pid), cpu_counted)
+                    timings.add(step.key, now - counted, cpu - cpu_counted)
+                    counted, cpu_counted = now, cpu
         finally:
             if process.poll() is None:
                 process.terminate()
                 process.wait()
-            timings.add(step.key, time.perf_counter() - counted)
+            cpu = children_cpu_seconds() - children_before
+            timings.add(step.key, time.perf_counter() - counted, max(cpu - cpu_counted, 0.0))
 
 
 def updates_done(run_dir: Path) -> int:
@@ -261,14 +290,17 @@ def run_record(run: Run, steps: list[Step], timings: Timings,
     if not evaluated_all(path, run.students):
         return None
     results = json.loads(path.read_text())
+    on_gpu = results["device"].startswith("cuda")
     entries = {entry["student"]: entry for entry in results["students"]}
     record = {
         "run": run.name, "system": run.system, "seed": run.seed,
         "bleu": {s: entries[s]["bleu"] for s in run.students},
         "chrf": {s: entries[s]["chrf"] for s in run.students},
         "compared": run.compared,
-        "train_minutes": timings.minutes(f"train:{run.name}"),
-        "extra_minutes": timings.minutes("distill-data") if run.system == "aiokd-seqkd" else 0.0,
+        "train_minutes": timings.cost_minutes(f"train:{run.name}", on_gpu),
+        "train_wall_minutes": timings.minutes(f"train:{run.name}"),
+        "extra_minutes": (timings.cost_minutes("distill-data", on_gpu)
+                          if run.system == "aiokd-seqkd" else 0.0),
         "evaluate_minutes": timings.minutes(f"evaluate:{run.name}"),
         "updates": updates_done(run.path), "device": device_name(results),
         "signatures": results["signatures"],
