@@ -55,15 +55,15 @@ from aiokd.io import atomic_write_bytes, atomic_write_json
 ROOT = Path(__file__).resolve().parents[2]
 COST_RULE = (
     "on a CPU, CPU-minutes (user + system time) of each `aiokd train` subprocess, so that runs "
-    "sharing the cores, or paused, cost what they computed; on a GPU, device-minutes = "
-    "wall-clock minutes x 1 device; summed over resumed attempts; evaluation is not counted. "
-    "Word-KD and Selective-KD add their teacher's (scratch-6-6) training; aiokd-seqkd adds the "
-    "teacher's training and `aiokd distill-data`. cost_minutes_15 (separate students): the trained students' measured "
-    "minutes, plus for each of the 15 students not trained the least-squares line of measured "
-    "minutes against l_e + l_d (one measured student: its minutes scaled by l_e + l_d), plus the "
-    "teacher for the KD systems. With several seeds, a system's cost (and its cost for 15) is "
-    "the mean over its seeds of each seed's cost; every seed's KD systems add the one seed-1 "
-    "teacher."
+    "sharing the cores, or paused, cost what they computed; on a GPU, device-minutes = wall-clock "
+    "minutes x 1 device; summed over resumed attempts; evaluation is not counted. Word-KD and "
+    "Selective-KD add their teacher's (scratch-6-6) training; aiokd-seqkd adds the teacher's "
+    "training and `aiokd distill-data`. cost_minutes_15 (separate students): the trained "
+    "students' measured minutes, plus for each of the 15 students not trained the least-squares "
+    "line of measured minutes against l_e + l_d (one measured student: its minutes scaled by "
+    "l_e + l_d), plus the teacher for the KD systems. With several seeds, a system's cost (and "
+    "its cost for 15) is the mean over its seeds of each seed's cost; every seed's KD systems add "
+    "the one seed-1 teacher."
 )
 
 
