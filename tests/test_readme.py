@@ -45,6 +45,7 @@ def test_main_command_runs(tmp_path):
     for step in aiokd_steps:
         result = run_aiokd(*step, *FAST.get(step[0], []), cwd=tmp_path, timeout=600)
         assert result.returncode == 0, f"aiokd {' '.join(step)}:\n{result.stderr[-3000:]}"
-    train_log = (tmp_path / "runs" / "tiny" / "log.jsonl").read_text()
-    assert '"stage": 2' in train_log
-    assert (tmp_path / "runs" / "tiny" / "results.json").is_file()
+    train = aiokd_steps[1]
+    run = tmp_path / train[train.index("--out") + 1]
+    assert '"stage": 2' in (run / "log.jsonl").read_text()
+    assert (run / "results.json").is_file()
