@@ -192,9 +192,9 @@ class Timings:
     def minutes(self, key: str) -> float:
         return round(self.seconds.get(key, 0.0) / 60, 2)
 
-    def cost_minutes(self, key: str, on_gpu: bool) -> float:
+    def cost_minutes(self, key: str, gpu: bool) -> float:
         """The cost of a step: device-minutes on a GPU, CPU-minutes on a CPU."""
-        return self.minutes(key if on_gpu or CPU + key not in self.seconds else CPU + key)
+        return self.minutes(key if gpu or CPU + key not in self.seconds else CPU + key)
 
 
 CPU = "cpu:"
@@ -261,8 +261,13 @@ def updates_done(run_dir: Path) -> int:
     return sum(last.values())
 
 
+def on_gpu(results: dict[str, Any]) -> bool:
+    """Whether an ``aiokd evaluate`` results file was written on a GPU."""
+    return results["device"].startswith("cuda")
+
+
 def device_name(results: dict[str, Any]) -> str:
-    if results["device"].startswith("cuda"):
+    if on_gpu(results):
         return f"1 GPU: {results['hardware']}"
     return f"CPU: {results['hardware']}, {os.cpu_count()} cores"
 
@@ -290,16 +295,16 @@ def run_record(run: Run, steps: list[Step], timings: Timings,
     if not evaluated_all(path, run.students):
         return None
     results = json.loads(path.read_text())
-    on_gpu = results["device"].startswith("cuda")
+    gpu = on_gpu(results)
     entries = {entry["student"]: entry for entry in results["students"]}
     record = {
         "run": run.name, "system": run.system, "seed": run.seed,
         "bleu": {s: entries[s]["bleu"] for s in run.students},
         "chrf": {s: entries[s]["chrf"] for s in run.students},
         "compared": run.compared,
-        "train_minutes": timings.cost_minutes(f"train:{run.name}", on_gpu),
+        "train_minutes": timings.cost_minutes(f"train:{run.name}", gpu),
         "train_wall_minutes": timings.minutes(f"train:{run.name}"),
-        "extra_minutes": (timings.cost_minutes("distill-data", on_gpu)
+        "extra_minutes": (timings.cost_minutes("distill-data", gpu)
                           if run.system == "aiokd-seqkd" else 0.0),
         "evaluate_minutes": timings.minutes(f"evaluate:{run.name}"),
         "updates": updates_done(run.path), "device": device_name(results),
