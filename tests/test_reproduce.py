@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from aiokd.cli import build_parser
-from aiokd.config import Config
+from aiokd.config import Config, load_config
 from aiokd.data.prepare import prepare
 from aiokd.train.api import build_config
 from tests.conftest import TINY_VOCAB, make_corpus, run_aiokd, subprocess_env, train_argv
@@ -73,6 +73,30 @@ def test_the_new_rows_train_with_their_settings(tmp_path):
     assert (paper.alpha, paper.beta, paper.eta, paper.k, paper.sandwich, paper.ml_stage) == (
         5.5, 0.5, 1.1, 2, False, 2)
     assert paper == cfg["train:aiokd"].distill  # the paper's settings are the defaults today
+
+
+def test_with_a_teacher_stage_aiokd_starts_from_the_from_scratch_teacher(tmp_path):
+    p, steps = tiny_steps(tmp_path, systems=["aiokd", "aiokd-paper", "aiokd-no-ml"],
+                          preset="narrow")
+    trains = {s.key: s.args for s in steps if s.key.startswith("train:")}
+    assert list(trains)[0] == "train:scratch-6-6"
+    teacher = config_of(trains["train:scratch-6-6"])
+    assert teacher.train.max_updates == load_config("narrow").train.teacher_updates == 12000
+    for key in ("train:aiokd", "train:aiokd-no-ml"):
+        args = trains[key]
+        assert args[args.index("--init-from") + 1] == str(tmp_path / "runs" / "scratch-6-6")
+    assert "--init-from" not in trains["train:aiokd-paper"]
+    assert config_of(trains["train:aiokd-paper"]).train.teacher_updates == 0
+    work = plan.Work(tmp_path, p)
+    work.steps(plan.selection(p, ["aiokd", "aiokd-paper"], [], p.students))
+    assert work.runs["aiokd"].from_teacher and not work.runs["aiokd-paper"].from_teacher
+
+
+def test_a_teacher_stage_other_than_the_teachers_cap_is_refused(tmp_path):
+    p = plan.load_preset("narrow")
+    p.overrides = ["train.teacher_updates=500"]
+    with pytest.raises(SystemExit, match="train.teacher_updates=500"):
+        plan.check_teacher_stage(p)
 
 
 def test_the_small_preset_trains_to_convergence_in_two_drivers(tmp_path):
@@ -228,9 +252,13 @@ def test_kd_systems_pay_for_their_teacher():
 
     runs = {"scratch-6-6": record("scratch-6-6", "scratch", "6-6", 12.0),
             "word-kd-6-6": record("word-kd-6-6", "word-kd", "6-6", 20.0)}
+    runs["aiokd"] = {**record("aiokd", "aiokd", "6-6", 30.0), "from_teacher": True}
+    runs["aiokd-paper"] = record("aiokd-paper", "aiokd-paper", "6-6", 30.0)
     systems = report.summarize(runs, ["6-6"], plan.CANDIDATES)
     assert systems["scratch"]["cost_minutes"] == 12.0
     assert systems["word-kd"]["cost_minutes"] == 32.0
+    assert systems["aiokd"]["cost_minutes"] == 42.0 and systems["aiokd"]["cost_includes_teacher"]
+    assert systems["aiokd-paper"]["cost_minutes"] == 30.0
     assert systems["word-kd"]["cost_minutes_15"] == pytest.approx(20.0 * 120 / 12 + 12.0)
 
 

@@ -1,6 +1,7 @@
 """The training loop: AIO-KD's two stages and the single-student baselines, in one loop.
 
-    for stage in (1, 2):                      # stage 2 starts from stage 1's best checkpoint
+    [stage 0: the teacher alone, CE only]     # train.teacher_updates > 0: a teacher stage first
+    for stage in (1, 2):                      # each starts from the previous stage's best
         for update in range(max_updates):
             students = sample K from C        # seeded by (seed, stage, update): same on every rank
             loss = Objective(batch, students) # teacher CE + students' CE + alpha KD (+ beta ML)
@@ -18,6 +19,7 @@ batches and ``DistributedDataParallel`` averages the gradients.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import shutil
 import sys
@@ -126,13 +128,30 @@ def build_model(cfg: Config, device: torch.device) -> Transformer:
     return model
 
 
+def stage_config(cfg: Config, stage: int) -> Config:
+    """The settings of ``stage``: the run's, except that the teacher stage 0 trains the full model
+    alone, as ``--method scratch --student L_E-L_D`` would, for ``train.teacher_updates``."""
+    if stage != 0:
+        return cfg
+    m = cfg.model
+    return dataclasses.replace(
+        cfg, distill=dataclasses.replace(cfg.distill, method="scratch",
+                                         student=f"{m.enc_layers}-{m.dec_layers}"),
+        train=dataclasses.replace(cfg.train, max_updates=cfg.train.teacher_updates))
+
+
+def stage_label(stage: int) -> str:
+    return "teacher stage" if stage == 0 else f"stage {stage}"
+
+
 class Stage:
     """Trains one stage to its end, resuming from its ``last`` checkpoint if there is one."""
 
     def __init__(self, run: Run, stage: int, dist_: Distributed, train_split: ParallelSplit,
                  valid_split: ParallelSplit, logger: Logger):
         self.run, self.stage, self.dist, self.logger = run, stage, dist_, logger
-        self.cfg = cfg = run.cfg
+        self.label = stage_label(stage)
+        self.cfg = cfg = stage_config(run.cfg, stage)
         self.space = cfg.distill.space(cfg.model)
         self.model = build_model(cfg, dist_.device)
         self.optimizer = make_optimizer(self.model, cfg)
@@ -157,8 +176,9 @@ class Stage:
         return files.model.to(self.dist.device)
 
     def start(self) -> None:
-        """Resume from ``last``, or start stage 2 from stage 1's best, or start from the
-        ``--init-from`` model, or from random weights."""
+        """Resume from ``last``; or start from the previous stage's best (stage 2 from stage 1,
+        stage 1 from the teacher stage), or from the ``--init-from`` model, or from random
+        weights."""
         last = self.run.last(self.stage)
         if last.is_file():
             checkpoint = read_checkpoint(last)
@@ -166,19 +186,20 @@ class Stage:
             self.state = StageState(**checkpoint.meta["state"])
             self._reopen_if_cap_raised()
             if not self.state.finished:
-                self.logger.say(f"resuming stage {self.stage} at update {self.state.update} "
+                self.logger.say(f"resuming {self.label} at update {self.state.update} "
                                 f"from {last}")
         elif self.run.init_from is not None and not (self.stage == 2
                                                      and self.run.best(1).is_file()):
             start_from_model(self.model, self.run.init_from)
-            self.logger.say(f"stage {self.stage} starts from {self.run.init_from}")
-        elif self.stage == 2:
-            best = self.run.best(1)
+            self.logger.say(f"{self.label} starts from {self.run.init_from}")
+        elif self.stage == 2 or (self.stage == 1 and 0 in self.run.stages):
+            best = self.run.best(self.stage - 1)
             if not best.is_file():
                 raise UserError(f"stage 2 starts from stage 1's best checkpoint, and {best} does "
                                 "not exist; run stage 1 first (train.stages=1 or both)")
             read_checkpoint(best).restore(self.model)
-            self.logger.say(f"stage 2 starts from {best} with a fresh optimizer and warm-up")
+            self.logger.say(f"{self.label} starts from {best} with a fresh optimizer and "
+                            "warm-up")
 
     def _reopen_if_cap_raised(self) -> None:
         """A stage that stopped at ``train.max_updates`` continues when the cap has been raised
@@ -186,7 +207,7 @@ class Stage:
         s = self.state
         if (s.finished == "max_updates" and s.update < self.cfg.train.max_updates
                 and not self.run.last(self.stage + 1).is_file()):
-            self.logger.say(f"stage {self.stage} stopped at the cap of {s.update} updates; "
+            self.logger.say(f"{self.label} stopped at the cap of {s.update} updates; "
                             f"continuing to {self.cfg.train.max_updates}")
             s.finished = ""
 
@@ -218,7 +239,7 @@ class Stage:
             s.stale_validations += 1
         self.logger.record("valid", self.stage, s.update, losses)
         mark = " (best)" if improved else f" (best {s.best:.4f} at update {s.best_update})"
-        self.logger.say(f"stage {self.stage} update {s.update}: validation{mark}\n"
+        self.logger.say(f"{self.label} update {s.update}: validation{mark}\n"
                         + format_losses(losses, students))
         if improved:
             self.save(self.run.best(self.stage), with_optimizer=False)
@@ -266,7 +287,7 @@ class Stage:
         if s.finished:
             return s
         self.model.train()
-        bar = tqdm(total=max_updates, initial=s.update, desc=f"stage {self.stage}",
+        bar = tqdm(total=max_updates, initial=s.update, desc=self.label,
                    unit="upd", disable=not self.dist.main, dynamic_ncols=True,
                    mininterval=1.0 if sys.stderr.isatty() else 30.0)
         try:
@@ -328,7 +349,7 @@ class Stage:
         self.optimizer.zero_grad(set_to_none=True)
         s.bad_steps += 1
         self.logger.record("skip", self.stage, s.update, {"loss": totals["loss"]})
-        self.logger.say(f"stage {self.stage} update {s.update}: non-finite loss, update skipped "
+        self.logger.say(f"{self.label} update {s.update}: non-finite loss, update skipped "
                         f"({s.bad_steps} in a row)")
         if s.bad_steps >= self.cfg.train.max_bad_steps:
             raise UserError(
@@ -388,14 +409,14 @@ def _train_stages(run: Run, dist_: Distributed, train_split: ParallelSplit,
             stage = Stage(run, stage_number, dist_, train_split, valid_split, logger)
             stage.start()
             if stage.state.finished:
-                logger.say(f"stage {stage_number} already finished ({stage.state.finished})")
+                logger.say(f"{stage.label} already finished ({stage.state.finished})")
             else:
                 logger.record("precision", stage_number, stage.state.update,
                               precision_record(cfg, precision))
-            state = stage.run_to_end(cfg.train.max_updates)
+            state = stage.run_to_end(stage.cfg.train.max_updates)
             if dist_.world > 1:
-                dist.barrier()  # stage 2 reads the best checkpoint the main process wrote
-            logger.say(f"stage {stage_number} finished ({state.finished}); best mean valid CE "
+                dist.barrier()  # the next stage reads the best checkpoint the main process wrote
+            logger.say(f"{stage.label} finished ({state.finished}); best mean valid CE "
                        f"{state.best:.4f} at update {state.best_update}"
                        + (f"; {detached_line(state.kd_detached, state.kd_terms)}"
                           if state.kd_terms else ""))

@@ -1,7 +1,7 @@
 """The run directory of ``aiokd train``: what it holds, who may use it, and its log.
 
     run.json                 settings, data, tokenizer and initial model the run was started with
-    checkpoints/             stage{1,2}-{last,best}.safetensors
+    checkpoints/             stage{0,1,2}-{last,best}.safetensors  (0: the teacher stage)
     log.jsonl, tensorboard/  training and validation figures
     model.safetensors, config.json, spm.model    the best model, once training ends (with the
                              data's tokenizer: spm.model, or a Marian model's files)
@@ -63,9 +63,15 @@ class Run:
 
     @property
     def stages(self) -> list[int]:
+        """The stages to train in order: ``[1]`` for a baseline; AIO-KD's ``train.stages``,
+        after the teacher stage 0 when ``train.teacher_updates`` asks for one, stage 1 is among
+        them and no ``--init-from`` model is the teacher already."""
         if self.cfg.distill.method != "aiokd":
             return [1]
-        return {"1": [1], "2": [2], "both": [1, 2]}[self.cfg.train.stages]
+        stages = {"1": [1], "2": [2], "both": [1, 2]}[self.cfg.train.stages]
+        if self.cfg.train.teacher_updates and self.init_from is None and stages[0] == 1:
+            stages = [0, *stages]
+        return stages
 
 
 def _check_is_directory(root: Path) -> None:

@@ -31,7 +31,8 @@ CANDIDATES = [student_name(s) for s in CandidateSpace().candidates]
 """The paper's 15 students in its order."""
 DEFAULT_SYSTEMS = tuple(s for s in ORDER if s not in ("selective-kd", "aiokd-init"))
 PAPER = ["distill.alpha=5.5", "distill.beta=0.5", "distill.eta=1.1", "distill.k=2",
-         "distill.sandwich=false", "distill.ml_mode=no_weight", "distill.ml_stage=2"]
+         "distill.sandwich=false", "distill.ml_mode=no_weight", "distill.ml_stage=2",
+         "train.teacher_updates=0"]
 """The paper's AIO-KD settings, named so that ``aiokd-paper`` keeps them if the defaults change."""
 ABLATIONS = {
     "aiokd": [],
@@ -92,7 +93,21 @@ def load_preset(name: str) -> Preset:
     values["students"] = CANDIDATES if values["students"] == "all" else values["students"]
     if values["updates_per_stage"] is None:
         values["updates_per_stage"] = load_config(values["train_preset"]).train.max_updates
-    return Preset(name=name, **values)
+    preset = Preset(name=name, **values)
+    check_teacher_stage(preset)
+    return preset
+
+
+def check_teacher_stage(preset: Preset) -> None:
+    """A teacher stage in the preset's settings must be what the from-scratch 6-6 run is, the
+    stage the driver reuses: the same recipe (:mod:`aiokd.train.loop`'s ``stage_config``) and
+    the same cap, 2U updates."""
+    cfg = load_config(preset.train_preset, overrides=preset.overrides)
+    wanted = 2 * preset.updates_per_stage
+    if cfg.train.teacher_updates not in (0, wanted):
+        raise SystemExit(f"run.py: preset {preset.name}: train.teacher_updates="
+                         f"{cfg.train.teacher_updates}, but its from-scratch 6-6 trains for "
+                         f"{wanted} updates (2U); they must be equal")
 
 
 def sort_students(names: list[str], with_teacher: bool = True) -> list[str]:
@@ -160,6 +175,8 @@ class Run:
     seed: int = 1
     compared: list[str] = field(default_factory=list)
     """The students of the comparison (``students`` may hold more: every student scored)."""
+    from_teacher: bool = False
+    """Whether the run needs the from-scratch 6-6 (its cost is part of the run's)."""
 
 
 @dataclass(frozen=True)
@@ -244,22 +261,34 @@ class Work:
             args += ["--method", system, "--student", student]
             if system != "scratch":
                 args += ["--teacher", str(self.run_dir(TEACHER_RUN))]
-        if system == "aiokd-init":
+        settings = [f"train.validate_every={p.validate_every}", f"train.patience={p.patience}",
+                    *p.overrides, *ABLATIONS.get(system, [])]
+        if self.starts_from_teacher(system):
             args += ["--init-from", str(self.run_dir(TEACHER_RUN))]
-        args += [f"train.validate_every={p.validate_every}", f"train.patience={p.patience}",
-                 *p.overrides, *ABLATIONS.get(system, [])]
+        args += settings
         if seed != 1:
             args.append(f"train.seed={seed}")
         compared = [student] if student else students
         evaluated = CANDIDATES if system in p.all_students and not student else compared
         results = self.test.results_file(path)
-        self.runs[name] = Run(name, system, evaluated, path, results, seed, compared)
+        self.runs[name] = Run(name, system, evaluated, path, results, seed, compared,
+                              system in FROM_TEACHER or self.starts_from_teacher(system))
         evaluate = ["evaluate", "--model", str(path), *self.test_args(), "--students",
                     ",".join(evaluated), "--beam", "5", "--no-latency", "--out", str(results)]
         return [Step(f"train:{name}", f"train {name}", args,
                      lambda: (path / "model.safetensors").is_file(), run=name),
                 Step(f"evaluate:{name}", f"evaluate {name}", evaluate,
                      lambda: evaluated_all(results, evaluated), run=name)]
+
+    def starts_from_teacher(self, system: str) -> bool:
+        """Whether the AIO-KD ``system`` starts from the from-scratch 6-6: ``aiokd-init``, and a
+        system whose settings ask for a teacher stage (``train.teacher_updates``), which that run
+        is (the same recipe and cap; :func:`check_teacher_stage`)."""
+        if system in SEPARATE:
+            return False
+        p = self.preset
+        cfg = load_config(p.train_preset, overrides=[*p.overrides, *ABLATIONS.get(system, [])])
+        return system == "aiokd-init" or cfg.train.teacher_updates > 0
 
     def steps(self, chosen: list[tuple[str, list[str]]],
               seeds: Sequence[int] = (1,)) -> list[Step]:
@@ -269,7 +298,7 @@ class Work:
         steps = self.prepare()
         for seed in seeds:
             for system, students in sorted(chosen, key=lambda item: ORDER.index(item[0])):
-                if system in FROM_TEACHER:
+                if system in FROM_TEACHER or self.starts_from_teacher(system):
                     steps += self.train_steps("scratch", students, TEACHER)
                 if system == "aiokd-seqkd":
                     steps.append(self.distill())

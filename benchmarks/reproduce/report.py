@@ -4,14 +4,15 @@ and the Markdown report.
 A *run record* describes one finished ``aiokd train`` run and its ``aiokd evaluate`` results::
 
     {"run": "scratch-4-2-seed2", "system": "scratch", "student": "4-2", "seed": 2,
-     "bleu": {"4-2": 31.2}, "chrf": {"4-2": 55.0}, "compared": ["4-2"],
+     "bleu": {"4-2": 31.2}, "chrf": {"4-2": 55.0}, "compared": ["4-2"], "from_teacher": false,
      "train_minutes": 12.5, "extra_minutes": 0.0, "updates": 1800,
      "device": "...", "signatures": {"bleu": "...", "chrf": "..."}, "test_set": "...",
      "commands": ["aiokd ..."], "code": ["<git commit>"], "training": {...}}
 
 ``bleu`` and ``chrf`` hold every student the run's evaluation scored, ``compared`` those of the
-comparison (absent: all of them); ``training`` (AIO-KD runs) is
-:func:`training_log.observe` of its run directory; ``seed`` absent means 1.
+comparison (absent: all of them); ``from_teacher``: the run started from the from-scratch 6-6;
+``training`` (AIO-KD runs) is :func:`training_log.observe` of its run directory; ``seed`` absent
+means 1.
 
 Everything else (averages over seeds and students, spreads, costs, targets) is computed here from
 the records, so results written by separate invocations of the driver (``--group``, ``--seeds``)
@@ -27,7 +28,8 @@ from typing import Any
 SEPARATE = ("scratch", "word-kd", "selective-kd")
 """Systems that train one model per student."""
 FROM_TEACHER = ("word-kd", "selective-kd", "aiokd-seqkd", "aiokd-init")
-"""Systems that need the from-scratch 6-6 teacher; its cost is part of theirs."""
+"""Systems that need the from-scratch 6-6 teacher; its cost is part of theirs (also of the AIO-KD
+systems whose records say ``from_teacher``: those with a teacher stage, which that run is)."""
 ORDER = ("scratch", "word-kd", "selective-kd", "aiokd", "aiokd-paper", "aiokd-separate",
          "aiokd-sandwich", "aiokd-sandwich-kd1", "aiokd-no-dgd", "aiokd-no-ml", "aiokd-one-stage",
          "aiokd-seqkd", "aiokd-init")
@@ -39,7 +41,7 @@ LABELS = {
     "scratch": "separate students, from scratch",
     "word-kd": "separate students, Word-KD",
     "selective-kd": "separate students, Selective-KD",
-    "aiokd": "AIO-KD (one run)",
+    "aiokd": "AIO-KD (one run; with a teacher stage: from the from-scratch 6-6)",
     "aiokd-paper": "AIO-KD, the paper's settings",
     "aiokd-separate": "AIO-KD, a separate pass per student",
     "aiokd-sandwich": "AIO-KD + sandwich sampling",
@@ -176,7 +178,7 @@ def summarize(runs: dict[str, dict[str, Any]], students: list[str],
                              candidates)["mean"]
         if set(scored) - set(students):
             entry["bleu_all_students"] = scored
-        needs_teacher = system in FROM_TEACHER
+        needs_teacher = system in FROM_TEACHER or any(r.get("from_teacher") for r in mine)
         extra = teacher_minutes if needs_teacher and teacher_minutes is not None else 0.0
         costs = {seed: sum(_minutes(r) for r in rs) + extra for seed, rs in by_seed.items()}
         entry["cost_minutes"] = round(_sum_of_means(mine, _minutes) + extra, 2)

@@ -105,8 +105,7 @@ def detached_fraction(entries: list[dict[str, Any]], stage: int,
 
 
 def stage_numbers(entries: list[dict[str, Any]]) -> list[int]:
-    """The training stages the log has updates or validations of (other entries, such as the
-    run's ``precision`` at stage 0, are not stages)."""
+    """The training stages the log has updates or validations of (0: the teacher stage)."""
     return sorted({e["stage"] for e in entries if e["kind"] in ("train", "valid")})
 
 
@@ -122,7 +121,8 @@ def observe(run_dir: Path) -> dict[str, Any]:
         curve = validations(entries, stage)
         found = {"validations": len(curve), "best": best_validation(curve),
                  "stopped": why_stopped(curve, train.get("patience", 0),
-                                        train.get("max_updates", 0))}
+                                        train.get("teacher_updates" if stage == 0
+                                                  else "max_updates", 0))}
         if aiokd:
             found["detached_fraction"], found["logged_updates"] = detached_fraction(
                 entries, stage, cfg)
