@@ -89,7 +89,34 @@ def test_with_a_teacher_stage_aiokd_starts_from_the_from_scratch_teacher(tmp_pat
     assert config_of(trains["train:aiokd-paper"]).train.teacher_updates == 0
     work = plan.Work(tmp_path, p)
     work.steps(plan.selection(p, ["aiokd", "aiokd-paper"], [], p.students))
-    assert work.runs["aiokd"].from_teacher and not work.runs["aiokd-paper"].from_teacher
+    assert work.runs["aiokd"].teacher_run == "scratch-6-6"
+    assert work.runs["aiokd-paper"].teacher_run is None
+
+
+def test_each_seed_of_a_teacher_stage_system_has_its_own_teacher(tmp_path):
+    _, steps = tiny_steps(tmp_path, systems=["aiokd", "word-kd:4-2"], preset="narrow",
+                          seeds=(1, 2))
+    trains = {s.key: s.args for s in steps if s.key.startswith("train:")}
+    seed2 = trains["train:aiokd-seed2"]
+    assert seed2[seed2.index("--init-from") + 1] == str(tmp_path / "runs" / "scratch-6-6-seed2")
+    keys = list(trains)
+    assert keys.index("train:scratch-6-6-seed2") < keys.index("train:aiokd-seed2")
+    word_kd = trains["train:word-kd-4-2-seed2"]
+    assert word_kd[word_kd.index("--teacher") + 1] == str(tmp_path / "runs" / "scratch-6-6")
+
+    def record(run, system, seed, minutes, teacher=None):
+        return {"run": run, "system": system, "seed": seed, "bleu": {"6-6": 40.0},
+                "chrf": {"6-6": 60.0}, "train_minutes": minutes, "updates": 10,
+                "teacher_run": teacher}
+
+    runs = {"scratch-6-6": {**record("scratch-6-6", "scratch", 1, 100.0), "student": "6-6"},
+            "scratch-6-6-seed2": {**record("scratch-6-6-seed2", "scratch", 2, 120.0),
+                                  "student": "6-6"},
+            "aiokd": record("aiokd", "aiokd", 1, 300.0, "scratch-6-6"),
+            "aiokd-seed2": record("aiokd-seed2", "aiokd", 2, 310.0, "scratch-6-6-seed2")}
+    aiokd = report.summarize(runs, ["6-6"], plan.CANDIDATES)["aiokd"]
+    assert aiokd["cost_minutes_by_seed"] == {"1": 400.0, "2": 430.0}
+    assert aiokd["cost_minutes"] == 415.0
 
 
 def test_a_teacher_stage_other_than_the_teachers_cap_is_refused(tmp_path):
@@ -252,7 +279,7 @@ def test_kd_systems_pay_for_their_teacher():
 
     runs = {"scratch-6-6": record("scratch-6-6", "scratch", "6-6", 12.0),
             "word-kd-6-6": record("word-kd-6-6", "word-kd", "6-6", 20.0)}
-    runs["aiokd"] = {**record("aiokd", "aiokd", "6-6", 30.0), "from_teacher": True}
+    runs["aiokd"] = {**record("aiokd", "aiokd", "6-6", 30.0), "teacher_run": "scratch-6-6"}
     runs["aiokd-paper"] = record("aiokd-paper", "aiokd-paper", "6-6", 30.0)
     systems = report.summarize(runs, ["6-6"], plan.CANDIDATES)
     assert systems["scratch"]["cost_minutes"] == 12.0

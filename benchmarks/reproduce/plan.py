@@ -175,8 +175,8 @@ class Run:
     seed: int = 1
     compared: list[str] = field(default_factory=list)
     """The students of the comparison (``students`` may hold more: every student scored)."""
-    from_teacher: bool = False
-    """Whether the run needs the from-scratch 6-6 (its cost is part of the run's)."""
+    teacher_run: str | None = None
+    """The from-scratch 6-6 run it distils or starts from (its cost is part of the system's)."""
 
 
 @dataclass(frozen=True)
@@ -261,18 +261,17 @@ class Work:
             args += ["--method", system, "--student", student]
             if system != "scratch":
                 args += ["--teacher", str(self.run_dir(TEACHER_RUN))]
-        settings = [f"train.validate_every={p.validate_every}", f"train.patience={p.patience}",
-                    *p.overrides, *ABLATIONS.get(system, [])]
-        if self.starts_from_teacher(system):
-            args += ["--init-from", str(self.run_dir(TEACHER_RUN))]
-        args += settings
+        teacher = self.teacher_run(system, seed)
+        if system == "aiokd-init" or self.has_teacher_stage(system):
+            args += ["--init-from", str(self.run_dir(teacher))]
+        args += [f"train.validate_every={p.validate_every}", f"train.patience={p.patience}",
+                 *p.overrides, *ABLATIONS.get(system, [])]
         if seed != 1:
             args.append(f"train.seed={seed}")
         compared = [student] if student else students
         evaluated = CANDIDATES if system in p.all_students and not student else compared
         results = self.test.results_file(path)
-        self.runs[name] = Run(name, system, evaluated, path, results, seed, compared,
-                              system in FROM_TEACHER or self.starts_from_teacher(system))
+        self.runs[name] = Run(name, system, evaluated, path, results, seed, compared, teacher)
         evaluate = ["evaluate", "--model", str(path), *self.test_args(), "--students",
                     ",".join(evaluated), "--beam", "5", "--no-latency", "--out", str(results)]
         return [Step(f"train:{name}", f"train {name}", args,
@@ -280,15 +279,23 @@ class Work:
                 Step(f"evaluate:{name}", f"evaluate {name}", evaluate,
                      lambda: evaluated_all(results, evaluated), run=name)]
 
-    def starts_from_teacher(self, system: str) -> bool:
-        """Whether the AIO-KD ``system`` starts from the from-scratch 6-6: ``aiokd-init``, and a
-        system whose settings ask for a teacher stage (``train.teacher_updates``), which that run
-        is (the same recipe and cap; :func:`check_teacher_stage`)."""
-        if system in SEPARATE:
+    def teacher_run(self, system: str, seed: int) -> str | None:
+        """The from-scratch 6-6 run that ``system``'s run of ``seed`` needs, or None: the seed-1
+        one for :data:`FROM_TEACHER`; for an AIO-KD system whose settings ask for a teacher stage
+        (``train.teacher_updates``), the one of its own seed, which is that stage (the same
+        recipe and cap: :func:`check_teacher_stage`)."""
+        if system in FROM_TEACHER:
+            return TEACHER_RUN
+        return run_name(TEACHER_RUN, seed) if self.has_teacher_stage(system) else None
+
+    def has_teacher_stage(self, system: str) -> bool:
+        """Whether the AIO-KD ``system``'s settings ask for a teacher stage (Seq-KD data aside:
+        its teacher stage would train on other data than the from-scratch 6-6)."""
+        if system in SEPARATE or system == "aiokd-seqkd":
             return False
         p = self.preset
         cfg = load_config(p.train_preset, overrides=[*p.overrides, *ABLATIONS.get(system, [])])
-        return system == "aiokd-init" or cfg.train.teacher_updates > 0
+        return cfg.train.teacher_updates > 0
 
     def steps(self, chosen: list[tuple[str, list[str]]],
               seeds: Sequence[int] = (1,)) -> list[Step]:
@@ -298,8 +305,10 @@ class Work:
         steps = self.prepare()
         for seed in seeds:
             for system, students in sorted(chosen, key=lambda item: ORDER.index(item[0])):
-                if system in FROM_TEACHER or self.starts_from_teacher(system):
-                    steps += self.train_steps("scratch", students, TEACHER)
+                teacher = self.teacher_run(system, seed)
+                if teacher:
+                    steps += self.train_steps("scratch", students, TEACHER,
+                                              1 if teacher == TEACHER_RUN else seed)
                 if system == "aiokd-seqkd":
                     steps.append(self.distill())
                 if system in SEPARATE:

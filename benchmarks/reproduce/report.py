@@ -3,16 +3,17 @@ and the Markdown report.
 
 A *run record* describes one finished ``aiokd train`` run and its ``aiokd evaluate`` results::
 
-    {"run": "scratch-4-2-seed2", "system": "scratch", "student": "4-2", "seed": 2,
-     "bleu": {"4-2": 31.2}, "chrf": {"4-2": 55.0}, "compared": ["4-2"], "from_teacher": false,
+    {"run": "word-kd-4-2-seed2", "system": "word-kd", "student": "4-2", "seed": 2,
+     "bleu": {"4-2": 31.2}, "chrf": {"4-2": 55.0}, "compared": ["4-2"],
+     "teacher_run": "scratch-6-6",
      "train_minutes": 12.5, "extra_minutes": 0.0, "updates": 1800,
      "device": "...", "signatures": {"bleu": "...", "chrf": "..."}, "test_set": "...",
      "commands": ["aiokd ..."], "code": ["<git commit>"], "training": {...}}
 
 ``bleu`` and ``chrf`` hold every student the run's evaluation scored, ``compared`` those of the
-comparison (absent: all of them); ``from_teacher``: the run started from the from-scratch 6-6;
-``training`` (AIO-KD runs) is :func:`training_log.observe` of its run directory; ``seed`` absent
-means 1.
+comparison (absent: all of them); ``teacher_run``: the from-scratch 6-6 run the run distilled or
+started from, whose cost is part of the system's (absent or null: none); ``training`` (AIO-KD
+runs) is :func:`training_log.observe` of its run directory; ``seed`` absent means 1.
 
 Everything else (averages over seeds and students, spreads, costs, targets) is computed here from
 the records, so results written by separate invocations of the driver (``--group``, ``--seeds``)
@@ -28,8 +29,8 @@ from typing import Any
 SEPARATE = ("scratch", "word-kd", "selective-kd")
 """Systems that train one model per student."""
 FROM_TEACHER = ("word-kd", "selective-kd", "aiokd-seqkd", "aiokd-init")
-"""Systems that need the from-scratch 6-6 teacher; its cost is part of theirs (also of the AIO-KD
-systems whose records say ``from_teacher``: those with a teacher stage, which that run is)."""
+"""Systems that need the seed-1 from-scratch 6-6 teacher, whose cost is part of theirs.  AIO-KD
+systems with a teacher stage start from the from-scratch 6-6 of their own seed (that stage)."""
 ORDER = ("scratch", "word-kd", "selective-kd", "aiokd", "aiokd-paper", "aiokd-separate",
          "aiokd-sandwich", "aiokd-sandwich-kd1", "aiokd-no-dgd", "aiokd-no-ml", "aiokd-one-stage",
          "aiokd-seqkd", "aiokd-init")
@@ -150,13 +151,22 @@ def _training(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
+def _teacher_minutes(runs: dict[str, dict[str, Any]], records: list[dict[str, Any]],
+                     system: str) -> float:
+    """The training minutes of the teacher the runs of one seed of ``system`` started from or
+    distilled from (``teacher_run`` of their records; the from-scratch 6-6 of seed 1 for
+    :data:`FROM_TEACHER`), 0 if none or not trained yet."""
+    names = {r["teacher_run"] for r in records if r.get("teacher_run")}
+    if not names and system in FROM_TEACHER:
+        names = {TEACHER_RUN}
+    return sum(runs[name]["train_minutes"] for name in names if name in runs)
+
+
 def summarize(runs: dict[str, dict[str, Any]], students: list[str],
               candidates: list[str]) -> dict[str, dict[str, Any]]:
     """Per system: BLEU and chrF per student (the mean over its seeds), BLEU per seed and its
     spread, averages over ``students``, and updates and cost (each the mean over seeds of the
     seed's sum over its runs); AIO-KD systems: what their training logs say."""
-    teacher = runs.get(TEACHER_RUN)
-    teacher_minutes = teacher["train_minutes"] if teacher else None
     systems: dict[str, dict[str, Any]] = {}
     for system in ORDER:
         mine = [r for r in runs.values() if r["system"] == system]
@@ -178,12 +188,13 @@ def summarize(runs: dict[str, dict[str, Any]], students: list[str],
                              candidates)["mean"]
         if set(scored) - set(students):
             entry["bleu_all_students"] = scored
-        needs_teacher = system in FROM_TEACHER or any(r.get("from_teacher") for r in mine)
-        extra = teacher_minutes if needs_teacher and teacher_minutes is not None else 0.0
-        costs = {seed: sum(_minutes(r) for r in rs) + extra for seed, rs in by_seed.items()}
+        teachers = {seed: _teacher_minutes(runs, rs, system) for seed, rs in by_seed.items()}
+        extra = mean(teachers.values())
+        costs = {seed: sum(_minutes(r) for r in rs) + teachers[seed]
+                 for seed, rs in by_seed.items()}
         entry["cost_minutes"] = round(_sum_of_means(mine, _minutes) + extra, 2)
         entry["cost_minutes_by_seed"] = {str(seed): round(c, 2) for seed, c in costs.items()}
-        entry["cost_includes_teacher"] = needs_teacher and teacher_minutes is not None
+        entry["cost_includes_teacher"] = bool(extra)
         if system in SEPARATE:
             fifteen = [extrapolate_15({r["student"]: r["train_minutes"] for r in rs}, candidates)
                        for rs in by_seed.values()]

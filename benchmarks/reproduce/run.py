@@ -301,7 +301,7 @@ def run_record(run: Run, steps: list[Step], timings: Timings,
         "run": run.name, "system": run.system, "seed": run.seed,
         "bleu": {s: entries[s]["bleu"] for s in run.students},
         "chrf": {s: entries[s]["chrf"] for s in run.students},
-        "compared": run.compared, "from_teacher": run.from_teacher,
+        "compared": run.compared, "teacher_run": run.teacher_run,
         "train_minutes": timings.cost_minutes(f"train:{run.name}", gpu),
         "train_wall_minutes": timings.minutes(f"train:{run.name}"),
         "extra_minutes": (timings.cost_minutes("distill-data", gpu)
