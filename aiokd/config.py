@@ -170,6 +170,11 @@ class TrainConfig:
     lr: float = 5e-4
     warmup_updates: int = 4000
     warmup_init_lr: float = 1e-7
+    lr_from_teacher: float = 0.0
+    """The constant learning rate of the stages of a run that starts from a trained teacher
+    (after the teacher stage, or from an ``--init-from`` model): fine-tuning at about the rate a
+    teacher ends its training with, instead of a new warm-up to ``lr``, which undoes part of what
+    the teacher learnt.  0: ``lr`` with warm-up and decay, as from random weights."""
     adam_betas: tuple[float, float] = (0.9, 0.98)
     adam_eps: float = 1e-8
     weight_decay: float = 1e-4
@@ -217,6 +222,7 @@ class TrainConfig:
         _require(self.lr > 0 and math.isfinite(self.lr), "train.lr", "must be positive")
         _require(self.warmup_updates >= 0, "train.warmup_updates", "must be >= 0")
         _require(self.warmup_init_lr >= 0, "train.warmup_init_lr", "must be >= 0")
+        _require(self.lr_from_teacher >= 0, "train.lr_from_teacher", "must be >= 0")
         _require(self.adam_eps > 0, "train.adam_eps", "must be positive")
         _require(len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas),
                  "train.adam_betas", "must be two numbers in [0, 1)")
@@ -340,7 +346,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # starts from a converged teacher (a teacher stage), which at this width beats training
     # teacher and students together from random weights
     "narrow": _merge(SMALL, {"model": {"d_model": 128, "ffn_dim": 512},
-                             "train": {"max_updates": 12000, "teacher_updates": 12000}}),
+                             "train": {"max_updates": 12000, "teacher_updates": 12000,
+                                       "lr_from_teacher": 3e-4}}),
     "iwslt": {},  # the defaults above are the paper's IWSLT14 settings
     "base": {
         "model": {"d_model": 512, "ffn_dim": 2048, "heads": 8, "dropout": 0.1},

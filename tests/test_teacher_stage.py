@@ -17,7 +17,8 @@ from tests.conftest import TINY_MODEL
 
 # Without dropout nothing random tells the two recipes apart (only their dropout noise streams
 # differ), so they must give the same tensors.
-OPTIONS = [*TINY_MODEL, "model.dropout=0", "train.validate_every=2", "train.log_every=1"]
+OPTIONS = [*TINY_MODEL, "model.dropout=0", "train.validate_every=2", "train.log_every=1",
+           "train.lr_from_teacher=2e-3"]
 TEACHER_UPDATES, STAGE_UPDATES = 6, 4
 
 
@@ -56,6 +57,15 @@ def test_the_teacher_stage_is_the_from_scratch_teacher_then_init_from_it(tmp_pat
     teacher_updates = [e for e in entries if e["kind"] == "train" and e["stage"] == 0]
     assert teacher_updates and not any(e.get("students") for e in teacher_updates)
     assert {e["stage"] for e in entries if e["kind"] == "valid"} == {0, 1, 2}
+    # the teacher stage warms up as from random weights; the stages from it run at the constant
+    # train.lr_from_teacher
+    lrs = {stage: [e["lr"] for e in entries if e["kind"] == "train" and e["stage"] == stage]
+           for stage in (0, 1, 2)}
+    assert lrs[0][0] < max(lrs[0]) and 2e-3 not in lrs[0]
+    assert set(lrs[1]) == set(lrs[2]) == {2e-3}
+    teacher_lrs = [json.loads(line).get("lr") for line in
+                   (teacher / "log.jsonl").read_text().splitlines()]
+    assert 2e-3 not in teacher_lrs  # a run from random weights keeps its schedule
 
 
 @pytest.mark.parametrize(("stages", "init_from", "expected"), [

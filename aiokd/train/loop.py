@@ -51,7 +51,7 @@ from aiokd.model.transformer import Transformer
 from aiokd.students import Student, sample_students, student_name
 from aiokd.train.distributed import Distributed, setup_distributed
 from aiokd.train.init_from import start_from_model
-from aiokd.train.optimizer import inverse_sqrt_lr, make_optimizer, scale_and_clip_gradients
+from aiokd.train.optimizer import learning_rate, make_optimizer, scale_and_clip_gradients
 from aiokd.train.precision import amp_dtype, precision_record, resolve_precision
 from aiokd.train.report import (
     COUNTS,
@@ -152,6 +152,8 @@ class Stage:
         self.run, self.stage, self.dist, self.logger = run, stage, dist_, logger
         self.label = stage_label(stage)
         self.cfg = cfg = stage_config(run.cfg, stage)
+        # whether the run starts from a trained teacher (train.lr_from_teacher)
+        self.from_teacher = stage >= 1 and (run.init_from is not None or 0 in run.stages)
         self.space = cfg.distill.space(cfg.model)
         self.model = build_model(cfg, dist_.device)
         self.optimizer = make_optimizer(self.model, cfg)
@@ -191,15 +193,21 @@ class Stage:
         elif self.run.init_from is not None and not (self.stage == 2
                                                      and self.run.best(1).is_file()):
             start_from_model(self.model, self.run.init_from)
-            self.logger.say(f"{self.label} starts from {self.run.init_from}")
+            self.logger.say(f"{self.label} starts from {self.run.init_from}{self._schedule()}")
         elif self.stage == 2 or (self.stage == 1 and 0 in self.run.stages):
             best = self.run.best(self.stage - 1)
             if not best.is_file():
                 raise UserError(f"stage 2 starts from stage 1's best checkpoint, and {best} does "
                                 "not exist; run stage 1 first (train.stages=1 or both)")
             read_checkpoint(best).restore(self.model)
-            self.logger.say(f"{self.label} starts from {best} with a fresh optimizer and "
-                            "warm-up")
+            self.logger.say(f"{self.label} starts from {best} with a fresh optimizer"
+                            f"{self._schedule() or ' and warm-up'}")
+
+    def _schedule(self) -> str:
+        lr = self.cfg.train.lr_from_teacher
+        if not (self.from_teacher and lr):
+            return ""
+        return f" at the constant learning rate {lr:g} (train.lr_from_teacher)"
 
     def _reopen_if_cap_raised(self) -> None:
         """A stage that stopped at ``train.max_updates`` continues when the cap has been raised
@@ -278,7 +286,7 @@ class Stage:
         scale_and_clip_gradients(self.model, self.dist.world / total_tokens,
                                  self.cfg.train.clip_norm)
         for group in self.optimizer.param_groups:
-            group["lr"] = inverse_sqrt_lr(self.cfg, self.state.update + 1)
+            group["lr"] = learning_rate(self.cfg, self.state.update + 1, self.from_teacher)
         self.scaler.step(self.optimizer)
         self.scaler.update()
 

@@ -20,6 +20,15 @@ def inverse_sqrt_lr(cfg: Config, update: int) -> float:
     return t.lr * math.sqrt(max(t.warmup_updates, 1) / max(update, 1))
 
 
+def learning_rate(cfg: Config, update: int, from_teacher: bool) -> float:
+    """The learning rate of ``update`` (counted from 1) of a stage: ``train.lr_from_teacher``
+    throughout if set and the stage ``from_teacher`` (its run starts from a trained teacher),
+    else :func:`inverse_sqrt_lr`."""
+    if from_teacher and cfg.train.lr_from_teacher:
+        return cfg.train.lr_from_teacher
+    return inverse_sqrt_lr(cfg, update)
+
+
 def make_optimizer(model: Transformer, cfg: Config) -> torch.optim.AdamW:
     """Adam with decoupled weight decay (as fairseq's Adam), one fused kernel over all
     parameters."""

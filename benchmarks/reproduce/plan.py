@@ -77,10 +77,14 @@ class Preset:
         stop = (f"stopped early after {self.patience} validations without a lower mean "
                 "validation CE" if self.patience else "no early stopping")
         extra = f" {' '.join(self.overrides)}" if self.overrides else ""
+        cfg = load_config(self.train_preset, overrides=self.overrides)
+        teacher = (f", after a teacher stage of up to {2 * u} updates (the from-scratch 6-6 of "
+                   "the same seed, whose cost is theirs; the paper's row has none)"
+                   if cfg.train.teacher_updates else "")
         return (f"`aiokd train --preset {self.train_preset}{extra}`; "
-                f"U = {u} updates per stage: AIO-KD and its ablations {u} + {u} (two stages), "
-                f"one-stage AIO-KD {2 * u} in its one stage (mutual learning from the first "
-                f"update), every separately trained student "
+                f"U = {u} updates per stage: AIO-KD and its ablations {u} + {u} (two stages)"
+                f"{teacher}, one-stage AIO-KD {2 * u} in its one stage (mutual learning from the "
+                f"first update), every separately trained student "
                 f"{2 * u} (one stage); validation every {self.validate_every} updates, {stop}; "
                 "the best checkpoint by validation CE is evaluated")
 
