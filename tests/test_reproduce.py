@@ -86,7 +86,8 @@ def test_with_a_teacher_stage_aiokd_starts_from_the_from_scratch_teacher(tmp_pat
         args = trains[key]
         assert args[args.index("--init-from") + 1] == str(tmp_path / "runs" / "scratch-6-6")
     assert "--init-from" not in trains["train:aiokd-paper"]
-    assert config_of(trains["train:aiokd-paper"]).train.teacher_updates == 0
+    paper = config_of(trains["train:aiokd-paper"]).train
+    assert paper.teacher_updates == 0 and paper.lr_from_teacher == 0
     work = plan.Work(tmp_path, p)
     work.steps(plan.selection(p, ["aiokd", "aiokd-paper"], [], p.students))
     assert work.runs["aiokd"].teacher_run == "scratch-6-6"

@@ -32,7 +32,7 @@ CANDIDATES = [student_name(s) for s in CandidateSpace().candidates]
 DEFAULT_SYSTEMS = tuple(s for s in ORDER if s not in ("selective-kd", "aiokd-init"))
 PAPER = ["distill.alpha=5.5", "distill.beta=0.5", "distill.eta=1.1", "distill.k=2",
          "distill.sandwich=false", "distill.ml_mode=no_weight", "distill.ml_stage=2",
-         "train.teacher_updates=0"]
+         "train.teacher_updates=0", "train.lr_from_teacher=0"]
 """The paper's AIO-KD settings, named so that ``aiokd-paper`` keeps them if the defaults change."""
 ABLATIONS = {
     "aiokd": [],
