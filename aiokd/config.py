@@ -202,7 +202,8 @@ class TrainConfig:
     teacher_updates: int = 0
     """AIO-KD: before stage 1, a *teacher stage* (stage 0) trains the full model alone on
     cross-entropy (the recipe of ``--method scratch`` for the teacher) for at most this many
-    updates, ``patience`` applying, and stage 1 starts from its best checkpoint.  0: none, the
+    updates (and at most ``max_updates``), ``patience`` applying, and stage 1 starts from its best
+    checkpoint.  0: none, the
     paper's joint training from random weights.  Skipped with ``--init-from``, whose model is the
     teacher."""
     max_bad_steps: int = 5
@@ -338,9 +339,10 @@ SMALL = {  # the paper's post-norm model and dropout at a width a CPU trains to 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": TINY,
     # the README's main command: tiny at half the width, trained longer, so that its family's
-    # depth shows within minutes on a CPU
+    # depth shows within minutes on a CPU; the teacher first, then the family from it
     "quickstart": _merge(TINY, {"model": {"d_model": 128},
-                                "train": {"max_updates": 1250, "save_every": 250}}),
+                                "train": {"max_updates": 1250, "save_every": 250,
+                                          "teacher_updates": 1250, "lr_from_teacher": 8e-4}}),
     "small": SMALL,
     # small at half the width: on Multi30k its from-scratch 6-6 beats its 2-2; the family
     # starts from a converged teacher (a teacher stage), which at this width beats training

@@ -12,6 +12,7 @@ import pytest
 from aiokd.config import load_config
 from aiokd.model.checkpoint import load_model_files
 from aiokd.train.api import train
+from aiokd.train.loop import stage_config
 from aiokd.train.run_dir import Run
 from tests.conftest import TINY_MODEL
 
@@ -19,7 +20,7 @@ from tests.conftest import TINY_MODEL
 # differ), so they must give the same tensors.
 OPTIONS = [*TINY_MODEL, "model.dropout=0", "train.validate_every=2", "train.log_every=1",
            "train.lr_from_teacher=2e-3"]
-TEACHER_UPDATES, STAGE_UPDATES = 6, 4
+TEACHER_UPDATES, STAGE_UPDATES = 4, 6
 
 
 def assert_same_weights(got, want) -> None:
@@ -73,8 +74,18 @@ def test_the_teacher_stage_is_the_from_scratch_teacher_then_init_from_it(tmp_pat
     ("both", Path("teacher"), [1, 2])])
 def test_the_teacher_stage_comes_before_stage_1_unless_a_teacher_is_given(stages, init_from,
                                                                             expected):
-    cfg = load_config("quickstart", overrides=[f"train.stages={stages}",
+    cfg = load_config("tiny", overrides=[f"train.stages={stages}",
                                               "train.teacher_updates=10"])
     run = Run(Path("run"), cfg, Path("data"), tokenizer=None, languages={}, init_from=init_from)
     assert run.stages == expected
-    assert Run(Path("run"), load_config("quickstart"), Path("data"), None, {}).stages == [1, 2]
+    assert Run(Path("run"), load_config("tiny"), Path("data"), None, {}).stages == [1, 2]
+
+
+def test_max_updates_caps_the_teacher_stage_too():
+    cfg = load_config("quickstart", overrides=["train.teacher_updates=300"], extra={
+        "train": {"max_updates": 100}})
+    teacher = stage_config(cfg, 0)
+    assert teacher.train.max_updates == 100 and teacher.distill.method == "scratch"
+    assert teacher.distill.student == "6-6"
+    assert stage_config(cfg, 1) is cfg
+    assert stage_config(load_config("quickstart"), 0).train.max_updates == 1250

@@ -130,14 +130,15 @@ def build_model(cfg: Config, device: torch.device) -> Transformer:
 
 def stage_config(cfg: Config, stage: int) -> Config:
     """The settings of ``stage``: the run's, except that the teacher stage 0 trains the full model
-    alone, as ``--method scratch --student L_E-L_D`` would, for ``train.teacher_updates``."""
+    alone, as ``--method scratch --student L_E-L_D`` would, for ``train.teacher_updates`` (at most
+    ``train.max_updates``, the cap of every stage)."""
     if stage != 0:
         return cfg
-    m = cfg.model
+    m, t = cfg.model, cfg.train
     return dataclasses.replace(
         cfg, distill=dataclasses.replace(cfg.distill, method="scratch",
                                          student=f"{m.enc_layers}-{m.dec_layers}"),
-        train=dataclasses.replace(cfg.train, max_updates=cfg.train.teacher_updates))
+        train=dataclasses.replace(t, max_updates=min(t.teacher_updates, t.max_updates)))
 
 
 def stage_label(stage: int) -> str:
