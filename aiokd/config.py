@@ -203,9 +203,8 @@ class TrainConfig:
     """AIO-KD: before stage 1, a *teacher stage* (stage 0) trains the full model alone on
     cross-entropy (the recipe of ``--method scratch`` for the teacher) for at most this many
     updates (and at most ``max_updates``), ``patience`` applying, and stage 1 starts from its best
-    checkpoint.  0: none, the
-    paper's joint training from random weights.  Skipped with ``--init-from``, whose model is the
-    teacher."""
+    checkpoint.  0: none, the paper's joint training from random weights.  Skipped with
+    ``--init-from``, whose model is the teacher."""
     max_bad_steps: int = 5
     """Stop after this many consecutive updates with a non-finite loss."""
     log_every: int = 50

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from report import FROM_TEACHER, ORDER, SEPARATE, TEACHER, TEACHER_RUN
 
-from aiokd.config import load_config
+from aiokd.config import Config, load_config
 from aiokd.errors import UserError
 from aiokd.students import CandidateSpace, parse_student, student_name
 
@@ -71,16 +71,21 @@ class Preset:
         """Lines of each shipped file to use (quick), or None for the whole of Multi30k."""
         return self.data.get("subset") if isinstance(self.data, dict) else None
 
+    def train_config(self, system: str = "aiokd") -> Config:
+        """The settings ``aiokd train`` resolves for ``system``'s runs (before ``--max-updates``
+        and the driver's validation options)."""
+        return load_config(self.train_preset,
+                           overrides=[*self.overrides, *ABLATIONS.get(system, [])])
+
     def budget(self) -> str:
         """The budget rules, in words."""
         u = self.updates_per_stage
         stop = (f"stopped early after {self.patience} validations without a lower mean "
                 "validation CE" if self.patience else "no early stopping")
         extra = f" {' '.join(self.overrides)}" if self.overrides else ""
-        cfg = load_config(self.train_preset, overrides=self.overrides)
         teacher = (f", after a teacher stage of up to {2 * u} updates (the from-scratch 6-6 of "
                    "the same seed, whose cost is theirs; the paper's row has none)"
-                   if cfg.train.teacher_updates else "")
+                   if self.train_config().train.teacher_updates else "")
         return (f"`aiokd train --preset {self.train_preset}{extra}`; "
                 f"U = {u} updates per stage: AIO-KD and its ablations {u} + {u} (two stages)"
                 f"{teacher}, one-stage AIO-KD {2 * u} in its one stage (mutual learning from the "
@@ -106,11 +111,11 @@ def check_teacher_stage(preset: Preset) -> None:
     """A teacher stage in the preset's settings must be what the from-scratch 6-6 run is, the
     stage the driver reuses: the same recipe (:mod:`aiokd.train.loop`'s ``stage_config``) and
     the same cap, 2U updates."""
-    cfg = load_config(preset.train_preset, overrides=preset.overrides)
+    updates = preset.train_config().train.teacher_updates
     wanted = 2 * preset.updates_per_stage
-    if cfg.train.teacher_updates not in (0, wanted):
+    if updates not in (0, wanted):
         raise SystemExit(f"run.py: preset {preset.name}: train.teacher_updates="
-                         f"{cfg.train.teacher_updates}, but its from-scratch 6-6 trains for "
+                         f"{updates}, but its from-scratch 6-6 trains for "
                          f"{wanted} updates (2U); they must be equal")
 
 
@@ -297,9 +302,7 @@ class Work:
         its teacher stage would train on other data than the from-scratch 6-6)."""
         if system in SEPARATE or system == "aiokd-seqkd":
             return False
-        p = self.preset
-        cfg = load_config(p.train_preset, overrides=[*p.overrides, *ABLATIONS.get(system, [])])
-        return cfg.train.teacher_updates > 0
+        return self.preset.train_config(system).train.teacher_updates > 0
 
     def steps(self, chosen: list[tuple[str, list[str]]],
               seeds: Sequence[int] = (1,)) -> list[Step]:
