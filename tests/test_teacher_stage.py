@@ -14,7 +14,7 @@ from aiokd.model.checkpoint import load_model_files
 from aiokd.train.api import train
 from aiokd.train.loop import stage_config
 from aiokd.train.run_dir import Run
-from tests.conftest import TINY_MODEL
+from tests.conftest import TINY_MODEL, assert_refused, train_argv
 
 # Without dropout nothing random tells the two recipes apart (only their dropout noise streams
 # differ), so they must give the same tensors.
@@ -69,16 +69,25 @@ def test_the_teacher_stage_is_the_from_scratch_teacher_then_init_from_it(tmp_pat
     assert 2e-3 not in teacher_lrs  # a run from random weights keeps its schedule
 
 
-@pytest.mark.parametrize(("stages", "init_from", "expected"), [
-    ("both", None, [0, 1, 2]), ("1", None, [0, 1]), ("2", None, [2]),
-    ("both", Path("teacher"), [1, 2])])
+@pytest.mark.parametrize(("stages", "init_from", "expected", "from_teacher"), [
+    ("both", None, [0, 1, 2], True), ("1", None, [0, 1], True), ("2", None, [2], False),
+    ("both", Path("teacher"), [1, 2], True)])
 def test_the_teacher_stage_comes_before_stage_1_unless_a_teacher_is_given(stages, init_from,
-                                                                            expected):
+                                                                            expected, from_teacher):
     cfg = load_config("tiny", overrides=[f"train.stages={stages}",
                                               "train.teacher_updates=10"])
     run = Run(Path("run"), cfg, Path("data"), tokenizer=None, languages={}, init_from=init_from)
     assert run.stages == expected
-    assert Run(Path("run"), load_config("tiny"), Path("data"), None, {}).stages == [1, 2]
+    assert run.from_teacher == from_teacher
+    from_random = Run(Path("run"), load_config("tiny"), Path("data"), None, {})
+    assert from_random.stages == [1, 2] and not from_random.from_teacher
+
+
+def test_stage_2_alone_needs_stage_1s_best_checkpoint(tmp_path, tiny_data_dir, capsys):
+    out = tmp_path / "run"
+    assert_refused(train_argv(tiny_data_dir, out, "train.stages=2"), capsys,
+                   "stage 2 starts from stage 1's best checkpoint", "stage1-best.safetensors",
+                   "train.stages=1 or both")
 
 
 def test_max_updates_caps_the_teacher_stage_too():

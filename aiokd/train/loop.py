@@ -153,8 +153,7 @@ class Stage:
         self.run, self.stage, self.dist, self.logger = run, stage, dist_, logger
         self.label = stage_label(stage)
         self.cfg = cfg = stage_config(run.cfg, stage)
-        # whether the run starts from a trained teacher (train.lr_from_teacher)
-        self.from_teacher = stage >= 1 and (run.init_from is not None or 0 in run.stages)
+        self.from_teacher = stage >= 1 and run.from_teacher
         self.space = cfg.distill.space(cfg.model)
         self.model = build_model(cfg, dist_.device)
         self.optimizer = make_optimizer(self.model, cfg)
@@ -198,8 +197,10 @@ class Stage:
         elif self.stage == 2 or (self.stage == 1 and 0 in self.run.stages):
             best = self.run.best(self.stage - 1)
             if not best.is_file():
-                raise UserError(f"stage 2 starts from stage 1's best checkpoint, and {best} does "
-                                "not exist; run stage 1 first (train.stages=1 or both)")
+                previous = stage_label(self.stage - 1)
+                hint = " (train.stages=1 or both)" if self.stage == 2 else ""
+                raise UserError(f"{self.label} starts from {previous}'s best checkpoint, and "
+                                f"{best} does not exist; run {previous} first{hint}")
             read_checkpoint(best).restore(self.model)
             self.logger.say(f"{self.label} starts from {best} with a fresh optimizer"
                             f"{self._schedule() or ' and warm-up'}")

@@ -73,6 +73,12 @@ class Run:
             stages = [0, *stages]
         return stages
 
+    @property
+    def from_teacher(self) -> bool:
+        """Whether the AIO-KD stages start from a trained teacher: the ``--init-from`` model or
+        the teacher stage (``train.lr_from_teacher`` applies to them)."""
+        return self.init_from is not None or 0 in self.stages
+
 
 def _check_is_directory(root: Path) -> None:
     if root.exists() and not root.is_dir():
