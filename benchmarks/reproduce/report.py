@@ -387,6 +387,15 @@ def _code(record: dict[str, Any]) -> str:
     return f" (code {', '.join(versions)})" if versions else ""
 
 
+def _teachers_sentence(runs: dict[str, dict[str, Any]]) -> str:
+    """Which teacher the systems of each seed learn from or start from."""
+    sentence = "The KD systems of every seed learn from the seed-1 from-scratch 6-6 teacher."
+    if any(r.get("teacher_run") and r["system"] not in FROM_TEACHER for r in runs.values()):
+        sentence += (" An AIO-KD system with a teacher stage starts from the from-scratch 6-6 of"
+                     " its own seed (that stage), whose training is part of the seed's cost.")
+    return sentence
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The report: BLEU and chrF tables, targets, and how the numbers were obtained."""
     signatures = "\n".join(f"  - {metric}: `{signature}`"
@@ -394,6 +403,7 @@ def markdown(results: dict[str, Any]) -> str:
     commands = "\n".join(f"# {name}{_code(record)}\n" + "\n".join(record["commands"])
                          for name, record in results["runs"].items())
     drivers = "\n".join(results["driver_commands"])
+    teachers = _teachers_sentence(results["runs"])
     return f"""# AIO-KD vs separately trained students on {results['title']} ({results['preset']})
 
 - Test set: {results['test_set']}; beam 5; sacreBLEU BLEU and chrF.
@@ -401,8 +411,7 @@ def markdown(results: dict[str, Any]) -> str:
 - Preset `{results['preset']}`; seeds {', '.join(map(str, results['seeds']))}.
 - A system's score is the mean over its seeds, shown ± the spread (max - min) where it has more
   than one seed; its updates and cost are, per student, the mean over that student's seeds,
-  summed over its students. The KD systems of every seed
-  learn from the seed-1 from-scratch 6-6 teacher.
+  summed over its students. {teachers}
 - Students in the paper's order; `avg` is the mean over the students shown.
 
 ## BLEU
