@@ -175,9 +175,6 @@ class TrainConfig:
     (after the teacher stage, or from an ``--init-from`` model): fine-tuning at about the rate a
     teacher ends its training with, instead of a new warm-up to ``lr``, which undoes part of what
     the teacher learnt.  0: ``lr`` with warm-up and decay, as from random weights."""
-    warmup_from_teacher: int = 0
-    """Updates of linear warm-up from ``warmup_init_lr`` to ``lr_from_teacher`` at the start of
-    each such stage, while Adam's moment estimates, new with the stage, settle (0: none)."""
     adam_betas: tuple[float, float] = (0.9, 0.98)
     adam_eps: float = 1e-8
     weight_decay: float = 1e-4
@@ -226,7 +223,6 @@ class TrainConfig:
         _require(self.warmup_updates >= 0, "train.warmup_updates", "must be >= 0")
         _require(self.warmup_init_lr >= 0, "train.warmup_init_lr", "must be >= 0")
         _require(self.lr_from_teacher >= 0, "train.lr_from_teacher", "must be >= 0")
-        _require(self.warmup_from_teacher >= 0, "train.warmup_from_teacher", "must be >= 0")
         _require(self.adam_eps > 0, "train.adam_eps", "must be positive")
         _require(len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas),
                  "train.adam_betas", "must be two numbers in [0, 1)")

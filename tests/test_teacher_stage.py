@@ -13,7 +13,6 @@ from aiokd.config import load_config
 from aiokd.model.checkpoint import load_model_files
 from aiokd.train.api import train
 from aiokd.train.loop import stage_config
-from aiokd.train.optimizer import learning_rate
 from aiokd.train.run_dir import Run
 from tests.conftest import TINY_MODEL, assert_refused, train_argv
 
@@ -99,13 +98,3 @@ def test_max_updates_caps_the_teacher_stage_too():
     assert teacher.distill.student == "6-6"
     assert stage_config(cfg, 1) is cfg
     assert stage_config(load_config("quickstart"), 0).train.max_updates == 1250
-
-
-def test_the_rate_from_a_teacher_warms_up_then_stays():
-    cfg = load_config("narrow", overrides=["train.warmup_from_teacher=4",
-                                           "train.warmup_init_lr=0"])
-    rates = [learning_rate(cfg, update, from_teacher=True) for update in range(1, 8)]
-    assert rates == pytest.approx([0.75e-4, 1.5e-4, 2.25e-4, 3e-4, 3e-4, 3e-4, 3e-4])
-    assert learning_rate(load_config("narrow"), 1, from_teacher=True) == 3e-4
-    # from random weights: the preset's warm-up to train.lr and its decay
-    assert learning_rate(cfg, 1, from_teacher=False) == pytest.approx(1e-3 / 1000)

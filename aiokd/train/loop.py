@@ -206,14 +206,10 @@ class Stage:
                             f"{self._schedule() or ' and warm-up'}")
 
     def _schedule(self) -> str:
-        t = self.cfg.train
-        if not (self.from_teacher and t.lr_from_teacher):
+        lr = self.cfg.train.lr_from_teacher
+        if not (self.from_teacher and lr):
             return ""
-        rate = f" at the constant learning rate {t.lr_from_teacher:g} (train.lr_from_teacher)"
-        if t.warmup_from_teacher:
-            rate += (f", reached after {t.warmup_from_teacher} updates of warm-up "
-                     "(train.warmup_from_teacher)")
-        return rate
+        return f" at the constant learning rate {lr:g} (train.lr_from_teacher)"
 
     def _reopen_if_cap_raised(self) -> None:
         """A stage that stopped at ``train.max_updates`` continues when the cap has been raised

@@ -21,16 +21,11 @@ def inverse_sqrt_lr(cfg: Config, update: int) -> float:
 
 
 def learning_rate(cfg: Config, update: int, from_teacher: bool) -> float:
-    """The learning rate of ``update`` (counted from 1) of a stage: if the stage is
-    ``from_teacher`` (its run starts from a trained teacher) and ``train.lr_from_teacher`` is
-    set, that rate, reached by a linear warm-up from ``warmup_init_lr`` over
-    ``train.warmup_from_teacher`` updates; else :func:`inverse_sqrt_lr`."""
-    t = cfg.train
-    if from_teacher and t.lr_from_teacher:
-        if update < t.warmup_from_teacher:
-            return t.warmup_init_lr + ((t.lr_from_teacher - t.warmup_init_lr)
-                                       * update / t.warmup_from_teacher)
-        return t.lr_from_teacher
+    """The learning rate of ``update`` (counted from 1) of a stage: ``train.lr_from_teacher``
+    throughout if set and the stage ``from_teacher`` (its run starts from a trained teacher),
+    else :func:`inverse_sqrt_lr`."""
+    if from_teacher and cfg.train.lr_from_teacher:
+        return cfg.train.lr_from_teacher
     return inverse_sqrt_lr(cfg, update)
 
 
