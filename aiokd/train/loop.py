@@ -190,20 +190,24 @@ class Stage:
             if not self.state.finished:
                 self.logger.say(f"resuming {self.label} at update {self.state.update} "
                                 f"from {last}")
-        elif self.run.init_from is not None and not (self.stage == 2
-                                                     and self.run.best(1).is_file()):
+            return
+        previous = self.run.previous_stage(self.stage)
+        if previous is not None and (self.run.init_from is None
+                                     or self.run.best(previous).is_file()):
+            self._start_from_stage(previous)
+        elif self.run.init_from is not None:
             start_from_model(self.model, self.run.init_from)
             self.logger.say(f"{self.label} starts from {self.run.init_from}{self._schedule()}")
-        elif self.stage == 2 or (self.stage == 1 and 0 in self.run.stages):
-            best = self.run.best(self.stage - 1)
-            if not best.is_file():
-                previous = stage_label(self.stage - 1)
-                hint = " (train.stages=1 or both)" if self.stage == 2 else ""
-                raise UserError(f"{self.label} starts from {previous}'s best checkpoint, and "
-                                f"{best} does not exist; run {previous} first{hint}")
-            read_checkpoint(best).restore(self.model)
-            self.logger.say(f"{self.label} starts from {best} with a fresh optimizer"
-                            f"{self._schedule() or ' and warm-up'}")
+
+    def _start_from_stage(self, previous: int) -> None:
+        best = self.run.best(previous)
+        if not best.is_file():
+            hint = " (train.stages=1 or both)" if self.stage == 2 else ""
+            raise UserError(f"{self.label} starts from {stage_label(previous)}'s best checkpoint, "
+                            f"and {best} does not exist; run {stage_label(previous)} first{hint}")
+        read_checkpoint(best).restore(self.model)
+        self.logger.say(f"{self.label} starts from {best} with a fresh optimizer"
+                        f"{self._schedule() or ' and warm-up'}")
 
     def _schedule(self) -> str:
         lr = self.cfg.train.lr_from_teacher

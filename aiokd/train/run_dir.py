@@ -79,6 +79,13 @@ class Run:
         the teacher stage (``train.lr_from_teacher`` applies to them)."""
         return self.init_from is not None or 0 in self.stages
 
+    def previous_stage(self, stage: int) -> int | None:
+        """The stage whose best checkpoint ``stage`` starts from: stage 1 for stage 2, the
+        teacher stage 0 for stage 1 of a run that has one; None for a first stage."""
+        if stage == 2 or (stage == 1 and 0 in self.stages):
+            return stage - 1
+        return None
+
 
 def _check_is_directory(root: Path) -> None:
     if root.exists() and not root.is_dir():
