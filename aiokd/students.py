@@ -96,20 +96,6 @@ class CandidateSpace:
         found = self.candidates
         return found if self.teacher in found else found + [self.teacher]
 
-    def check(self, student: Student) -> Student:
-        """Return ``student`` if the teacher contains it and the space allows it, else UserError."""
-        le, ld = student
-        name = student_name(student)
-        if not (1 <= le <= self.enc_layers and 1 <= ld <= self.dec_layers):
-            raise UserError(
-                f"student {name} is outside the model: it has {self.enc_layers} encoder and "
-                f"{self.dec_layers} decoder layers"
-            )
-        if student != self.teacher and student not in self.candidates:
-            allowed = " ".join(student_name(s) for s in self.evaluated)
-            raise UserError(f"student {name} was not trained; trained students: {allowed}")
-        return student
-
 
 def smallest(candidates: list[Student]) -> Student:
     """The candidate with the fewest layers in all; ties go to the first in ``candidates``."""

@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 
 from aiokd.config import DistillConfig, load_config
 from aiokd.errors import UserError
-from aiokd.students import CandidateSpace, parse_student, sample_students, smallest
+from aiokd.students import (
+    CandidateSpace,
+    choose_student,
+    parse_student,
+    sample_students,
+    smallest,
+)
 
 PAPER = CandidateSpace().candidates
 
@@ -61,13 +67,13 @@ def test_sandwich_option_defaults_off():
 
 
 def test_students_outside_the_trained_space_are_refused():
-    space = CandidateSpace(3, 3, 2, 2)  # trained: 2-2 3-2 3-3 (l_d <= l_e)
-    for name, reason in (("7-2", "outside"), ("0-0", "outside"), ("2-5", "outside"),
-                         ("2-3", "not trained"), ("1-1", "not trained")):
-        with pytest.raises(UserError, match=reason) as error:
-            space.check(parse_student(name))
-        assert name in str(error.value)
-    assert space.check((3, 2)) == (3, 2)
+    trained = CandidateSpace(3, 3, 2, 2).evaluated  # 2-2 3-2 3-3 (l_d <= l_e)
+    for name in ("7-2", "0-0", "2-5", "2-3", "1-1", "six", ""):
+        with pytest.raises(UserError, match="its students are: 2-2 3-2 3-3") as error:
+            choose_student(name, trained, "runs/r")
+        assert repr(name) in str(error.value) and "runs/r" in str(error.value)
+    assert choose_student("3-2", trained, "runs/r") == (3, 2)
+    assert choose_student(None, trained, "runs/r") == (3, 3)
 
 
 @given(st.text(max_size=12))
