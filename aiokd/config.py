@@ -104,9 +104,10 @@ class DistillConfig:
     ml_mode: str = "no_weight"
     """Mutual learning: ``none``, ``no_weight`` (better teaches worse), ``full``, ``detaching``."""
     loss: str = "fused"
-    """How the AIO-KD loss is computed: ``fused`` (block by block, its gradient written out:
-    ``aiokd_loss``) or ``reference`` (the same equations term by term with autograd, slower and
-    heavier in memory: ``aiokd_loss_reference``), both in :mod:`aiokd.distill.aiokd_loss`."""
+    """How the AIO-KD and the Word-KD / Selective-KD losses are computed: ``fused`` (block by
+    block, the gradient written out: ``aiokd_loss``, ``word_kd_loss``) or ``reference`` (the same
+    equations term by term with autograd, slower and heavier in memory), in
+    :mod:`aiokd.distill.aiokd_loss` and :mod:`aiokd.distill.word_kd_loss`."""
     replacement: bool = True
     """Sample students with replacement (as the reference code does)."""
     sandwich: bool = False

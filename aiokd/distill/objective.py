@@ -17,33 +17,22 @@ Baselines train one fixed student ``S`` (the model *is* that student):
     word-kd:       L = CE(S) + alpha * KL(P_T || P_S)                 (frozen teacher)
     selective-kd:  as word-kd, KL only on the tokens where CE(S) is highest
 
+(:mod:`aiokd.distill.word_kd_loss`, fused or, with ``distill.loss=reference``, with autograd).
+
 Every loss is a sum over non-pad target tokens; the training loop divides by the token count.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aiokd.config import Config
 from aiokd.distill.aiokd_loss import LossSettings, aiokd_loss, aiokd_loss_reference
-from aiokd.distill.losses import (
-    kl_divergence,
-    label_smoothed_nll,
-    label_smoothed_nll_from_logits,
-    selective_kd_mask,
-    token_nll,
-    token_nll_from_hidden,
-)
+from aiokd.distill.losses import label_smoothed_nll_from_logits, token_nll_from_hidden
+from aiokd.distill.word_kd_loss import word_kd_loss, word_kd_loss_reference
 from aiokd.model.transformer import Transformer
 from aiokd.students import Student
-
-
-def log_probs(logits: Tensor) -> Tensor:
-    """float32 log-softmax over the vocabulary, whatever the autocast dtype of ``logits`` (upcast
-    inside the kernel, without a float32 copy of the logits)."""
-    return F.log_softmax(logits, dim=-1, dtype=torch.float32)
 
 
 class Objective(nn.Module):
@@ -103,18 +92,13 @@ class Objective(nn.Module):
             ce, nll = label_smoothed_nll_from_logits(logits, gold, eps, overwrite=True)
             kd = torch.zeros((), device=ce.device)
             return ce, {"nll": nll.detach(), "ce": ce.detach(), "kd": kd}
-        lprobs = log_probs(logits)
-        ce, nll = label_smoothed_nll(lprobs, gold, eps)
         with torch.no_grad():
-            teacher_lprobs = log_probs(self.frozen_teacher(src, prev_tgt, select=mask))
-        if d.method == "selective-kd":
-            chosen = selective_kd_mask(token_nll(lprobs, gold), d.selective_ratio)
-            kd = kl_divergence(teacher_lprobs[chosen], lprobs[chosen])
-        else:
-            kd = kl_divergence(teacher_lprobs, lprobs)
-        loss = ce + d.alpha * kd
-        stats = {"nll": nll, "ce": ce, "kd": kd}
-        return loss, {key: value.detach() for key, value in stats.items()}
+            teacher_logits = self.frozen_teacher(src, prev_tgt, select=mask)
+        ratio = d.selective_ratio if d.method == "selective-kd" else None
+        loss = word_kd_loss if d.loss == "fused" else word_kd_loss_reference
+        # The projection's output feeds this loss alone: its gradient may overwrite it.
+        terms = loss(logits, teacher_logits, gold, eps, d.alpha, ratio, overwrite=True)
+        return terms.loss, {"nll": terms.nll, "ce": terms.ce, "kd": terms.kd}
 
 
 @torch.no_grad()
