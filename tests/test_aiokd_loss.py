@@ -115,6 +115,16 @@ def test_pair_weights_pick_the_better_student_and_its_detaching(ce_i, ce_j, mode
     assert found.tolist() == expected
 
 
+def assert_overwriting_changes_nothing(found, expected, expected_grad, dtype):
+    """``found``: ``(loss, weight gradient)`` without and with ``overwrite``, equal to each other
+    and, up to the rounding of ``dtype`` logits, to the float64 reference's."""
+    assert torch.equal(found[0][0], found[1][0]) and torch.equal(found[0][1], found[1][1])
+    tolerance = 1e-9 if dtype == torch.float64 else 3e-2  # bfloat16 logits: 8-bit mantissas
+    assert torch.allclose(found[0][0].double(), expected, rtol=tolerance)
+    error = (found[0][1].double() - expected_grad).abs().max()
+    assert error <= tolerance * expected_grad.abs().max()
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_many_row_blocks_and_overwriting_give_the_same_gradient(dtype):
     """A vocabulary of 2^15 and three models make blocks of 2 rows (the last one short); with
@@ -136,11 +146,7 @@ def test_many_row_blocks_and_overwriting_give_the_same_gradient(dtype):
     logits = [F.linear(h.to(dtype).double(), rounded) for h in hidden]
     expected = aiokd_loss_reference(logits[0], logits[1:], gold, s).loss
     expected.backward()
-    assert torch.equal(found[0][0], found[1][0]) and torch.equal(found[0][1], found[1][1])
-    tolerance = 1e-9 if dtype == torch.float64 else 3e-2  # bfloat16 logits: 8-bit mantissas
-    assert torch.allclose(found[0][0].double(), expected, rtol=tolerance)
-    error = (found[0][1].double() - rounded.grad).abs().max()
-    assert error <= tolerance * rounded.grad.abs().max()
+    assert_overwriting_changes_nothing(found, expected, rounded.grad, dtype)
 
 
 @pytest.mark.parametrize("loss", [aiokd_loss, aiokd_loss_reference])
