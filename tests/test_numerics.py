@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from aiokd.cli import main as cli_main
 from aiokd.distill.aiokd_loss import LossSettings, aiokd_loss
 from aiokd.distill.losses import kl_divergence
-from aiokd.distill.objective import Objective, log_probs
+from aiokd.distill.objective import Objective
+from aiokd.distill.word_kd_loss import word_kd_loss, word_kd_loss_reference
 from aiokd.model.checkpoint import read_checkpoint
 from aiokd.model.transformer import Transformer
 from tests.conftest import TINY_MODEL
@@ -127,10 +128,12 @@ def test_kl_terms_are_finite_on_extreme_half_precision_logits(dtype):
     student_logits = [extreme_logits(dtype, s).requires_grad_() for s in (1, 2, 3)]
     assert not torch.isfinite(naive_kl(teacher_logits, student_logits[0]))  # what is avoided
 
-    teacher = log_probs(teacher_logits)
-    assert teacher.dtype == torch.float32
     gold = torch.randint(0, 50, (6,), generator=torch.Generator().manual_seed(4))
-    terms = {"kl": kl_divergence(teacher, log_probs(student_logits[0]))}
+    terms = {}
+    for name, loss in (("word-kd", word_kd_loss), ("word-kd reference", word_kd_loss_reference)):
+        found = loss(student_logits[0], teacher_logits, gold, 0.1, 5.5)
+        assert found.kd.dtype == torch.float32
+        terms.update({f"kd {name}": found.kd, f"loss {name}": found.loss})
     for mode in ("no_weight", "full", "detaching"):
         found = aiokd_loss(teacher_logits, student_logits, gold,
                            LossSettings(0.1, 5.5, 0.5, 1.1, True, mode))
@@ -146,7 +149,7 @@ def test_kl_terms_are_finite_on_extreme_half_precision_logits(dtype):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_identical_extreme_distributions_have_zero_kl(dtype):
     logits = extreme_logits(dtype, 7)
-    lp = log_probs(logits)
+    lp = F.log_softmax(logits, dim=-1, dtype=torch.float32)
     assert kl_divergence(lp, lp).item() == 0.0
     gold = torch.zeros(6, dtype=torch.long)
     found = aiokd_loss(logits, [logits, logits], gold, LossSettings(0.1, 5.5, 0.5, 1.1))
