@@ -51,7 +51,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from aiokd.distill.losses import kl_divergence, label_smoothing_weights, row_blocks
+from aiokd.distill.losses import (
+    kl_divergence,
+    label_smoothing_weights,
+    row_blocks,
+    smoothed_ce_from_sums,
+    subtract_smoothed_target,
+)
 from aiokd.model.kernels import at_least_float32
 
 
@@ -172,9 +178,8 @@ class _AIOKDLoss(torch.autograd.Function):
                 kl[j, i] += _kl(p[j], lp[j], lp[i])
         gold_logits = torch.stack([at_least_float32(x.gather(-1, gold[:, None]).squeeze(-1))
                                    for x in logits])
-        c, eps_i = label_smoothing_weights(settings.epsilon, vocab)
         nll = (lse - gold_logits).sum(dim=1)
-        ce = c * nll + eps_i * (vocab * lse.sum(dim=1) - row_sums)
+        ce = smoothed_ce_from_sums(nll, lse.sum(dim=1), row_sums, settings.epsilon, vocab)
         if settings.detach:
             gates = detaching_gates(ce[1:], ce[0], settings.eta)
         else:
@@ -221,8 +226,8 @@ class _AIOKDLoss(torch.autograd.Function):
                 h[j].addcmul_(p[j], (1.0 - d).mul_(w_ji * gate_j * b)).addcmul_(p[i], -w_ij * b)
             for m in range(models):
                 # dL/dx = p - eps_i - c 1[v = y] + h - p sum_v h
-                g = h[m].addcmul_(p[m], 1.0 - h[m].sum(dim=-1, keepdim=True)).sub_(eps_i)
-                g.scatter_add_(-1, gold[rows, None], g.new_full((g.shape[0], 1), -c))
+                g = h[m].addcmul_(p[m], 1.0 - h[m].sum(dim=-1, keepdim=True))
+                subtract_smoothed_target(g, gold[rows], c, eps_i)
                 torch.mul(g, grad, out=grads[m][rows])
         return None, None, None, *grads
 

@@ -29,6 +29,26 @@ def label_smoothing_weights(epsilon: float, vocab: int) -> tuple[float, float]:
     return 1.0 - epsilon - eps_i, eps_i
 
 
+def smoothed_ce_from_sums(nll: Tensor, lse: Tensor, logits: Tensor, epsilon: float,
+                          vocab: int) -> Tensor:
+    """Label-smoothed cross-entropy from sums over tokens of ``-lp[i, y_i]`` (``nll``), of
+    ``lse_i = logsumexp_v x_iv`` (``lse``) and of the logits ``x_iv`` (``logits``), any matching
+    shapes: with ``-sum_v lp_iv = V lse_i - sum_v x_iv``,
+
+        CE = c nll + eps_i (V lse - logits)
+    """
+    c, eps_i = label_smoothing_weights(epsilon, vocab)
+    return c * nll + eps_i * (vocab * lse - logits)
+
+
+def subtract_smoothed_target(g: Tensor, gold: Tensor, c: float, eps_i: float) -> Tensor:
+    """``g - eps_i - c 1[v = y_i]`` in place over a block ``g (n, V)`` of rows whose references
+    are ``gold (n,)``: the cross-entropy's part of a gradient with respect to the logits, added
+    to the ``p`` (or ``p`` plus other terms) already in ``g``."""
+    g.sub_(eps_i)
+    return g.scatter_add_(-1, gold[:, None], g.new_full((len(g), 1), -c))
+
+
 class _LabelSmoothedNLL(torch.autograd.Function):
     """Forward and backward of :func:`label_smoothed_nll`; the gradient is built in one pass:
 
@@ -124,12 +144,11 @@ class _LabelSmoothedNLLFromLogits(torch.autograd.Function):
         lse, sums = _logsumexp(logits, with_sums=True)
         gold = at_least_float32(logits.gather(-1, target[:, None]).squeeze(-1))
         nll_sum = (lse - gold).sum()
-        smooth_sum = (vocab * lse - sums).sum()
-        on_target, everywhere = label_smoothing_weights(epsilon, vocab)
         ctx.save_for_backward(logits, target, lse)
-        ctx.coefficients, ctx.overwrite = (on_target, everywhere), overwrite
+        ctx.coefficients = label_smoothing_weights(epsilon, vocab)
+        ctx.overwrite = overwrite
         ctx.mark_non_differentiable(nll_sum)
-        return on_target * nll_sum + everywhere * smooth_sum, nll_sum
+        return smoothed_ce_from_sums(nll_sum, lse.sum(), sums.sum(), epsilon, vocab), nll_sum
 
     @staticmethod
     def backward(ctx, grad: Tensor, _grad_nll: Tensor):
@@ -141,8 +160,7 @@ class _LabelSmoothedNLLFromLogits(torch.autograd.Function):
             # float32: exp(x - lse) straight into the output block; else in the float32 copy
             # (a half-precision scatter would convert the whole table to float32 and back)
             p = torch.sub(x, lse[rows, None], out=out if x.dtype == out.dtype else x)
-            p.exp_().sub_(everywhere)
-            p.scatter_add_(-1, target[rows, None], p.new_full((len(p), 1), -on_target))
+            subtract_smoothed_target(p.exp_(), target[rows], on_target, everywhere)
             p.mul_(grad)
             if p is not out:
                 out.copy_(p)

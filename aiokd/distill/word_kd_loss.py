@@ -36,6 +36,8 @@ from aiokd.distill.losses import (
     label_smoothing_weights,
     row_blocks,
     selective_kd_mask,
+    smoothed_ce_from_sums,
+    subtract_smoothed_target,
     token_nll,
 )
 from aiokd.model.kernels import at_least_float32
@@ -74,11 +76,11 @@ class _WordKDLoss(torch.autograd.Function):
         nll = lse - at_least_float32(logits.gather(-1, gold[:, None]).squeeze(-1))
         kd_rows = (selective_kd_mask(nll, selective_ratio).to(float_type)
                    if selective_ratio is not None else torch.ones_like(nll))
-        c, eps_i = label_smoothing_weights(epsilon, vocab)
-        ce = c * nll.sum() + eps_i * (vocab * lse.sum() - row_sums.sum())
+        ce = smoothed_ce_from_sums(nll.sum(), lse.sum(), row_sums.sum(), epsilon, vocab)
         kd = torch.dot(kd_rows, kl)
         ctx.save_for_backward(logits, teacher_logits, gold, lse, teacher_lse, kd_rows)
-        ctx.coefficients, ctx.overwrite = (c, eps_i, alpha), overwrite
+        ctx.coefficients = (*label_smoothing_weights(epsilon, vocab), alpha)
+        ctx.overwrite = overwrite
         stats = (ce, nll.sum(), kd)
         ctx.mark_non_differentiable(*stats)
         return ce + alpha * kd, *stats
@@ -92,8 +94,7 @@ class _WordKDLoss(torch.autograd.Function):
             m = kd_rows[rows, None] * alpha
             p = torch.sub(at_least_float32(logits[rows]), lse[rows, None]).exp_()
             q = torch.sub(at_least_float32(teacher_logits[rows]), teacher_lse[rows, None]).exp_()
-            g = p.mul_(m + 1.0).sub_(q.mul_(m)).sub_(eps_i)
-            g.scatter_add_(-1, gold[rows, None], g.new_full((g.shape[0], 1), -c))
+            g = subtract_smoothed_target(p.mul_(m + 1.0).sub_(q.mul_(m)), gold[rows], c, eps_i)
             torch.mul(g, grad, out=logits_grad[rows])
         return logits_grad, None, None, None, None, None, None
 
