@@ -6,19 +6,18 @@ training steps.
 
 Random logits of the teacher and ``K`` students; forward and backward of
 :func:`aiokd.distill.aiokd_loss.aiokd_loss` with ``beta = 0`` (stage 1) and ``beta = 1`` (stage 2),
-the
-two alternating, the median of ``--repeats`` calls each.
+the two alternating, the median of ``--repeats`` calls each.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
 from aiokd.distill.aiokd_loss import LossSettings, aiokd_loss
+from aiokd.evaluation.latency import timed
 
 
 def time_loss(beta: float, tokens: int, vocab: int, k: int, dtype: torch.dtype) -> float:
@@ -26,9 +25,8 @@ def time_loss(beta: float, tokens: int, vocab: int, k: int, dtype: torch.dtype) 
     logits = [torch.randn(tokens, vocab, dtype=dtype, requires_grad=True) for _ in range(k + 1)]
     gold = torch.randint(0, vocab, (tokens,))
     settings = LossSettings(epsilon=0.1, alpha=1.0, beta=beta, eta=1.1)
-    start = time.perf_counter()
-    aiokd_loss(logits[0], logits[1:], gold, settings, overwrite=True).loss.backward()
-    return time.perf_counter() - start
+    return timed(lambda: aiokd_loss(logits[0], logits[1:], gold, settings,
+                                    overwrite=True).loss.backward())
 
 
 def main() -> None:

@@ -14,23 +14,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-from collections.abc import Callable
 
 import torch
 
 from aiokd.config import load_config
 from aiokd.distill.objective import Objective
+from aiokd.evaluation.latency import timed
 from aiokd.model.transformer import Transformer
 from aiokd.students import parse_student
 
 SENTENCES = 128
-
-
-def timed(fn: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main() -> None:
