@@ -206,6 +206,7 @@ def test_targets_are_computed_from_the_numbers():
     assert found["teacher_vs_scratch"]["met"] is True  # 28 >= 27
     assert found["cost_vs_word_kd"]["met"] is True  # 300 <= 350
     assert found["every_student_vs_word_kd"]["below_word_kd"] == ["2-2"]
+    assert found["every_student_vs_word_kd"]["margins"] == {"2-2": -1.0, "6-6": 1.0}
     assert found["every_student_vs_word_kd"]["met"] is False  # 21 < 22 at 2-2
     assert found["every_student_vs_word_kd/aiokd-sandwich"]["met"] is True
     assert report.targets({"aiokd": systems["aiokd"]})["avg_vs_scratch"]["met"] is None

@@ -233,14 +233,16 @@ def _avg_target(text: str, mine: dict[str, Any] | None, theirs: dict[str, Any] |
 
 
 def _every_student(systems: dict[str, Any], name: str, label: str) -> dict[str, Any]:
-    """Whether every student of ``name`` that Word-KD also has scores at least Word-KD's."""
+    """Whether every student of ``name`` that Word-KD also has scores at least Word-KD's;
+    ``margins``: each such student's BLEU minus Word-KD's."""
     text = f"{label}: every student >= its Word-KD counterpart"
     mine, word = systems.get(name), systems.get("word-kd")
     common = _common(mine["bleu"], word["bleu"]) if mine and word else []
     if not common:
         return _target(text, None, None)
-    below = [s for s in common if mine["bleu"][s] < word["bleu"][s]]
-    return {"text": text, "below_word_kd": below, "met": not below}
+    margins = {s: round(mine["bleu"][s] - word["bleu"][s], 2) for s in common}
+    below = [s for s in common if margins[s] < 0]
+    return {"text": text, "margins": margins, "below_word_kd": below, "met": not below}
 
 
 def _system_targets(systems: dict[str, dict[str, Any]], name: str,
@@ -369,8 +371,8 @@ def _targets_table(found: dict[str, dict[str, Any]]) -> str:
     for entry in found.values():
         met = {True: "**yes**", False: "no", None: "not yet"}[entry["met"]]
         if "below_word_kd" in entry:
-            below = ", ".join(entry["below_word_kd"]) or "none"
-            rows.append([entry["text"], f"below at {below}", "", met])
+            margins = ", ".join(f"{s} {m:+.2f}" for s, m in entry["margins"].items())
+            rows.append([entry["text"], f"BLEU minus Word-KD's: {margins}", "", met])
         else:
             rows.append([entry["text"], _cell(entry["value"]), _cell(entry["threshold"]), met])
     return _table(["target", "value", "needed", "met"], rows)
