@@ -18,6 +18,7 @@ import pytest
 
 from aiokd.cli import main as cli_main
 from aiokd.data.prepare import prepare
+from aiokd.model import kernels
 
 _WORDS = [
     ("der", "the"), ("hund", "dog"), ("katze", "cat"), ("läuft", "runs"), ("schnell", "fast"),
@@ -28,6 +29,14 @@ _WORDS = [
     ("junge", "young"), ("mädchen", "girl"), ("trägt", "wears"), ("hut", "hat"), ("auto", "car"),
 ]
 TINY_VOCAB = 100
+
+
+@pytest.fixture(params=["exp", "exp2"])
+def exp_kernel(request, monkeypatch) -> str:
+    """The fused losses' exponentials forced to each kernel in turn (this machine's probe would
+    choose one of them: :func:`aiokd.model.probe.exponential_kernel`)."""
+    monkeypatch.setattr(kernels, "_exp2_is_faster", lambda device_type: request.param == "exp2")
+    return request.param
 
 
 def make_corpus(pairs: int, seed: int = 0) -> tuple[list[str], list[str]]:

@@ -48,7 +48,7 @@ SETTINGS = [
 
 @pytest.mark.parametrize("k", [1, 2, 3])
 @pytest.mark.parametrize("settings", SETTINGS, ids=str)
-def test_fused_loss_equals_the_reference_in_value_terms_and_gradients(k, settings):
+def test_fused_loss_equals_the_reference_in_value_terms_and_gradients(k, settings, exp_kernel):
     torch.manual_seed(k)
     logits = [3 * torch.randn(9, 13, dtype=torch.float64) for _ in range(k + 1)]
     gold = torch.randint(0, 13, (9,))
@@ -126,7 +126,7 @@ def assert_overwriting_changes_nothing(found, expected, expected_grad, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-def test_many_row_blocks_and_overwriting_give_the_same_gradient(dtype):
+def test_many_row_blocks_and_overwriting_give_the_same_gradient(dtype, exp_kernel):
     """A vocabulary of 2^15 and three models make blocks of 2 rows (the last one short); with
     ``overwrite`` each gradient reaches the projection through its logits' own buffer."""
     torch.manual_seed(4)

@@ -130,6 +130,21 @@ def test_training_section_on_its_own(tiny_data_dir, tmp_path, one_thread):
     assert all(_positive(ratio) for ratio in figures["ratios"].values())
 
 
+def test_exp_kernels_times_every_variant_with_both_kernels(tiny_data_dir, tmp_path, monkeypatch,
+                                                          one_thread):
+    import exp_kernels
+
+    monkeypatch.setenv("AIOKD_CACHE_DIR", str(tmp_path / "cache"))
+    report = exp_kernels.main(["--data", str(tiny_data_dir), "--amp", "none", *SECTION])
+    assert report["probe"]["value"] in exp_kernels.KERNELS
+    rows = report["precisions"]["float32"]
+    assert set(rows) == {"teacher", "stage1_k2", "stage2_k2"}
+    for row in rows.values():
+        assert all(_positive(row["step_s_median"][name]) for name in exp_kernels.KERNELS)
+        assert math.isclose(row["exp_vs_exp2"],
+                            row["step_s_median"]["exp"] / row["step_s_median"]["exp2"])
+
+
 def test_validation_section_on_its_own(tiny_data_dir, one_thread):
     report = speed_validation.main(["--data", str(tiny_data_dir), "--valid-batches", "1",
                                     "--amp", "none", *SECTION])

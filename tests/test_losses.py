@@ -65,7 +65,7 @@ def test_label_smoothed_nll_gradient_matches_definition():
 
 
 @pytest.mark.parametrize("epsilon", [0.0, 0.1])
-def test_label_smoothed_nll_from_logits_equals_it_on_log_softmax(epsilon):
+def test_label_smoothed_nll_from_logits_equals_it_on_log_softmax(epsilon, exp_kernel):
     torch.manual_seed(2)
     logits = (10 * torch.randn(6, 9)).requires_grad_()
     target = torch.tensor([0, 8, 3, 3, 5, 1])
@@ -80,7 +80,7 @@ def test_label_smoothed_nll_from_logits_equals_it_on_log_softmax(epsilon):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-def test_label_smoothed_nll_from_logits_over_many_row_blocks_and_overwriting(dtype):
+def test_label_smoothed_nll_from_logits_over_many_row_blocks_and_overwriting(dtype, exp_kernel):
     """A vocabulary of 2^17 makes blocks of 2 rows (the last one short); with ``overwrite`` the
     gradient reaches the projection through the logits' own buffer."""
     torch.manual_seed(4)
@@ -119,7 +119,7 @@ def test_token_nll_from_hidden_projects_block_by_block():
     assert torch.allclose(nll, token_nll(F.log_softmax(F.linear(hidden, weight), -1), target))
 
 
-def test_from_logits_losses_work_in_float32_on_bfloat16_logits():
+def test_from_logits_losses_work_in_float32_on_bfloat16_logits(exp_kernel):
     torch.manual_seed(3)
     logits = torch.randn(5, 11, dtype=torch.float32).to(torch.bfloat16).requires_grad_()
     target = torch.tensor([1, 2, 3, 4, 10])

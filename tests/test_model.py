@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from aiokd.config import load_config
 from aiokd.distill.objective import validation_nll
-from aiokd.model.kernels import DROPOUT_BITS, attention_products, dropout
+from aiokd.model.kernels import DROPOUT_BITS, attention_products, dropout, exp, logsumexp
 from aiokd.model.transformer import Transformer
 from aiokd.train.optimizer import scale_and_clip_gradients
 from tests.conftest import TINY_MODEL
@@ -88,6 +88,26 @@ def test_attention_products_in_bf16_keep_the_softmax_in_float32():
     found = attention_products(*(t.bfloat16() for t in (q, k, v)), None, True, 0.0)
     assert found.dtype == torch.bfloat16
     torch.testing.assert_close(found.float(), expected, rtol=0.02, atol=0.02)
+
+
+def test_exponentials_of_either_kernel_equal_torchs(exp_kernel):
+    """Within ``(1 + |x|) u`` relatively (``u`` 1e-7 in float32, 1e-15 in float64), into a new
+    tensor or in place, and ``logsumexp`` without overflow on logits of +-1e4."""
+    torch.manual_seed(0)
+    x = torch.cat([(20 * torch.randn(6, 500)).clamp(-80, 80), torch.full((1, 500), -1e4),
+                   torch.full((1, 500), 1e4)])
+    x[-1, 7] = 1e4 + 3.0
+    for dtype, u in ((torch.float32, 1e-7), (torch.float64, 1e-15)):
+        values = x.to(dtype)
+        small, expected = values[:6], values[:6].exp()
+        bound = (1 + small.abs()) * u * expected
+        assert ((exp(small) - expected).abs() <= bound).all()
+        in_place = small.clone()
+        assert exp(in_place, out=in_place) is in_place
+        assert ((in_place - expected).abs() <= bound).all()
+        lse = torch.empty(len(values), dtype=dtype)
+        assert logsumexp(values, out=lse) is lse
+        torch.testing.assert_close(lse, torch.logsumexp(values, dim=-1), rtol=10 * u, atol=0)
 
 
 @pytest.mark.parametrize("max_norm", [0.0, 0.05, 1e6])

@@ -94,6 +94,12 @@ def test_training_and_decoding_probes_time_both_precisions(monkeypatch):
     assert next(model.parameters()).dtype == torch.float32
 
 
+def test_the_exponential_kernel_is_measured_once_per_machine():
+    choice = probe.exponential_kernel(CPU)
+    assert choice.value in ("exp", "exp2") and set(choice.seconds) == {"exp", "exp2"}
+    assert not choice.cached and probe.exponential_kernel(CPU).cached
+
+
 def _precision_record(run_dir) -> dict:
     entries = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     return next(entry for entry in entries if entry["kind"] == "precision")

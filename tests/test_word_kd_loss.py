@@ -28,7 +28,7 @@ def gradient(loss, logits, teacher_logits, gold, ratio):
 
 
 @pytest.mark.parametrize("ratio", [None, 0.5, 0.01, 1.0])
-def test_fused_loss_equals_the_reference_in_value_terms_and_gradient(ratio):
+def test_fused_loss_equals_the_reference_in_value_terms_and_gradient(ratio, exp_kernel):
     torch.manual_seed(1)
     logits, teacher_logits = (3 * torch.randn(9, 13, dtype=torch.float64) for _ in range(2))
     gold = torch.randint(0, 13, (9,))
@@ -57,7 +57,7 @@ def test_terms_are_their_definitions(loss):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-def test_many_row_blocks_and_overwriting_give_the_same_gradient(dtype):
+def test_many_row_blocks_and_overwriting_give_the_same_gradient(dtype, exp_kernel):
     """A vocabulary of 2^15 makes blocks of a few rows (the last one short); with ``overwrite``
     the gradient reaches the projection through its logits' own buffer."""
     torch.manual_seed(4)

@@ -58,7 +58,7 @@ from aiokd.distill.losses import (
     smoothed_ce_from_sums,
     subtract_smoothed_target,
 )
-from aiokd.model.kernels import at_least_float32
+from aiokd.model.kernels import at_least_float32, exp, logsumexp
 
 
 @dataclass(frozen=True)
@@ -167,10 +167,10 @@ class _AIOKDLoss(torch.autograd.Function):
         for rows in row_blocks(n, vocab * models, logits[0].device):
             blocks = [at_least_float32(x[rows]) for x in logits]
             for m, block in enumerate(blocks):
-                torch.logsumexp(block, dim=-1, out=lse[m, rows])
+                logsumexp(block, out=lse[m, rows])
                 row_sums[m] += block.sum()
             lp = [torch.sub(block, lse[m, rows, None]) for m, block in enumerate(blocks)]
-            p = [x.exp() for x in (lp if pairs else lp[:1])]
+            p = [exp(x) for x in (lp if pairs else lp[:1])]
             for s in range(1, models):
                 kl[0, s] += _kl(p[0], lp[0], lp[s])
             for i, j in pairs:
@@ -211,7 +211,7 @@ class _AIOKDLoss(torch.autograd.Function):
         b = settings.beta / max(ml_terms(len(pairs), settings.ml_mode), 1)
         for rows in row_blocks(n, vocab * models, logits[0].device):
             lp = _log_probs(logits, lse, rows)
-            p = [x.exp() for x in lp]
+            p = [exp(x) for x in lp]
             if k:  # KD: the students' side, and the teacher's side gated by g_k
                 teacher_side = (lp[0] + 1.0).mul_(gates.mean())
                 for s in range(1, models):

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from aiokd.model.kernels import at_least_float32
+from aiokd.model.kernels import at_least_float32, exp, logsumexp
 
 
 def label_smoothing_weights(epsilon: float, vocab: int) -> tuple[float, float]:
@@ -119,7 +119,7 @@ def _logsumexp(logits: Tensor, with_sums: bool = False) -> tuple[Tensor, Tensor 
     sums = torch.empty_like(lse) if with_sums else None
     for rows in row_blocks(*logits.shape, logits.device):
         block = at_least_float32(logits[rows])
-        torch.logsumexp(block, dim=-1, out=lse[rows])
+        logsumexp(block, out=lse[rows])
         if sums is not None:
             torch.sum(block, dim=-1, out=sums[rows])
     return lse, sums
@@ -160,7 +160,7 @@ class _LabelSmoothedNLLFromLogits(torch.autograd.Function):
             # float32: exp(x - lse) straight into the output block; else in the float32 copy
             # (a half-precision scatter would convert the whole table to float32 and back)
             p = torch.sub(x, lse[rows, None], out=out if x.dtype == out.dtype else x)
-            subtract_smoothed_target(p.exp_(), target[rows], on_target, everywhere)
+            subtract_smoothed_target(exp(p, out=p), target[rows], on_target, everywhere)
             p.mul_(grad)
             if p is not out:
                 out.copy_(p)

@@ -40,7 +40,7 @@ from aiokd.distill.losses import (
     subtract_smoothed_target,
     token_nll,
 )
-from aiokd.model.kernels import at_least_float32
+from aiokd.model.kernels import at_least_float32, exp, logsumexp
 
 
 @dataclass
@@ -67,12 +67,12 @@ class _WordKDLoss(torch.autograd.Function):
                                           for _ in range(4))
         for rows in row_blocks(n, 2 * vocab, logits.device):
             x, t = at_least_float32(logits[rows]), at_least_float32(teacher_logits[rows])
-            torch.logsumexp(x, dim=-1, out=lse[rows])
+            logsumexp(x, out=lse[rows])
             torch.sum(x, dim=-1, out=row_sums[rows])
-            torch.logsumexp(t, dim=-1, out=teacher_lse[rows])
+            logsumexp(t, out=teacher_lse[rows])
             lq = t - teacher_lse[rows, None]
             lq_minus_lp = (lq - x).add_(lse[rows, None])
-            torch.sum(lq.exp_().mul_(lq_minus_lp), dim=-1, out=kl[rows])
+            torch.sum(exp(lq, out=lq).mul_(lq_minus_lp), dim=-1, out=kl[rows])
         nll = lse - at_least_float32(logits.gather(-1, gold[:, None]).squeeze(-1))
         kd_rows = (selective_kd_mask(nll, selective_ratio).to(float_type)
                    if selective_ratio is not None else torch.ones_like(nll))
@@ -92,8 +92,9 @@ class _WordKDLoss(torch.autograd.Function):
         logits_grad = logits if ctx.overwrite else torch.empty_like(logits)
         for rows in row_blocks(*logits.shape, logits.device):
             m = kd_rows[rows, None] * alpha
-            p = torch.sub(at_least_float32(logits[rows]), lse[rows, None]).exp_()
-            q = torch.sub(at_least_float32(teacher_logits[rows]), teacher_lse[rows, None]).exp_()
+            lp = torch.sub(at_least_float32(logits[rows]), lse[rows, None])
+            lq = torch.sub(at_least_float32(teacher_logits[rows]), teacher_lse[rows, None])
+            p, q = exp(lp, out=lp), exp(lq, out=lq)
             g = subtract_smoothed_target(p.mul_(m + 1.0).sub_(q.mul_(m)), gold[rows], c, eps_i)
             torch.mul(g, grad, out=logits_grad[rows])
         return logits_grad, None, None, None, None, None, None
