@@ -6,6 +6,7 @@ import csv
 import json
 
 import pytest
+from sacrebleu.metrics import BLEU
 
 from aiokd.cli import main as cli_main
 from aiokd.evaluation.evaluate import (
@@ -36,9 +37,14 @@ def test_set():
 
 
 @pytest.fixture(scope="module")
-def results(tiny_model_dir, test_set):
+def evaluation(tiny_model_dir, test_set):
     return evaluate(tiny_model_dir, test_set, beam=2, device="cpu", tok_bleu=True,
                     latency=QUICK, progress=False)
+
+
+@pytest.fixture(scope="module")
+def results(evaluation):
+    return evaluation.results
 
 
 def write_pair(tmp_path, src, ref):
@@ -74,18 +80,47 @@ def test_size_is_that_of_the_extracted_student(results, tiny_model_dir, tmp_path
     assert entry["size_bytes"] == directory_bytes(tmp_path / "3-2")
 
 
-def test_outputs_are_written(results, tmp_path):
-    paths = write_outputs(results, tmp_path / "out" / "results.json")
+def test_outputs_are_written(evaluation, results, tmp_path):
+    paths = write_outputs(evaluation, tmp_path / "out" / "results.json")
     assert [p.name for p in paths] == ["results.json", "results.csv", "results.bleu_grid.png",
-                                       "results.bleu_latency.png"]
-    assert load_results(paths[0])["students"] == results["students"]
+                                       "results.bleu_latency.png", "results.translations"]
+    written = load_results(paths[0])
+    assert written["students"] == results["students"]
+    assert written["translations"] == "results.translations"
     rows = list(csv.DictReader(paths[1].open()))
     assert [row["student"] for row in rows] == ["2-2", "3-2", "3-3"]
     assert float(rows[0]["bleu"]) == results["students"][0]["bleu"]
-    for png in paths[2:]:
+    for png in paths[2:4]:
         assert png.read_bytes().startswith(PNG)
     assert sorted(p.name for p in paths[0].parent.iterdir()) == sorted(p.name for p in paths)
     assert select_student(results)["student"] in {"2-2", "3-2", "3-3"}
+
+
+def test_the_written_translations_are_what_was_scored(evaluation, results, tmp_path):
+    """Every student's file, rescored with sacreBLEU against the written reference, gives the
+    BLEU of the results; the source and reference are the test set, line for line."""
+    directory = write_outputs(evaluation, tmp_path / "results.json")[-1]
+    assert sorted(p.name for p in directory.iterdir()) == [
+        "2-2.txt", "3-2.txt", "3-3.txt", "reference.txt", "source.txt"]
+    def read(name):
+        return (directory / name).read_text(encoding="utf-8").split("\n")[:-1]
+
+    assert read("source.txt") == evaluation.test.sources
+    references = read("reference.txt")
+    assert references == evaluation.test.references
+    for entry in results["students"]:
+        hypotheses = read(f"{entry['student']}.txt")
+        assert hypotheses == evaluation.hypotheses[entry["student"]]
+        assert len(hypotheses) == len(references)
+        assert round(BLEU().corpus_score(hypotheses, [references]).score, 4) == entry["bleu"]
+
+
+def test_translations_of_an_earlier_evaluation_are_replaced(evaluation, tmp_path):
+    directory = tmp_path / "results.translations"
+    directory.mkdir()
+    (directory / "6-6.txt").write_text("from an earlier model\n")
+    write_outputs(evaluation, tmp_path / "results.json")
+    assert not (directory / "6-6.txt").exists() and (directory / "2-2.txt").is_file()
 
 
 def test_cli_with_raw_files_and_no_latency(tiny_model_dir, tmp_path, capsys):
@@ -104,12 +139,14 @@ def test_cli_with_raw_files_and_no_latency(tiny_model_dir, tmp_path, capsys):
     assert results["latency"] is None and results["students"][0]["ms_per_sentence"] is None
     assert results["test_set"]["sentences"] == 4
     assert (tmp_path / "r.bleu_params.png").read_bytes().startswith(PNG)
+    assert sorted(p.name for p in (tmp_path / "r.translations").iterdir()) == [
+        "2-2.txt", "3-3.txt", "reference.txt", "source.txt"]
     assert str(out) in stdout
 
 
 def test_ctranslate2_engine(tiny_model_dir, test_set):
     results = evaluate(tiny_model_dir, test_set, students="2-2", beam=2, engine="ctranslate2",
-                       device="cpu", latency=QUICK, progress=False)
+                       device="cpu", latency=QUICK, progress=False).results
     (entry,) = results["students"]
     assert entry["student"] == "2-2" and entry["ms_per_sentence"] > 0
     assert results["engine"] == "ctranslate2" and "CTranslate2" in results["size"]
@@ -118,7 +155,7 @@ def test_ctranslate2_engine(tiny_model_dir, test_set):
 
 def test_evaluates_in_the_dtype_asked(tiny_model_dir, test_set):
     results = evaluate(tiny_model_dir, test_set, students="3-3", beam=2, device="cpu",
-                       latency=None, progress=False, dtype="bfloat16")
+                       latency=None, progress=False, dtype="bfloat16").results
     assert results["dtype"] == "bfloat16" and "torch in bfloat16 on cpu" in summary(results)
     assert results["students"][0]["bleu"] >= 0
 
@@ -170,9 +207,9 @@ def test_cli_errors_are_one_line(tiny_model_dir, tmp_path):
 
 def test_output_paths_sit_beside_the_results_file(tmp_path):
     assert output_names(tmp_path / "x.json") == ["x.json", "x.csv", "x.bleu_grid.png",
-                                                 "x.bleu_latency.png"]
+                                                 "x.bleu_latency.png", "x.translations"]
     assert json.dumps(output_names(tmp_path / "x")) == json.dumps(
-        ["x", "x.csv", "x.bleu_grid.png", "x.bleu_latency.png"])
+        ["x", "x.csv", "x.bleu_grid.png", "x.bleu_latency.png", "x.translations"])
 
 
 def test_a_ctranslate2_export_is_measured_as_it_is(tiny_model_dir, test_set, tmp_path):
@@ -182,7 +219,7 @@ def test_a_ctranslate2_export_is_measured_as_it_is(tiny_model_dir, test_set, tmp
                   "--quantization", "int8", "--out", str(export)])
     assert exit_.value.code == 0
     results = evaluate(export, test_set, beam=2, engine="ctranslate2", device="cpu",
-                       latency=None, progress=False)
+                       latency=None, progress=False).results
     (entry,) = results["students"]
     assert entry["student"] == "3-2" and entry["size_bytes"] == directory_bytes(export)
     assert entry["params"] == load_model_files(tiny_model_dir).model.num_parameters((3, 2))

@@ -22,6 +22,7 @@ sys.path.insert(0, str(DRIVER))
 import curves  # noqa: E402
 import plan  # noqa: E402
 import report  # noqa: E402
+import significance  # noqa: E402
 import training_log  # noqa: E402
 
 SYSTEMS = ("scratch", "word-kd", "aiokd", "aiokd-paper", "aiokd-separate", "aiokd-sandwich",
@@ -258,6 +259,9 @@ def test_quick_benchmark_end_to_end(tmp_path):
                for record in found["runs"].values())
     assert "| separate students, Word-KD (`word-kd`) |" in (
         results / "multi30k-quick.md").read_text()
+    tested = {(t["run"], t["baseline_run"], t["student"]) for t in found["significance"]}
+    assert ("aiokd", "word-kd-2-2", "2-2") in tested and ("aiokd", "scratch-6-6", "6-6") in tested
+    assert all(0 <= t["p_value"] <= 1 for t in found["significance"])
 
     again = run_driver(work, results)
     assert again.returncode == 0, again.stdout + again.stderr
@@ -347,6 +351,55 @@ def test_seeds_are_averaged_with_their_spread():
     assert "| 30.50 ± 1.00 | 31.50 ± 1.00 | 31.00 ± 0.00 |" in text
     assert "| 29.00 | 28.00 | 28.50 |" in text  # one seed: no spread
     assert "## BLEU of every student" in text and "37.5% / 0.0%" in text
+
+
+REFERENCES = [f"a dog number {i} runs across the green grass ." for i in range(60)]
+
+
+def write_translations(directory: Path, references: list[str], **students: list[str]) -> str:
+    directory.mkdir(parents=True)
+    for name, lines in {"reference": references, **students}.items():
+        (directory / f"{name}.txt").write_text("".join(line + "\n" for line in lines))
+    return str(directory)
+
+
+def test_paired_bootstrap_tells_chance_from_a_real_difference():
+    half = [line.replace("grass", "lawn") for line in REFERENCES]
+    worse, also_worse = half[:30] + REFERENCES[30:], REFERENCES[:30] + half[30:]
+    level = significance.paired_bootstrap(REFERENCES, worse, also_worse, "en")
+    assert level["delta"] == 0.0 and level["p_value"] > 0.2
+    better = significance.paired_bootstrap(REFERENCES, half, REFERENCES, "en")
+    assert better["bleu"] == 100.0 and better["delta"] > 5 and better["p_value"] < 0.01
+    assert "bs:1000" in better["signature"]
+    tiny = significance.paired_bootstrap(REFERENCES, worse, half[:29] + REFERENCES[29:], "en")
+    assert 0 < tiny["delta"] < 1 and tiny["p_value"] > 0.05  # one sentence of sixty
+
+
+def test_each_aiokd_student_is_tested_against_the_same_student_alone(tmp_path):
+    lawn = [line.replace("grass", "lawn") for line in REFERENCES]
+    hyps = {"2-2": REFERENCES, "6-6": REFERENCES, **{s: lawn for s in plan.CANDIDATES
+                                                      if s not in ("2-2", "6-6")}}
+    aiokd = _record("aiokd", "aiokd", 1, dict.fromkeys(hyps, 30.0), 10.0)
+    aiokd["translations"] = write_translations(tmp_path / "aiokd", REFERENCES, **hyps)
+    word = _record("word-kd-2-2", "word-kd", 1, {"2-2": 20.0}, 5.0)
+    word["translations"] = write_translations(tmp_path / "word", REFERENCES,
+                                              **{"2-2": lawn})
+    other_test = _record("scratch-2-2", "scratch", 1, {"2-2": 20.0}, 5.0)
+    other_test["translations"] = write_translations(tmp_path / "other", lawn, **{"2-2": lawn})
+    unwritten = _record("scratch-6-6", "scratch", 1, {"6-6": 20.0}, 5.0)
+    paper = _record("aiokd-paper", "aiokd-paper", 1, {"2-2": 20.0}, 5.0)  # no translations
+    runs = {r["run"]: r for r in (aiokd, word, other_test, unwritten, paper)}
+    (found,) = significance.tests(runs, "en")
+    assert (found["run"], found["baseline_run"], found["student"]) == ("aiokd", "word-kd-2-2",
+                                                                      "2-2")
+    assert found["delta"] > 0 and found["p_value"] < 0.05
+    results = {"title": "t", "preset": "p", "test_set": "", "device": "", "threads": 1,
+               "seeds": [1], "students": ["2-2"], "systems": {}, "teacher": None,
+               "targets": {}, "budget": "", "cost_rule": "", "sacrebleu_signature": {},
+               "driver_commands": [], "runs": {}, "significance": [found]}
+    text = report.markdown(results)
+    assert "## Paired significance" in text and "| 2-2 | `aiokd` | `word-kd-2-2` |" in text
+    assert "## Paired significance" not in report.markdown({**results, "significance": []})
 
 
 def write_log(run_dir: Path, entries: list[dict], **config) -> None:

@@ -3,15 +3,19 @@
 For each chosen student (default: every trained one), in the paper's order: the test set is
 translated; sacreBLEU's BLEU and chrF are computed on the detokenized output (and, with
 ``tok_bleu``, the paper's tokenized BLEU, see :mod:`aiokd.evaluation.scoring`); its parameters and
-its size
-as a standalone model are measured (:mod:`aiokd.evaluation.footprint`); and, unless latency is
-skipped, its
-speed and peak memory on this machine (:mod:`aiokd.evaluation.latency`).
+its size as a standalone model are measured (:mod:`aiokd.evaluation.footprint`); and, unless
+latency is skipped, its speed and peak memory on this machine (:mod:`aiokd.evaluation.latency`).
 
 Outputs, each written atomically: ``results.json`` (:mod:`aiokd.evaluation.results`), a CSV beside
-it, a
-heatmap of BLEU over the ``l_e x l_d`` grid and a plot of BLEU against latency (against
-parameters when latency is skipped) with the Pareto front; a Markdown table goes to stdout.
+it, a heatmap of BLEU over the ``l_e x l_d`` grid, a plot of BLEU against latency (against
+parameters when latency is skipped) with the Pareto front, and the directory
+``results.translations/`` of every student's output (``STUDENT.txt``, one detokenized line per
+source line) with the ``source.txt`` and ``reference.txt`` it was scored on, ready for
+sacreBLEU's paired significance tests::
+
+    sacrebleu results.translations/reference.txt -i results.translations/{2-2,6-6}.txt --paired-bs
+
+A Markdown table goes to stdout.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from aiokd.evaluation.results import (
 )
 from aiokd.evaluation.scoring import Score, TokenizedBleu, sacrebleu_scores
 from aiokd.inference.api import Translator, load, set_threads
-from aiokd.io import atomic_write_bytes, atomic_write_json
+from aiokd.io import atomic_directory, atomic_write_bytes, atomic_write_json
 from aiokd.students import parse_student
 
 DEFAULT_LATENCY = LatencySettings()
@@ -56,6 +60,17 @@ class EvalSet:
     sources: list[str]
     references: list[str]
     description: dict[str, Any]
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` found: the results (:mod:`aiokd.evaluation.results`), and the
+    test set with every student's translation of it."""
+
+    results: dict[str, Any]
+    test: EvalSet
+    hypotheses: dict[str, list[str]]
+    """Student name -> its translation of ``test.sources``, line by line."""
 
 
 def read_test_set(data: str | None = None, split: str = "test", src: str | None = None,
@@ -164,10 +179,10 @@ def evaluate(model: str | os.PathLike, test: EvalSet, students: str | list[str] 
              beam: int = 5, engine: str = "torch", device: str | None = None,
              tok_bleu: bool = False, latency: LatencySettings | None = DEFAULT_LATENCY,
              progress: bool = True, dtype: str | None = None,
-             threads: int | None = None) -> dict[str, Any]:
+             threads: int | None = None) -> Evaluation:
     """Evaluate students of ``model`` on ``test``, translating in precision ``dtype`` with
-    CTranslate2 ``threads`` (see :func:`aiokd.inference.api.load`); returns the results (see
-    :mod:`aiokd.evaluation.results`).  ``latency=None`` skips timing."""
+    CTranslate2 ``threads`` (see :func:`aiokd.inference.api.load`).  ``latency=None`` skips
+    timing."""
     if beam < 1:
         raise UserError(f"--beam {beam}: must be at least 1")
     if latency is not None and (latency.sample < 1 or latency.runs < 1):
@@ -180,7 +195,7 @@ def evaluate(model: str | os.PathLike, test: EvalSet, students: str | list[str] 
     tokenized = TokenizedBleu(test.references, tgt_lang) if tok_bleu else None
     device_name = _resolve_device(engine, device)
     memory = PeakMemory(torch.device(device_name), engine)
-    entries, signatures = [], {}
+    entries, signatures, translations = [], {}, {}
     bar = tqdm(total=len(names) * _work_per_student(len(test.sources), latency), unit="sent",
                desc="evaluate", disable=not progress, dynamic_ncols=True)
     with bar:
@@ -192,12 +207,13 @@ def evaluate(model: str | os.PathLike, test: EvalSet, students: str | list[str] 
 
             timing = time_translation(translate, test.sources, latency, memory) if latency else None
             hypotheses = timing.hypotheses if timing else translate(test.sources)
+            translations[name] = hypotheses
             bleu, chrf = sacrebleu_scores(hypotheses, test.references, tgt_lang)
             tok = tokenized.score(hypotheses) if tokenized else None
             signatures.update(bleu=bleu.signature, chrf=chrf.signature,
                               **({"tok_bleu": tok.signature} if tok else {}))
             entries.append(_entry(name, (bleu, chrf, tok), facts.footprints[name], timing))
-    return {
+    results = {
         "format": FORMAT,
         "version": VERSION,
         "aiokd_version": aiokd.__version__,
@@ -217,6 +233,7 @@ def evaluate(model: str | os.PathLike, test: EvalSet, students: str | list[str] 
                     if latency else None),
         "students": entries,
     }
+    return Evaluation(results, test, translations)
 
 
 def output_paths(out: str | os.PathLike) -> dict[str, Path]:
@@ -225,7 +242,8 @@ def output_paths(out: str | os.PathLike) -> dict[str, Path]:
     stem = out.with_suffix("") if out.suffix == ".json" else out
     return {"json": out, "csv": stem.with_name(stem.name + ".csv"),
             "heatmap": stem.with_name(stem.name + ".bleu_grid.png"),
-            "tradeoff": stem.with_name(stem.name + ".bleu_latency.png")}
+            "tradeoff": stem.with_name(stem.name + ".bleu_latency.png"),
+            "translations": stem.with_name(stem.name + ".translations")}
 
 
 def _title(results: dict[str, Any]) -> str:
@@ -235,9 +253,25 @@ def _title(results: dict[str, Any]) -> str:
     return f"{Path(results['model']).name} on {where} (beam {results['beam']})"
 
 
-def write_outputs(results: dict[str, Any], out: str | os.PathLike) -> list[Path]:
-    """Write the JSON, CSV and both figures of ``results``; return their paths."""
+def _lines(lines: list[str]) -> bytes:
+    return "".join(line + "\n" for line in lines).encode("utf-8")
+
+
+def write_translations(evaluation: Evaluation, directory: Path) -> None:
+    """``directory``/STUDENT.txt for every student, with the ``source.txt`` and
+    ``reference.txt`` they were scored on (the whole directory replaced atomically)."""
+    with atomic_directory(directory, overwrite=True) as building:
+        (building / "source.txt").write_bytes(_lines(evaluation.test.sources))
+        (building / "reference.txt").write_bytes(_lines(evaluation.test.references))
+        for name, hypotheses in evaluation.hypotheses.items():
+            (building / f"{name}.txt").write_bytes(_lines(hypotheses))
+
+
+def write_outputs(evaluation: Evaluation, out: str | os.PathLike) -> list[Path]:
+    """Write the JSON, CSV, both figures and the translations of ``evaluation`` (the JSON last,
+    naming the translations directory); return their paths."""
     paths = output_paths(out)
+    results = {**evaluation.results, "translations": paths["translations"].name}
     entries = results["students"]
     title = _title(results)
     if results["latency"]:
@@ -251,6 +285,7 @@ def write_outputs(results: dict[str, Any], out: str | os.PathLike) -> list[Path]
     atomic_write_bytes(paths["heatmap"], plots.bleu_heatmap(entries, "BLEU: " + title))
     atomic_write_bytes(paths["tradeoff"], tradeoff)
     atomic_write_bytes(paths["csv"], csv_text(entries).encode("utf-8"))
+    write_translations(evaluation, paths["translations"])
     atomic_write_json(paths["json"], results)
     return list(paths.values())
 
@@ -317,9 +352,9 @@ def evaluate_model(model: str | os.PathLike, out: str | os.PathLike, *, data: st
     set_threads(threads)
     test = read_test_set(data, split, src, ref)
     settings = LatencySettings(latency_sample, latency_runs) if latency else None
-    results = evaluate(model, test, students, beam=beam, engine=engine, device=device,
-                       tok_bleu=tok_bleu, latency=settings, dtype=dtype, threads=threads)
-    written = write_outputs(results, out)
-    print(summary(results))
+    evaluation = evaluate(model, test, students, beam=beam, engine=engine, device=device,
+                          tok_bleu=tok_bleu, latency=settings, dtype=dtype, threads=threads)
+    written = write_outputs(evaluation, out)
+    print(summary(evaluation.results))
     print("\nwrote " + ", ".join(str(path) for path in written))
-    return results
+    return evaluation.results

@@ -10,7 +10,8 @@ student::
      "sentences_per_second": 210.0 | null, "peak_memory_mb": 610.0 | null}
 
 Sizes are in MB of 10^6 bytes.  Latency figures are null when evaluation ran with
-``--no-latency``.
+``--no-latency``.  ``translations`` names the directory beside the file that holds every
+student's output (see :mod:`aiokd.evaluation.evaluate`).
 """
 
 from __future__ import annotations

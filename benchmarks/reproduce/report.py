@@ -378,6 +378,22 @@ def _targets_table(found: dict[str, dict[str, Any]]) -> str:
     return _table(["target", "value", "needed", "met"], rows)
 
 
+def _significance_section(results: dict[str, Any]) -> str:
+    """The paired tests of :mod:`significance` (empty if none was made)."""
+    found = results.get("significance")
+    if not found:
+        return ""
+    rows = [[t["student"], f"`{t['run']}`", f"`{t['baseline_run']}`", _cell(t["bleu"]),
+             _cell(t["baseline_bleu"]), f"{t['delta']:+.2f}", f"{t['p_value']:.3f}"]
+            for t in found]
+    header = ["student", "AIO-KD run", "against", "BLEU", "its BLEU", "difference", "p"]
+    return ("\n\n## Paired significance\n\nEach AIO-KD student against the same student trained "
+            "on its own, on the same test sentences: sacreBLEU's paired bootstrap resampling "
+            f"(`{found[0]['signature']}`). p is the estimated chance of a difference at least "
+            "this large between two equally good systems on this test set; it does not measure "
+            "seed-to-seed variation.\n\n" + _table(header, rows))
+
+
 def summary(results: dict[str, Any]) -> str:
     """The BLEU table and the targets, for the terminal."""
     return _score_table(results, "bleu") + "\n\n" + _targets_table(results["targets"])
@@ -426,7 +442,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 ## Targets
 
-{_targets_table(results['targets'])}
+{_targets_table(results['targets'])}{_significance_section(results)}
 
 ## How
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import report
+import significance
 from plan import (
     CANDIDATES,
     Preset,
@@ -313,6 +314,8 @@ def run_record(run: Run, steps: list[Step], timings: Timings,
         "commands": [command_line(s) for s in steps if s.run == run.name],
         "code": code_versions(step_log(work, f"train:{run.name}")),
     }
+    if results.get("translations"):
+        record["translations"] = str(path.parent / results["translations"])
     if run.system in report.SEPARATE:
         record["student"] = run.students[0]
     else:
@@ -352,7 +355,9 @@ def build_results(preset: Preset, runs: dict[str, dict[str, Any]], drivers: list
                                 "chrf": teacher["chrf"][report.TEACHER],
                                 "updates": teacher["updates"],
                                 "cost_minutes": teacher["train_minutes"]},
-        "targets": report.targets(systems), "driver_commands": drivers,
+        "targets": report.targets(systems),
+        "significance": significance.tests(runs, tgt),
+        "driver_commands": drivers,
         "command": drivers[-1], "runs": dict(sorted(runs.items())),
     }
 

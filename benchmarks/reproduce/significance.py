@@ -1,0 +1,88 @@
+"""Paired significance tests of the comparisons the targets make: a student of an AIO-KD system
+against the same student trained on its own (Word-KD, from scratch), on the same test sentences.
+
+The test is sacreBLEU's paired bootstrap resampling (Koehn, 2004): the test set is resampled
+with replacement ``SAMPLES`` times, both systems are scored on every resample, and the p-value is
+the share of resamples whose (centred) absolute BLEU difference is at least the observed one,
+an estimate of how often a difference this large would arise by chance between two systems that
+are equally good on sentences like these.  It speaks of the test set only: training one more
+seed is the test of seed-to-seed variation.
+
+Each run record (:mod:`report`) that was evaluated with translations written names their
+directory (``translations``: ``STUDENT.txt`` and ``reference.txt``, see
+:mod:`aiokd.evaluation.evaluate`); a pair of runs without them, or scored on different
+references, is not tested.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from report import OPTIONS
+from sacrebleu.metrics import BLEU
+from sacrebleu.significance import PairedTest
+
+SAMPLES = 1000
+"""Bootstrap resamples per test (sacreBLEU's default)."""
+BASELINES = ("word-kd", "scratch")
+"""The separately trained systems each AIO-KD student is tested against."""
+SYSTEMS = ("aiokd", "aiokd-paper", *OPTIONS)
+"""The AIO-KD systems whose students are tested: the default, the paper's settings, and the
+options the targets cover."""
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").split("\n")[:-1]
+
+
+def paired_bootstrap(references: list[str], baseline: list[str], system: list[str],
+                     tgt_lang: str = "", samples: int = SAMPLES) -> dict[str, Any]:
+    """sacreBLEU BLEU of ``baseline`` and ``system`` (translations of the same sources, line by
+    line) and the paired bootstrap p-value of their difference, with the test's signature."""
+    test = PairedTest([("baseline", baseline), ("system", system)],
+                      {"BLEU": BLEU(trg_lang=tgt_lang)}, [references], test_type="bs",
+                      n_samples=samples)
+    signatures, scores = test()
+    base, mine = scores["BLEU"]
+    return {"bleu": round(mine.score, 2), "baseline_bleu": round(base.score, 2),
+            "delta": round(mine.score - base.score, 2), "p_value": round(mine.p_value, 4),
+            "signature": str(signatures["BLEU"])}
+
+
+def _translations(record: dict[str, Any], student: str) -> tuple[list[str], list[str]] | None:
+    """The reference and ``student``'s translation of a run record, or None if not written."""
+    directory = record.get("translations")
+    if not directory:
+        return None
+    hypotheses, references = Path(directory, f"{student}.txt"), Path(directory, "reference.txt")
+    if not (hypotheses.is_file() and references.is_file()):
+        return None
+    return _lines(references), _lines(hypotheses)
+
+
+def tests(runs: dict[str, dict[str, Any]], tgt_lang: str = "", samples: int = SAMPLES,
+          systems: Sequence[str] = SYSTEMS) -> list[dict[str, Any]]:
+    """One paired test per AIO-KD run of ``systems``, baseline run of :data:`BASELINES` and
+    student both have (every pair of seeds), in that order."""
+    found = []
+    for system in systems:
+        for baseline in BASELINES:
+            for mine in (r for r in runs.values() if r["system"] == system):
+                for theirs in (r for r in runs.values() if r["system"] == baseline):
+                    for student in theirs.get("compared", theirs["bleu"]):
+                        entry = _test(mine, theirs, student, tgt_lang, samples)
+                        if entry:
+                            found.append(entry)
+    return found
+
+
+def _test(mine: dict[str, Any], theirs: dict[str, Any], student: str, tgt_lang: str,
+          samples: int) -> dict[str, Any] | None:
+    a, b = _translations(mine, student), _translations(theirs, student)
+    if a is None or b is None or a[0] != b[0]:
+        return None
+    result = paired_bootstrap(a[0], b[1], a[1], tgt_lang, samples)
+    return {"student": student, "system": mine["system"], "run": mine["run"],
+            "baseline": theirs["system"], "baseline_run": theirs["run"], **result}
