@@ -13,7 +13,7 @@ parameters when latency is skipped) with the Pareto front, and the directory
 source line) with the ``source.txt`` and ``reference.txt`` it was scored on, ready for
 sacreBLEU's paired significance tests::
 
-    sacrebleu results.translations/reference.txt -i results.translations/{2-2,6-6}.txt --paired-bs
+    cd results.translations && sacrebleu reference.txt -i 2-2.txt 6-6.txt --paired-bs -f text
 
 A Markdown table goes to stdout.
 """
