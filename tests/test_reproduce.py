@@ -493,7 +493,14 @@ def test_quick_benchmark_on_another_language_pair_and_test_set(tmp_path, english
     assert other["test_set"] == "held-out.de (12 sentences)"
     assert set(other["runs"]) == set(found["runs"])
     assert (work / "runs" / "aiokd" / "results-held-out.json").is_file()
+    timings = json.loads((work / "timings.json").read_text())
+    assert "evaluate-held-out:aiokd" in timings and "evaluate:aiokd" in timings
     assert json.loads((results / "en-de-quick.json").read_text())["runs"] == found["runs"]
+
+    named = run_driver(work, results, *data, *held_out, "--name", "mine")
+    assert named.returncode == 0, named.stdout + named.stderr
+    assert (results / "mine-held-out-quick.json").is_file()
+    assert not (results / "mine-quick.json").exists()
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -205,6 +205,11 @@ class TestSet:
     def results_file(self, run_dir: Path) -> Path:
         return run_dir / ("results.json" if self.key == "test" else f"results-{self.key}.json")
 
+    def step_key(self, run: str) -> str:
+        """The key of ``run``'s evaluation step (its timings and log): ``evaluate:RUN``, or
+        ``evaluate-KEY:RUN`` for another test set than the data's test split."""
+        return f"evaluate:{run}" if self.key == "test" else f"evaluate-{self.key}:{run}"
+
 
 class Work:
     """Paths of the work directory and the commands that fill it.
@@ -285,7 +290,7 @@ class Work:
                     ",".join(evaluated), "--beam", "5", "--no-latency", "--out", str(results)]
         return [Step(f"train:{name}", f"train {name}", args,
                      lambda: (path / "model.safetensors").is_file(), run=name),
-                Step(f"evaluate:{name}", f"evaluate {name}", evaluate,
+                Step(self.test.step_key(name), f"evaluate {name}", evaluate,
                      lambda: evaluated_all(results, evaluated), run=name)]
 
     def teacher_run(self, system: str, seed: int) -> str | None:

@@ -95,8 +95,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "--test-ref)")
     p.add_argument("--test-ref", help="the reference file of --test-src")
     p.add_argument("--name", help="the benchmark's name, the stem of its results files "
-                   "(default: multi30k, or the --data directory's name; a test set other than "
-                   "the test split is added to it)")
+                   "(default: multi30k, or the --data directory's name); a test set other than "
+                   "the test split is always added to it, so that its scores never replace "
+                   "those of the test split")
     return p.parse_args(argv)
 
 
@@ -116,7 +117,7 @@ def data_and_test(args: argparse.Namespace) -> tuple[Path | None, TestSet, str]:
                 raise SystemExit(f"run.py: {option} {path}: no such file")
     test = TestSet(args.test_split, files)
     name = args.name or (data.resolve().name if data else "multi30k")
-    if test.key != "test" and not args.name:
+    if test.key != "test":
         name += f"-{test.key}"
     return data, test, name
 
@@ -307,7 +308,7 @@ def run_record(run: Run, steps: list[Step], timings: Timings,
         "train_wall_minutes": timings.minutes(f"train:{run.name}"),
         "extra_minutes": (timings.cost_minutes("distill-data", gpu)
                           if run.system == "aiokd-seqkd" else 0.0),
-        "evaluate_minutes": timings.minutes(f"evaluate:{run.name}"),
+        "evaluate_minutes": timings.minutes(work.test.step_key(run.name)),
         "updates": updates_done(run.path), "device": device_name(results),
         "signatures": results["signatures"],
         "test_set": test_set_name(results["test_set"], work),
@@ -427,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - started
         took = f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
         print(f"{where}: {took}", flush=True)
-        if step.key.startswith("evaluate:"):
+        if step.run and step.key == work.test.step_key(step.run):
             write_results(preset, work, steps, timings, results_dir, driver, name)
     results = write_results(preset, work, steps, timings, results_dir, driver, name)
     print("\n" + report.summary(results))
