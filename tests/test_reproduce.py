@@ -20,6 +20,7 @@ DRIVER = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce"
 sys.path.insert(0, str(DRIVER))
 
 import curves  # noqa: E402
+import figure  # noqa: E402
 import plan  # noqa: E402
 import report  # noqa: E402
 import significance  # noqa: E402
@@ -259,6 +260,7 @@ def test_quick_benchmark_end_to_end(tmp_path):
                for record in found["runs"].values())
     assert "| separate students, Word-KD (`word-kd`) |" in (
         results / "multi30k-quick.md").read_text()
+    assert (results / "multi30k-quick.png").read_bytes().startswith(b"\x89PNG")
     tested = {(t["run"], t["baseline_run"], t["student"]) for t in found["significance"]}
     assert ("aiokd", "word-kd-2-2", "2-2") in tested and ("aiokd", "scratch-6-6", "6-6") in tested
     assert all(0 <= t["p_value"] <= 1 for t in found["significance"])
@@ -351,6 +353,9 @@ def test_seeds_are_averaged_with_their_spread():
     assert "| 30.50 ± 1.00 | 31.50 ± 1.00 | 31.00 ± 0.00 |" in text
     assert "| 29.00 | 28.00 | 28.50 |" in text  # one seed: no spread
     assert "## BLEU of every student" in text and "37.5% / 0.0%" in text
+    assert figure.bleu_by_student(results, plan.CANDIDATES).startswith(b"\x89PNG")
+    assert figure._seed_range(aiokd, "2-2") == (30.0, 31.0)
+    assert figure._seed_range(systems["scratch"], "2-2") is None  # one seed: no bar
 
 
 REFERENCES = [f"a dog number {i} runs across the green grass ." for i in range(60)]

@@ -10,7 +10,7 @@ trained separately (from scratch, Word-KD, optionally Selective-KD), and AIO-KD'
 Every step is a subprocess of the ``aiokd`` command line (its output goes to ``W/logs/``; one
 progress line per step here).  A step whose output exists is skipped and an interrupted
 ``aiokd train`` resumes, so running the same command again continues an interrupted benchmark.
-After each evaluation ``RESULTS_DIR/NAME-PRESET.{json,md}`` is rewritten, merged with the
+After each evaluation ``RESULTS_DIR/NAME-PRESET.{json,md,png}`` is rewritten, merged with the
 runs already in that file (so ``--group`` invocations on different machines, or side by side on
 one, add up).  See ``README.md`` beside this file.
 """
@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import figure
 import report
 import significance
 from plan import (
@@ -86,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS of every step "
                    "(default: the preset's)")
     p.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"),
-                   help="where NAME-PRESET.{json,md} go (default: benchmarks/results)")
+                   help="where NAME-PRESET.{json,md,png} go (default: benchmarks/results)")
     p.add_argument("--data", help="a data directory made by `aiokd prepare` (any language "
                    "pair) instead of Multi30k")
     p.add_argument("--test-split", default="test",
@@ -365,8 +366,8 @@ def build_results(preset: Preset, runs: dict[str, dict[str, Any]], drivers: list
 
 def write_results(preset: Preset, work: Work, steps: list[Step], timings: Timings,
                   results_dir: Path, driver: str, name: str) -> dict[str, Any]:
-    """Merge this invocation's finished runs into ``RESULTS_DIR/NAME-PRESET.json``; write it
-    and its report."""
+    """Merge this invocation's finished runs into ``RESULTS_DIR/NAME-PRESET.json``; write it,
+    its report and its figure."""
     with locked(work.root):
         timings.reload()
         return _write_results(preset, work, steps, timings, results_dir, driver, name)
@@ -374,7 +375,8 @@ def write_results(preset: Preset, work: Work, steps: list[Step], timings: Timing
 
 def _write_results(preset: Preset, work: Work, steps: list[Step], timings: Timings,
                    results_dir: Path, driver: str, name: str) -> dict[str, Any]:
-    json_path, md_path = (results_dir / f"{name}-{preset.name}.{kind}" for kind in ("json", "md"))
+    json_path, md_path, png_path = (results_dir / f"{name}-{preset.name}.{kind}"
+                                    for kind in ("json", "md", "png"))
     old = json.loads(json_path.read_text()) if json_path.is_file() else {}
     runs = dict(old.get("runs", {}))
     for run in work.runs.values():
@@ -386,6 +388,8 @@ def _write_results(preset: Preset, work: Work, steps: list[Step], timings: Timin
     results_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(json_path, results)
     atomic_write_bytes(md_path, report.markdown(results).encode())
+    if results["systems"]:
+        atomic_write_bytes(png_path, figure.bleu_by_student(results, CANDIDATES))
     return results
 
 
@@ -432,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
             write_results(preset, work, steps, timings, results_dir, driver, name)
     results = write_results(preset, work, steps, timings, results_dir, driver, name)
     print("\n" + report.summary(results))
-    print(f"\nwrote {results_dir / f'{name}-{preset.name}'}.json and .md")
+    print(f"\nwrote {results_dir / f'{name}-{preset.name}'}.json, .md and .png")
     return 0
 
 
