@@ -393,6 +393,8 @@ def test_each_aiokd_student_is_tested_against_the_same_student_alone(tmp_path):
     other_test["translations"] = write_translations(tmp_path / "other", lawn, **{"2-2": lawn})
     unwritten = _record("scratch-6-6", "scratch", 1, {"6-6": 20.0}, 5.0)
     paper = _record("aiokd-paper", "aiokd-paper", 1, {"2-2": 20.0}, 5.0)  # no translations
+    for separate in (word, other_test, unwritten):
+        separate["student"] = next(iter(separate["bleu"]))
     runs = {r["run"]: r for r in (aiokd, word, other_test, unwritten, paper)}
     (found,) = significance.tests(runs, "en")
     assert (found["run"], found["baseline_run"], found["student"]) == ("aiokd", "word-kd-2-2",
@@ -404,6 +406,12 @@ def test_each_aiokd_student_is_tested_against_the_same_student_alone(tmp_path):
                "driver_commands": [], "runs": {}, "significance": [found]}
     text = report.markdown(results)
     assert "## Paired significance" in text and "| 2-2 | `aiokd` | `word-kd-2-2` |" in text
+    systems = report.summarize(runs, ["2-2"], plan.CANDIDATES)
+    every = report.targets(systems)["every_student_vs_word_kd"]
+    assert every["system"] == "aiokd" and every["margins"] == {"2-2": 10.0}
+    line = next(row for row in report.markdown({**results, "targets": {"every": every}})
+                .splitlines() if "every student" in row)
+    assert f"2-2 +10.00 (p {found['p_value']:.3f})" in line
     assert "## Paired significance" not in report.markdown({**results, "significance": []})
 
 

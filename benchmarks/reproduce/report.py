@@ -242,7 +242,8 @@ def _every_student(systems: dict[str, Any], name: str, label: str) -> dict[str, 
         return _target(text, None, None)
     margins = {s: round(mine["bleu"][s] - word["bleu"][s], 2) for s in common}
     below = [s for s in common if margins[s] < 0]
-    return {"text": text, "margins": margins, "below_word_kd": below, "met": not below}
+    return {"text": text, "system": name, "margins": margins, "below_word_kd": below,
+            "met": not below}
 
 
 def _system_targets(systems: dict[str, dict[str, Any]], name: str,
@@ -366,12 +367,22 @@ def _training_table(results: dict[str, Any]) -> str:
             "stopped.\n\n" + _table(header, rows))
 
 
-def _targets_table(found: dict[str, dict[str, Any]]) -> str:
+def _p_values(tests: list[dict[str, Any]], system: str, student: str) -> str:
+    """`` (p 0.07)``: the paired tests of ``system``'s ``student`` against Word-KD's (one per
+    pair of seeds), or nothing if none was made."""
+    found = [f"{t['p_value']:.3f}" for t in tests if t["system"] == system
+             and t["baseline"] == "word-kd" and t["student"] == student]
+    return f" (p {', '.join(found)})" if found else ""
+
+
+def _targets_table(found: dict[str, dict[str, Any]], tests: list[dict[str, Any]]) -> str:
+    """The targets; a student's margin over Word-KD with the p-values of its paired tests."""
     rows = []
     for entry in found.values():
         met = {True: "**yes**", False: "no", None: "not yet"}[entry["met"]]
         if "below_word_kd" in entry:
-            margins = ", ".join(f"{s} {m:+.2f}" for s, m in entry["margins"].items())
+            margins = ", ".join(f"{s} {m:+.2f}{_p_values(tests, entry['system'], s)}"
+                                for s, m in entry["margins"].items())
             rows.append([entry["text"], f"BLEU minus Word-KD's: {margins}", "", met])
         else:
             rows.append([entry["text"], _cell(entry["value"]), _cell(entry["threshold"]), met])
@@ -396,7 +407,8 @@ def _significance_section(results: dict[str, Any]) -> str:
 
 def summary(results: dict[str, Any]) -> str:
     """The BLEU table and the targets, for the terminal."""
-    return _score_table(results, "bleu") + "\n\n" + _targets_table(results["targets"])
+    return _score_table(results, "bleu") + "\n\n" + _targets_table(
+        results["targets"], results.get("significance", []))
 
 
 def _code(record: dict[str, Any]) -> str:
@@ -422,6 +434,8 @@ def markdown(results: dict[str, Any]) -> str:
                          for name, record in results["runs"].items())
     drivers = "\n".join(results["driver_commands"])
     teachers = _teachers_sentence(results["runs"])
+    targets = (_targets_table(results["targets"], results.get("significance", []))
+               + _significance_section(results))
     return f"""# AIO-KD vs separately trained students on {results['title']} ({results['preset']})
 
 - Test set: {results['test_set']}; beam 5; sacreBLEU BLEU and chrF.
@@ -442,7 +456,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 ## Targets
 
-{_targets_table(results['targets'])}{_significance_section(results)}
+{targets}
 
 ## How
 
