@@ -101,3 +101,9 @@ def read_parallel(
             "the two sides of a parallel corpus must have the same number of lines"
         )
     return src_lines, tgt_lines
+
+
+def encode_lines(lines: list[str]) -> bytes:
+    """The UTF-8 content of a text file holding ``lines``, each ended by ``\\n`` (what
+    :func:`read_lines` reads back)."""
+    return "".join(line + "\n" for line in lines).encode("utf-8")

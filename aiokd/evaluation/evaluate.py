@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 import aiokd
 from aiokd.data.corpus import ParallelSplit
-from aiokd.data.text import read_lines
+from aiokd.data.text import encode_lines, read_lines
 from aiokd.errors import UserError
 from aiokd.evaluation import plots
 from aiokd.evaluation.footprint import Footprint, ModelFacts, inspect_model
@@ -253,18 +253,14 @@ def _title(results: dict[str, Any]) -> str:
     return f"{Path(results['model']).name} on {where} (beam {results['beam']})"
 
 
-def _lines(lines: list[str]) -> bytes:
-    return "".join(line + "\n" for line in lines).encode("utf-8")
-
-
 def write_translations(evaluation: Evaluation, directory: Path) -> None:
     """``directory``/STUDENT.txt for every student, with the ``source.txt`` and
     ``reference.txt`` they were scored on (the whole directory replaced atomically)."""
     with atomic_directory(directory, overwrite=True) as building:
-        (building / "source.txt").write_bytes(_lines(evaluation.test.sources))
-        (building / "reference.txt").write_bytes(_lines(evaluation.test.references))
+        (building / "source.txt").write_bytes(encode_lines(evaluation.test.sources))
+        (building / "reference.txt").write_bytes(encode_lines(evaluation.test.references))
         for name, hypotheses in evaluation.hypotheses.items():
-            (building / f"{name}.txt").write_bytes(_lines(hypotheses))
+            (building / f"{name}.txt").write_bytes(encode_lines(hypotheses))
 
 
 def write_outputs(evaluation: Evaluation, out: str | os.PathLike) -> list[Path]:

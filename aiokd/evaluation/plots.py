@@ -21,7 +21,8 @@ import numpy as np  # noqa: E402
 from aiokd.evaluation.select import pareto_front  # noqa: E402
 
 
-def _png(figure) -> bytes:
+def png_bytes(figure) -> bytes:
+    """``figure`` rendered to PNG (150 dpi, tight), then closed."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=150, bbox_inches="tight")
     plt.close(figure)
@@ -51,7 +52,7 @@ def bleu_heatmap(entries: list[dict[str, Any]], title: str) -> bytes:
     axes.set_ylabel("decoder layers $l_d$")
     axes.set_title(title, fontsize=10)
     figure.colorbar(image, ax=axes, label="BLEU")
-    return _png(figure)
+    return png_bytes(figure)
 
 
 _LABEL_SIZE = 8
@@ -114,4 +115,4 @@ def bleu_latency_plot(entries: list[dict[str, Any]], title: str, xlabel: str,
     axes.set_title(title, fontsize=10)
     axes.grid(alpha=0.3)
     axes.legend(loc="best", fontsize=8)
-    return _png(figure)
+    return png_bytes(figure)

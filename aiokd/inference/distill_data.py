@@ -33,6 +33,7 @@ from aiokd.data.corpus import (
     side_files,
     write_side,
 )
+from aiokd.data.text import encode_lines
 from aiokd.data.tokenizer import FILES
 from aiokd.errors import UserError
 from aiokd.inference.api import Translator, load, set_threads
@@ -115,8 +116,7 @@ def translate_resumably(translator: Translator, sources: list[str], student: str
                 chunk = [line.replace("\n", " ") for line in
                          translator.translate(lines, student=student, beam=beam,
                                               progress=bar.update)]
-                atomic_write_bytes(_chunk_path(work, index),
-                                   "".join(line + "\n" for line in chunk).encode("utf-8"))
+                atomic_write_bytes(_chunk_path(work, index), encode_lines(chunk))
             translations.extend(chunk)
     return translations
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from aiokd.data.text import encode_lines
 from aiokd.errors import UserError
 from aiokd.inference.api import load, set_threads
 from aiokd.io import atomic_write_bytes
@@ -50,7 +51,7 @@ def read_input(name: str) -> list[str]:
 
 def write_output(name: str, lines: list[str]) -> None:
     """One line per translation to file ``name`` (atomically) or, for ``-``, to stdout."""
-    data = "".join(line + "\n" for line in lines).encode("utf-8")
+    data = encode_lines(lines)
     if name == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()

@@ -9,7 +9,6 @@ default ``aiokd`` and the paper's settings are drawn boldly, the ablations and o
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import matplotlib
@@ -18,6 +17,8 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 from report import LABELS, SEPARATE  # noqa: E402
+
+from aiokd.evaluation.plots import png_bytes  # noqa: E402
 
 MAIN = ("aiokd", "aiokd-paper")
 """The AIO-KD systems drawn boldly."""
@@ -33,6 +34,17 @@ def _seed_range(entry: dict[str, Any], student: str) -> tuple[float, float] | No
     return (min(values), max(values)) if len(values) > 1 else None
 
 
+def _style(system: str, every_student: bool) -> dict[str, Any]:
+    """How ``system`` is drawn; a line only through all the students (``every_student``)."""
+    line = "-" if every_student else "none"
+    if system in SEPARATE:
+        return {"linestyle": "none", "marker": MARKERS.get(system, "o"), "markersize": 7,
+                "zorder": 3}
+    if system in MAIN:
+        return {"linestyle": line, "marker": "o", "linewidth": 2, "zorder": 2}
+    return {"linestyle": line, "marker": ".", "linewidth": 1, "alpha": 0.6, "zorder": 1}
+
+
 def bleu_by_student(results: dict[str, Any], candidates: list[str]) -> bytes:
     """PNG of the results file ``results`` (see :mod:`report`) over ``candidates``, the
     students in the paper's order."""
@@ -46,16 +58,7 @@ def bleu_by_student(results: dict[str, Any], candidates: list[str]) -> bytes:
         seeds = entry.get("seeds", [1])
         label = f"{LABELS[name]} (seed{'s' if len(seeds) > 1 else ''} " \
                 f"{', '.join(map(str, seeds))})"
-        line = "-" if len(students) == len(candidates) else "none"
-        if name in SEPARATE:
-            lines = axes.plot(xs, ys, linestyle="none", marker=MARKERS.get(name, "o"),
-                              markersize=7, label=label, zorder=3)
-        elif name in MAIN:
-            lines = axes.plot(xs, ys, linestyle=line, marker="o", linewidth=2, label=label,
-                              zorder=2)
-        else:
-            lines = axes.plot(xs, ys, linestyle=line, marker=".", linewidth=1, alpha=0.6,
-                              label=label, zorder=1)
+        lines = axes.plot(xs, ys, label=label, **_style(name, len(students) == len(candidates)))
         for s in students:
             found = _seed_range(entry, s)
             if found:
@@ -67,7 +70,4 @@ def bleu_by_student(results: dict[str, Any], candidates: list[str]) -> bytes:
                    "spans a student's seeds", fontsize=9)
     axes.grid(axis="y", alpha=0.3)
     axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=150, bbox_inches="tight")
-    plt.close(figure)
-    return buffer.getvalue()
+    return png_bytes(figure)

@@ -16,13 +16,17 @@ references, is not tested.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import itertools
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from report import OPTIONS
 from sacrebleu.metrics import BLEU
 from sacrebleu.significance import PairedTest
+
+from aiokd.data.text import read_lines
 
 SAMPLES = 1000
 """Bootstrap resamples per test (sacreBLEU's default)."""
@@ -33,11 +37,9 @@ SYSTEMS = ("aiokd", "aiokd-paper", *OPTIONS)
 options the targets cover."""
 
 
-def _lines(path: Path) -> list[str]:
-    return path.read_text(encoding="utf-8").split("\n")[:-1]
 
 
-def paired_bootstrap(references: list[str], baseline: list[str], system: list[str],
+def paired_bootstrap(references: Sequence[str], baseline: Sequence[str], system: Sequence[str],
                      tgt_lang: str = "", samples: int = SAMPLES) -> dict[str, Any]:
     """sacreBLEU BLEU of ``baseline`` and ``system`` (translations of the same sources, line by
     line) and the paired bootstrap p-value of their difference, with the test's signature."""
@@ -51,7 +53,12 @@ def paired_bootstrap(references: list[str], baseline: list[str], system: list[st
             "signature": str(signatures["BLEU"])}
 
 
-def _translations(record: dict[str, Any], student: str) -> tuple[list[str], list[str]] | None:
+Reader = Callable[[Path], tuple[str, ...]]
+"""Reads a translation or reference file (once per :func:`tests`, however many tests use it)."""
+
+
+def _translations(record: dict[str, Any], student: str,
+                  read: Reader) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
     """The reference and ``student``'s translation of a run record, or None if not written."""
     directory = record.get("translations")
     if not directory:
@@ -59,28 +66,30 @@ def _translations(record: dict[str, Any], student: str) -> tuple[list[str], list
     hypotheses, references = Path(directory, f"{student}.txt"), Path(directory, "reference.txt")
     if not (hypotheses.is_file() and references.is_file()):
         return None
-    return _lines(references), _lines(hypotheses)
+    return read(references), read(hypotheses)
 
 
 def tests(runs: dict[str, dict[str, Any]], tgt_lang: str = "", samples: int = SAMPLES,
           systems: Sequence[str] = SYSTEMS) -> list[dict[str, Any]]:
     """One paired test per AIO-KD run of ``systems``, baseline run of :data:`BASELINES` and
     student both have (every pair of seeds), in that order."""
+    read = functools.cache(lambda path: tuple(read_lines(path)))
+    def of(system: str) -> list[dict[str, Any]]:
+        return [r for r in runs.values() if r["system"] == system]
+
     found = []
-    for system in systems:
-        for baseline in BASELINES:
-            for mine in (r for r in runs.values() if r["system"] == system):
-                for theirs in (r for r in runs.values() if r["system"] == baseline):
-                    for student in theirs.get("compared", theirs["bleu"]):
-                        entry = _test(mine, theirs, student, tgt_lang, samples)
-                        if entry:
-                            found.append(entry)
+    for system, baseline in itertools.product(systems, BASELINES):
+        for mine, theirs in itertools.product(of(system), of(baseline)):
+            for student in theirs.get("compared", theirs["bleu"]):
+                entry = _test(mine, theirs, student, tgt_lang, samples, read)
+                if entry:
+                    found.append(entry)
     return found
 
 
 def _test(mine: dict[str, Any], theirs: dict[str, Any], student: str, tgt_lang: str,
-          samples: int) -> dict[str, Any] | None:
-    a, b = _translations(mine, student), _translations(theirs, student)
+          samples: int, read: Reader) -> dict[str, Any] | None:
+    a, b = _translations(mine, student, read), _translations(theirs, student, read)
     if a is None or b is None or a[0] != b[0]:
         return None
     result = paired_bootstrap(a[0], b[1], a[1], tgt_lang, samples)
