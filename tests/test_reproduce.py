@@ -264,6 +264,14 @@ def test_quick_benchmark_end_to_end(tmp_path):
     tested = {(t["run"], t["baseline_run"], t["student"]) for t in found["significance"]}
     assert ("aiokd", "word-kd-2-2", "2-2") in tested and ("aiokd", "scratch-6-6", "6-6") in tested
     assert all(0 <= t["p_value"] <= 1 for t in found["significance"])
+    kept = results / found["runs"]["aiokd"]["translations"]
+    assert kept == results / "multi30k-quick.translations" / "aiokd"
+    assert (kept / "reference.txt").read_text() == (
+        work / "runs" / "aiokd" / "results.translations" / "reference.txt").read_text()
+    assert len(list(kept.glob("?-?.txt"))) == 15
+    assert found["runs"]["scratch-2-2"]["training"]["best"]["mean"] > 0
+    assert found["premise"]["met"] in (True, False)
+    assert "| Premise: from-scratch 6-6 above" in (results / "multi30k-quick.md").read_text()
 
     again = run_driver(work, results)
     assert again.returncode == 0, again.stdout + again.stderr
@@ -413,6 +421,49 @@ def test_each_aiokd_student_is_tested_against_the_same_student_alone(tmp_path):
                 .splitlines() if "every student" in row)
     assert f"2-2 +10.00 (p {found['p_value']:.3f})" in line
     assert "## Paired significance" not in report.markdown({**results, "significance": []})
+
+
+
+def test_a_recorded_test_outlives_its_translations_while_the_scores_stand(tmp_path):
+    lawn = [line.replace("grass", "lawn") for line in REFERENCES]
+    aiokd = _record("aiokd", "aiokd", 1, {"2-2": 100.0}, 10.0)
+    aiokd["translations"] = write_translations(tmp_path / "kept" / "aiokd", REFERENCES,
+                                               **{"2-2": REFERENCES})
+    word = {**_record("word-kd-2-2", "word-kd", 1, {"2-2": 20.0}, 5.0), "student": "2-2",
+            "translations": "kept/word"}  # relative to the results directory
+    write_translations(tmp_path / "kept" / "word", REFERENCES, **{"2-2": lawn})
+    runs = {"aiokd": aiokd, "word-kd-2-2": word}
+    (made,) = significance.tests(runs, "en", base=tmp_path)
+    word["bleu"] = {"2-2": made["baseline_bleu"]}
+    aiokd["bleu"] = {"2-2": made["bleu"]}
+    for path in (tmp_path / "kept" / "word").iterdir():
+        path.unlink()  # the translations are gone, e.g. on another machine
+    assert significance.tests(runs, "en", base=tmp_path) == []
+    assert significance.tests(runs, "en", base=tmp_path, recorded=[made]) == [made]
+    retrained = {**runs, "aiokd": {**aiokd, "bleu": {"2-2": made["bleu"] - 1}}}
+    assert significance.tests(retrained, "en", base=tmp_path, recorded=[made]) == []
+
+
+def _scratch(student, seed, bleu, ce=None):
+    run = f"scratch-{student}" + ("" if seed == 1 else f"-seed{seed}")
+    record = {**_record(run, "scratch", seed, {student: bleu}, 1.0), "student": student}
+    if ce is not None:
+        record["training"] = {"best": {"update": 100, "ce": {student: ce}, "mean": ce}}
+    return record
+
+
+@pytest.mark.parametrize("ce_2_2, met", [(1.60, True), (1.50, False)])
+def test_the_premise_needs_the_teacher_above_its_smallest_student(ce_2_2, met):
+    runs = [_scratch("2-2", 1, 39.0), _scratch("6-6", 1, 41.0),
+            _scratch("2-2", 2, 39.5, ce=ce_2_2), _scratch("6-6", 2, 41.5, ce=1.52)]
+    systems = report.summarize({r["run"]: r for r in runs}, ["2-2", "6-6"], plan.CANDIDATES)
+    assert systems["scratch"]["valid_ce_by_seed"] == {"2": {"2-2": ce_2_2, "6-6": 1.52}}
+    found = report.premise(systems)
+    assert found["bleu"] == {"2-2": 39.25, "6-6": 41.25} and found["met"] is met
+    row = report._targets_table({}, [], found)
+    assert "| BLEU 41.25; seed 2: CE 1.520 | BLEU > 39.25; CE < " in row
+    assert report.premise(report.summarize({"scratch-6-6": runs[1]}, ["6-6"],
+                                           plan.CANDIDATES))["met"] is None
 
 
 def write_log(run_dir: Path, entries: list[dict], **config) -> None:

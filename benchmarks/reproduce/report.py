@@ -12,8 +12,9 @@ A *run record* describes one finished ``aiokd train`` run and its ``aiokd evalua
 
 ``bleu`` and ``chrf`` hold every student the run's evaluation scored, ``compared`` those of the
 comparison (absent: all of them); ``teacher_run``: the from-scratch 6-6 run the run distilled or
-started from, whose cost is part of the system's (absent or null: none); ``training`` (AIO-KD
-runs) is :func:`training_log.observe` of its run directory; ``seed`` absent means 1.
+started from, whose cost is part of the system's (absent or null: none); ``training`` is
+:func:`training_log.observe` of its run directory (absent in records written before separate
+runs had it); ``seed`` absent means 1.
 
 Everything else (averages over seeds and students, spreads, costs, targets) is computed here from
 the records, so results written by separate invocations of the driver (``--group``, ``--seeds``)
@@ -37,6 +38,7 @@ ORDER = ("scratch", "word-kd", "selective-kd", "aiokd", "aiokd-paper", "aiokd-se
 OPTIONS = ("aiokd-sandwich", "aiokd-sandwich-kd1", "aiokd-init")
 """AIO-KD with options that are not the paper's (its behaviour stays the default)."""
 TEACHER = "6-6"
+SMALLEST = "2-2"
 TEACHER_RUN = "scratch-6-6"
 LABELS = {
     "scratch": "separate students, from scratch",
@@ -151,6 +153,21 @@ def _training(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
+def _validation_by_student(by_seed: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Over the runs of a separate-student system that logged it: the best validation CE of each
+    student per seed (``valid_ce_by_seed``) and its mean over those seeds (``valid_ce``)."""
+    found: dict[str, dict[str, float]] = {}
+    for seed, records in by_seed.items():
+        for r in records:
+            best = r.get("training", {}).get("best")
+            if best:
+                found.setdefault(str(seed), {})[r["student"]] = best["mean"]
+    students = sorted({s for ce in found.values() for s in ce}, key=lambda s: tuple(
+        map(int, s.split("-"))))
+    return {"valid_ce": {s: round(mean(ce[s] for ce in found.values() if s in ce), 4)
+                         for s in students}, "valid_ce_by_seed": found}
+
+
 def _teacher_minutes(runs: dict[str, dict[str, Any]], records: list[dict[str, Any]],
                      system: str) -> float:
     """The training minutes of the teacher the runs of one seed of ``system`` started from or
@@ -200,8 +217,9 @@ def summarize(runs: dict[str, dict[str, Any]], students: list[str],
                        for rs in by_seed.values()]
             entry["cost_minutes_15"] = round(mean(fifteen) + extra, 2)
             entry["trained_students"] = len({r["student"] for r in mine})
-        training = _training(mine)
-        if training:
+        if system in SEPARATE:
+            entry |= _validation_by_student(by_seed)
+        elif training := _training(mine):
             entry["training"] = training
         systems[system] = entry
     return systems
@@ -267,6 +285,22 @@ def _system_targets(systems: dict[str, dict[str, Any]], name: str,
         "cost_vs_word_kd": cost,
         "every_student_vs_word_kd": _every_student(systems, name, label),
     }
+
+
+def premise(systems: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The paper's premise, that the teacher is better than its smallest student: the
+    from-scratch 6-6 above the from-scratch 2-2 in test BLEU (means over seeds) and below it in
+    validation CE in every seed where both runs logged it; ``met`` None while a run is missing."""
+    scratch = systems.get("scratch", {})
+    bleu = {s: scratch.get("bleu", {}).get(s) for s in (SMALLEST, TEACHER)}
+    valid = {seed: ce for seed, ce in scratch.get("valid_ce_by_seed", {}).items()
+             if SMALLEST in ce and TEACHER in ce}
+    text = "Premise: from-scratch 6-6 above from-scratch 2-2 (test BLEU; validation CE by seed)"
+    if None in bleu.values():
+        return {"text": text, "bleu": bleu, "valid_ce_by_seed": valid, "met": None}
+    met = bleu[TEACHER] > bleu[SMALLEST] and all(
+        ce[TEACHER] < ce[SMALLEST] for ce in valid.values())
+    return {"text": text, "bleu": bleu, "valid_ce_by_seed": valid, "met": met}
 
 
 def targets(systems: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -375,11 +409,28 @@ def _p_values(tests: list[dict[str, Any]], system: str, student: str) -> str:
     return f" (p {', '.join(found)})" if found else ""
 
 
-def _targets_table(found: dict[str, dict[str, Any]], tests: list[dict[str, Any]]) -> str:
-    """The targets; a student's margin over Word-KD with the p-values of its paired tests."""
-    rows = []
+_MET = {True: "**yes**", False: "no", None: "not yet"}
+
+
+def _premise_row(found: dict[str, Any] | None) -> list[list[str]]:
+    """The premise as a row of the targets table: 6-6's BLEU and CE against 2-2's."""
+    if not found:
+        return []
+    bleu = found["bleu"]
+    value = f"BLEU {_cell(bleu['6-6'])}" + "".join(
+        f"; seed {seed}: CE {ce['6-6']:.3f}" for seed, ce in found["valid_ce_by_seed"].items())
+    needed = f"BLEU > {_cell(bleu['2-2'])}" + "".join(
+        f"; CE < {ce['2-2']:.3f}" for ce in found["valid_ce_by_seed"].values())
+    return [[found["text"], value, needed, _MET[found["met"]]]]
+
+
+def _targets_table(found: dict[str, dict[str, Any]], tests: list[dict[str, Any]],
+                   premise: dict[str, Any] | None = None) -> str:
+    """The premise and the targets; a student's margin over Word-KD with the p-values of its
+    paired tests."""
+    rows = _premise_row(premise)
     for entry in found.values():
-        met = {True: "**yes**", False: "no", None: "not yet"}[entry["met"]]
+        met = _MET[entry["met"]]
         if "below_word_kd" in entry:
             margins = ", ".join(f"{s} {m:+.2f}{_p_values(tests, entry['system'], s)}"
                                 for s, m in entry["margins"].items())
@@ -408,7 +459,7 @@ def _significance_section(results: dict[str, Any]) -> str:
 def summary(results: dict[str, Any]) -> str:
     """The BLEU table and the targets, for the terminal."""
     return _score_table(results, "bleu") + "\n\n" + _targets_table(
-        results["targets"], results.get("significance", []))
+        results["targets"], results.get("significance", []), results.get("premise"))
 
 
 def _code(record: dict[str, Any]) -> str:
@@ -434,7 +485,8 @@ def markdown(results: dict[str, Any]) -> str:
                          for name, record in results["runs"].items())
     drivers = "\n".join(results["driver_commands"])
     teachers = _teachers_sentence(results["runs"])
-    targets = (_targets_table(results["targets"], results.get("significance", []))
+    targets = (_targets_table(results["targets"], results.get("significance", []),
+                              results.get("premise"))
                + _significance_section(results))
     return f"""# AIO-KD vs separately trained students on {results['title']} ({results['preset']})
 

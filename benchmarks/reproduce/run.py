@@ -12,7 +12,9 @@ progress line per step here).  A step whose output exists is skipped and an inte
 ``aiokd train`` resumes, so running the same command again continues an interrupted benchmark.
 After each evaluation ``RESULTS_DIR/NAME-PRESET.{json,md,png}`` is rewritten, merged with the
 runs already in that file (so ``--group`` invocations on different machines, or side by side on
-one, add up).  See ``README.md`` beside this file.
+one, add up), and each evaluated run's translations are copied to
+``RESULTS_DIR/NAME-PRESET.translations/RUN/``, so that the results directory alone holds what
+its paired tests are made from.  See ``README.md`` beside this file.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import json
 import os
 import resource
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -52,7 +55,7 @@ from plan import (
 from training_log import observe
 
 from aiokd.data.prepare import MULTI30K_DIR
-from aiokd.io import atomic_write_bytes, atomic_write_json
+from aiokd.io import atomic_directory, atomic_write_bytes, atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 COST_RULE = (
@@ -320,9 +323,20 @@ def run_record(run: Run, steps: list[Step], timings: Timings,
         record["translations"] = str(path.parent / results["translations"])
     if run.system in report.SEPARATE:
         record["student"] = run.students[0]
-    else:
-        record["training"] = observe(run.path)
+    record["training"] = observe(run.path)
     return record
+
+
+def keep_translations(record: dict[str, Any], results_dir: Path, stem: str) -> dict[str, Any]:
+    """The record with its translations copied to ``results_dir/STEM.translations/RUN/`` (the
+    directory replaced as a whole) and named relative to ``results_dir``."""
+    if not record.get("translations"):
+        return record
+    kept = Path(f"{stem}.translations", record["run"])
+    with atomic_directory(results_dir / kept, overwrite=True) as building:
+        for path in sorted(Path(record["translations"]).glob("*.txt")):
+            shutil.copyfile(path, building / path.name)
+    return {**record, "translations": str(kept)}
 
 
 def languages(work: Work) -> tuple[str, str]:
@@ -335,8 +349,10 @@ def languages(work: Work) -> tuple[str, str]:
 
 
 def build_results(preset: Preset, runs: dict[str, dict[str, Any]], drivers: list[str],
-                  name: str, work: Work) -> dict[str, Any]:
-    """The results file: systems, teacher, targets and how they were obtained."""
+                  name: str, work: Work, results_dir: Path,
+                  tested: list[dict[str, Any]]) -> dict[str, Any]:
+    """The results file: systems, teacher, premise, targets and how they were obtained;
+    ``tested``: the paired tests recorded before, kept where the translations are gone."""
     students = [s for s in CANDIDATES
                 if any(s in r.get("compared", r["bleu"]) for r in runs.values())]
     systems = report.summarize(runs, students, CANDIDATES)
@@ -357,8 +373,9 @@ def build_results(preset: Preset, runs: dict[str, dict[str, Any]], drivers: list
                                 "chrf": teacher["chrf"][report.TEACHER],
                                 "updates": teacher["updates"],
                                 "cost_minutes": teacher["train_minutes"]},
+        "premise": report.premise(systems),
         "targets": report.targets(systems),
-        "significance": significance.tests(runs, tgt),
+        "significance": significance.tests(runs, tgt, base=results_dir, recorded=tested),
         "driver_commands": drivers,
         "command": drivers[-1], "runs": dict(sorted(runs.items())),
     }
@@ -382,9 +399,10 @@ def _write_results(preset: Preset, work: Work, steps: list[Step], timings: Timin
     for run in work.runs.values():
         record = run_record(run, steps, timings, work)
         if record:
-            runs[run.name] = record
+            runs[run.name] = keep_translations(record, results_dir, json_path.stem)
     drivers = [d for d in old.get("driver_commands", []) if d != driver] + [driver]
-    results = build_results(preset, runs, drivers, name, work)
+    results = build_results(preset, runs, drivers, name, work, results_dir,
+                            old.get("significance", []))
     results_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(json_path, results)
     atomic_write_bytes(md_path, report.markdown(results).encode())

@@ -10,15 +10,17 @@ seed is the test of seed-to-seed variation.
 
 Each run record (:mod:`report`) that was evaluated with translations written names their
 directory (``translations``: ``STUDENT.txt`` and ``reference.txt``, see
-:mod:`aiokd.evaluation.evaluate`); a pair of runs without them, or scored on different
-references, is not tested.
+:mod:`aiokd.evaluation.evaluate`; relative to the results directory, where the driver keeps a
+copy); a pair of runs without them, or scored on different references, is not tested.  A test
+recorded earlier whose translations are no longer on this machine is kept as it was, as long as
+both runs still have the BLEU it was made with.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,6 @@ BASELINES = ("word-kd", "scratch")
 SYSTEMS = ("aiokd", "aiokd-paper", *OPTIONS)
 """The AIO-KD systems whose students are tested: the default, the paper's settings, and the
 options the targets cover."""
-
 
 
 
@@ -57,23 +58,29 @@ Reader = Callable[[Path], tuple[str, ...]]
 """Reads a translation or reference file (once per :func:`tests`, however many tests use it)."""
 
 
-def _translations(record: dict[str, Any], student: str,
-                  read: Reader) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
-    """The reference and ``student``'s translation of a run record, or None if not written."""
+def _translations(record: dict[str, Any], student: str, read: Reader,
+                  base: Path) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """The reference and ``student``'s translation of a run record (its ``translations``
+    directory, relative to ``base``), or None if not written or not on this machine."""
     directory = record.get("translations")
     if not directory:
         return None
-    hypotheses, references = Path(directory, f"{student}.txt"), Path(directory, "reference.txt")
+    hypotheses, references = (base / directory / f"{student}.txt",
+                              base / directory / "reference.txt")
     if not (hypotheses.is_file() and references.is_file()):
         return None
     return read(references), read(hypotheses)
 
 
 def tests(runs: dict[str, dict[str, Any]], tgt_lang: str = "", samples: int = SAMPLES,
-          systems: Sequence[str] = SYSTEMS) -> list[dict[str, Any]]:
+          systems: Sequence[str] = SYSTEMS, base: Path = Path("."),
+          recorded: Iterable[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """One paired test per AIO-KD run of ``systems``, baseline run of :data:`BASELINES` and
-    student both have (every pair of seeds), in that order."""
+    student both have (every pair of seeds), in that order; the translations are read below
+    ``base``, and a pair whose translations are missing takes its test from ``recorded``."""
     read = functools.cache(lambda path: tuple(read_lines(path)))
+    earlier = {(t["run"], t["baseline_run"], t["student"]): t for t in recorded}
+
     def of(system: str) -> list[dict[str, Any]]:
         return [r for r in runs.values() if r["system"] == system]
 
@@ -81,15 +88,28 @@ def tests(runs: dict[str, dict[str, Any]], tgt_lang: str = "", samples: int = SA
     for system, baseline in itertools.product(systems, BASELINES):
         for mine, theirs in itertools.product(of(system), of(baseline)):
             for student in theirs.get("compared", theirs["bleu"]):
-                entry = _test(mine, theirs, student, tgt_lang, samples, read)
+                entry = _test(mine, theirs, student, tgt_lang, samples, read, base)
+                if entry is None:
+                    entry = _still_valid(earlier.get((mine["run"], theirs["run"], student)),
+                                         mine, theirs)
                 if entry:
                     found.append(entry)
     return found
 
 
+def _still_valid(entry: dict[str, Any] | None, mine: dict[str, Any],
+                 theirs: dict[str, Any]) -> dict[str, Any] | None:
+    """A recorded test, if both runs still have the BLEU it was made with."""
+    if entry and (entry["bleu"], entry["baseline_bleu"]) == (
+            mine["bleu"].get(entry["student"]), theirs["bleu"].get(entry["student"])):
+        return entry
+    return None
+
+
 def _test(mine: dict[str, Any], theirs: dict[str, Any], student: str, tgt_lang: str,
-          samples: int, read: Reader) -> dict[str, Any] | None:
-    a, b = _translations(mine, student, read), _translations(theirs, student, read)
+          samples: int, read: Reader, base: Path) -> dict[str, Any] | None:
+    a, b = (_translations(mine, student, read, base),
+            _translations(theirs, student, read, base))
     if a is None or b is None or a[0] != b[0]:
         return None
     result = paired_bootstrap(a[0], b[1], a[1], tgt_lang, samples)
