@@ -279,6 +279,13 @@ def test_quick_benchmark_end_to_end(tmp_path):
     assert progress and all(line.endswith("done already") for line in progress)
     assert json.loads((results / "multi30k-quick.json").read_text())["runs"] == found["runs"]
 
+    reported = run_driver(work, results, "--seeds", "1,2", "--systems", "aiokd", "--report-only")
+    assert reported.returncode == 0, reported.stdout + reported.stderr
+    assert not (work / "runs" / "aiokd-seed2").exists()  # nothing trained
+    merged = json.loads((results / "multi30k-quick.json").read_text())
+    assert (merged["runs"], merged["driver_commands"]) == (found["runs"],
+                                                           found["driver_commands"])
+
     seeds = run_driver(work, results, "--seeds", "1,2", "--systems", "aiokd")
     assert seeds.returncode == 0, seeds.stdout + seeds.stderr
     assert json.loads((work / "runs" / "aiokd-seed2" / "run.json").read_text())["config"][

@@ -98,6 +98,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test-src", help="evaluate on this raw source file instead (with "
                    "--test-ref)")
     p.add_argument("--test-ref", help="the reference file of --test-src")
+    p.add_argument("--report-only", action="store_true",
+                   help="train and evaluate nothing: merge the chosen runs that are finished "
+                   "and evaluated into the results files (e.g. while other drivers still train)")
     p.add_argument("--name", help="the benchmark's name, the stem of its results files "
                    "(default: multi30k, or the --data directory's name); a test set other than "
                    "the test split is always added to it, so that its scores never replace "
@@ -377,21 +380,22 @@ def build_results(preset: Preset, runs: dict[str, dict[str, Any]], drivers: list
         "targets": report.targets(systems),
         "significance": significance.tests(runs, tgt, base=results_dir, recorded=tested),
         "driver_commands": drivers,
-        "command": drivers[-1], "runs": dict(sorted(runs.items())),
+        "command": drivers[-1] if drivers else None, "runs": dict(sorted(runs.items())),
     }
 
 
 def write_results(preset: Preset, work: Work, steps: list[Step], timings: Timings,
-                  results_dir: Path, driver: str, name: str) -> dict[str, Any]:
+                  results_dir: Path, driver: str | None, name: str) -> dict[str, Any]:
     """Merge this invocation's finished runs into ``RESULTS_DIR/NAME-PRESET.json``; write it,
-    its report and its figure."""
+    its report and its figure.  ``driver``: the command line to add to the file's driver
+    commands (None: a ``--report-only`` invocation, which adds none)."""
     with locked(work.root):
         timings.reload()
         return _write_results(preset, work, steps, timings, results_dir, driver, name)
 
 
 def _write_results(preset: Preset, work: Work, steps: list[Step], timings: Timings,
-                   results_dir: Path, driver: str, name: str) -> dict[str, Any]:
+                   results_dir: Path, driver: str | None, name: str) -> dict[str, Any]:
     json_path, md_path, png_path = (results_dir / f"{name}-{preset.name}.{kind}"
                                     for kind in ("json", "md", "png"))
     old = json.loads(json_path.read_text()) if json_path.is_file() else {}
@@ -400,7 +404,8 @@ def _write_results(preset: Preset, work: Work, steps: list[Step], timings: Timin
         record = run_record(run, steps, timings, work)
         if record:
             runs[run.name] = keep_translations(record, results_dir, json_path.stem)
-    drivers = [d for d in old.get("driver_commands", []) if d != driver] + [driver]
+    drivers = [d for d in old.get("driver_commands", []) if d != driver] + (
+        [driver] if driver else [])
     results = build_results(preset, runs, drivers, name, work, results_dir,
                             old.get("significance", []))
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -431,6 +436,10 @@ def main(argv: list[str] | None = None) -> int:
     driver = "python benchmarks/reproduce/run.py " + shlex.join(sys.argv[1:] if argv is None
                                                                  else argv)
     results_dir = Path(args.results_dir)
+    if args.report_only:
+        results = write_results(preset, work, steps, timings, results_dir, None, name)
+        print(report.summary(results))
+        return 0
     if preset.subset is not None and data is None:
         write_subset(preset, work)
     for number, step in enumerate(steps, 1):
