@@ -441,8 +441,8 @@ def test_a_recorded_test_outlives_its_translations_while_the_scores_stand(tmp_pa
     write_translations(tmp_path / "kept" / "word", REFERENCES, **{"2-2": lawn})
     runs = {"aiokd": aiokd, "word-kd-2-2": word}
     (made,) = significance.tests(runs, "en", base=tmp_path)
-    word["bleu"] = {"2-2": made["baseline_bleu"]}
-    aiokd["bleu"] = {"2-2": made["bleu"]}
+    word["bleu"] = {"2-2": made["baseline_bleu"] + 0.004}  # records keep more digits
+    aiokd["bleu"] = {"2-2": made["bleu"] - 0.003}
     for path in (tmp_path / "kept" / "word").iterdir():
         path.unlink()  # the translations are gone, e.g. on another machine
     assert significance.tests(runs, "en", base=tmp_path) == []

@@ -99,9 +99,11 @@ def tests(runs: dict[str, dict[str, Any]], tgt_lang: str = "", samples: int = SA
 
 def _still_valid(entry: dict[str, Any] | None, mine: dict[str, Any],
                  theirs: dict[str, Any]) -> dict[str, Any] | None:
-    """A recorded test, if both runs still have the BLEU it was made with."""
-    if entry and (entry["bleu"], entry["baseline_bleu"]) == (
-            mine["bleu"].get(entry["student"]), theirs["bleu"].get(entry["student"])):
+    """A recorded test, if both runs still have the BLEU it was made with (to its 2 digits)."""
+    if not entry:
+        return None
+    now = [record["bleu"].get(entry["student"]) for record in (mine, theirs)]
+    if None not in now and [round(b, 2) for b in now] == [entry["bleu"], entry["baseline_bleu"]]:
         return entry
     return None
 
