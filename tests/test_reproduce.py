@@ -525,6 +525,12 @@ def test_learning_curves_of_a_tiny_run(tmp_path, tiny_data_dir):
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SystemExit):
         curves.main(["--runs", str(tmp_path), "--out", str(tmp_path / "none")])
+    gone = {**found[0], "run": str(tmp_path / "gone"), "label": "gone"}
+    (tmp_path / "old.json").write_text(json.dumps({"runs": [gone, found[1]]}))
+    assert curves.main(["--runs", str(run), "--labels", "again", "--keep",
+                        str(tmp_path / "old.json"), "--out", str(tmp_path / "grown")]) == 0
+    grown = json.loads((tmp_path / "grown.json").read_text())["runs"]
+    assert [r["label"] for r in grown] == ["gone", "again"]  # the run read again replaces b
 
 
 @pytest.fixture(scope="module")

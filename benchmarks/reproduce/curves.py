@@ -7,12 +7,15 @@ update by update, from each run directory's ``log.jsonl``.
 writes ``PREFIX.json`` (per run and stage: update -> CE of each student and ``mean``, the best
 validation, and why the stage stopped: ``patience``, ``max_updates`` or ``unfinished``) and
 ``PREFIX.png`` (mean validation CE against the update, one line per run, each stage's best
-marked; a second stage continues the first's updates).
+marked; a second stage continues the first's updates).  ``--keep OLD.json`` adds the curves of
+an earlier file whose runs are not among ``--runs`` (their directories may be gone): a figure
+grows run by run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs", nargs="+", required=True, help="run directories of `aiokd train`")
     p.add_argument("--labels", nargs="+", help="a label per run (default: the directory names)")
     p.add_argument("--out", required=True, help="PREFIX of PREFIX.json and PREFIX.png")
+    p.add_argument("--keep", help="an earlier PREFIX.json: its curves of runs not in --runs "
+                   "come first")
     args = p.parse_args(argv)
     if args.labels and len(args.labels) != len(args.runs):
         p.error(f"{len(args.labels)} labels for {len(args.runs)} runs")
@@ -106,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         if not (run / "log.jsonl").is_file():
             raise SystemExit(f"curves.py: {run}: no log.jsonl (not an `aiokd train` run)")
     curves = [curve(run, label) for run, label in zip(runs, labels, strict=True)]
+    if args.keep:
+        read_again = {found["run"] for found in curves}
+        curves = [found for found in json.loads(Path(args.keep).read_text())["runs"]
+                  if found["run"] not in read_again] + curves
     out = Path(args.out)
     atomic_write_json(out.with_name(out.name + ".json"), {"runs": curves})
     plot(curves, out.with_name(out.name + ".png"))
