@@ -416,11 +416,11 @@ def _premise_row(found: dict[str, Any] | None) -> list[list[str]]:
     """The premise as a row of the targets table: 6-6's BLEU and CE against 2-2's."""
     if not found:
         return []
-    bleu = found["bleu"]
-    value = f"BLEU {_cell(bleu['6-6'])}" + "".join(
-        f"; seed {seed}: CE {ce['6-6']:.3f}" for seed, ce in found["valid_ce_by_seed"].items())
-    needed = f"BLEU > {_cell(bleu['2-2'])}" + "".join(
-        f"; CE < {ce['2-2']:.3f}" for ce in found["valid_ce_by_seed"].values())
+    bleu, valid = found["bleu"], found["valid_ce_by_seed"]
+    value = f"BLEU {_cell(bleu[TEACHER])}" + "".join(
+        f"; seed {seed}: CE {ce[TEACHER]:.3f}" for seed, ce in valid.items())
+    needed = f"BLEU > {_cell(bleu[SMALLEST])}" + "".join(
+        f"; CE < {ce[SMALLEST]:.3f}" for ce in valid.values())
     return [[found["text"], value, needed, _MET[found["met"]]]]
 
 
