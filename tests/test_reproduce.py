@@ -368,6 +368,7 @@ def test_seeds_are_averaged_with_their_spread():
     assert "| 30.50 ± 1.00 | 31.50 ± 1.00 | 31.00 ± 0.00 |" in text
     assert "| 29.00 | 28.00 | 28.50 |" in text  # one seed: no spread
     assert "## BLEU of every student" in text and "37.5% / 0.0%" in text
+    assert "## Validation CE" in text and "| `aiokd` | 3.100 | 2.700 |" in text
     assert figure.bleu_by_student(results, plan.CANDIDATES).startswith(b"\x89PNG")
     assert figure._seed_range(aiokd, "2-2") == (30.0, 31.0)
     assert figure._seed_range(systems["scratch"], "2-2") is None  # one seed: no bar
@@ -467,6 +468,8 @@ def test_the_premise_needs_the_teacher_above_its_smallest_student(ce_2_2, met):
     assert systems["scratch"]["valid_ce_by_seed"] == {"2": {"2-2": ce_2_2, "6-6": 1.52}}
     found = report.premise(systems)
     assert found["bleu"] == {"2-2": 39.25, "6-6": 41.25} and found["met"] is met
+    table = report._validation_table({"students": ["2-2", "6-6"], "systems": systems})
+    assert f"| `scratch` | {ce_2_2:.3f} | 1.520 |" in table
     row = report._targets_table({}, [], found)
     assert "| BLEU 41.25; seed 2: CE 1.520 | BLEU > 39.25; CE < " in row
     assert report.premise(report.summarize({"scratch-6-6": runs[1]}, ["6-6"],

@@ -401,6 +401,21 @@ def _training_table(results: dict[str, Any]) -> str:
             "stopped.\n\n" + _table(header, rows))
 
 
+def _validation_table(results: dict[str, Any]) -> str:
+    """The validation CE of each compared student at its evaluated checkpoint, every system that
+    has it (empty if none)."""
+    students, rows = results["students"], []
+    for name, entry in results["systems"].items():
+        ce = entry.get("valid_ce") or entry.get("training", {}).get("valid_ce") or {}
+        if any(s in ce for s in students):
+            rows.append([f"`{name}`", *(_cell(ce.get(s), 3) for s in students)])
+    if not rows:
+        return ""
+    return ("\n\n## Validation CE\n\nAt the checkpoint each run was evaluated with (its best by "
+            "validation CE), in nats per token, the mean over the seeds whose records have it: "
+            "the number choices are made on.\n\n" + _table(["system", *students], rows))
+
+
 def _p_values(tests: list[dict[str, Any]], system: str, student: str) -> str:
     """`` (p 0.07)``: the paired tests of ``system``'s ``student`` against Word-KD's (one per
     pair of seeds), or nothing if none was made."""
@@ -504,7 +519,8 @@ def markdown(results: dict[str, Any]) -> str:
 
 ## chrF
 
-{_score_table(results, 'chrf')}{_all_students_table(results)}{_training_table(results)}
+{_score_table(results, 'chrf')}{_all_students_table(results)}{_validation_table(results)}\
+{_training_table(results)}
 
 ## Targets
 
