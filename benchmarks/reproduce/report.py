@@ -27,6 +27,8 @@ from collections.abc import Callable
 from statistics import mean
 from typing import Any
 
+from aiokd.students import parse_student
+
 SEPARATE = ("scratch", "word-kd", "selective-kd")
 """Systems that train one model per student."""
 FROM_TEACHER = ("word-kd", "selective-kd", "aiokd-seqkd", "aiokd-init")
@@ -162,8 +164,7 @@ def _validation_by_student(by_seed: dict[int, list[dict[str, Any]]]) -> dict[str
             best = r.get("training", {}).get("best")
             if best:
                 found.setdefault(str(seed), {})[r["student"]] = best["mean"]
-    students = sorted({s for ce in found.values() for s in ce}, key=lambda s: tuple(
-        map(int, s.split("-"))))
+    students = sorted({s for ce in found.values() for s in ce}, key=parse_student)
     return {"valid_ce": {s: round(mean(ce[s] for ce in found.values() if s in ce), 4)
                          for s in students}, "valid_ce_by_seed": found}
 

@@ -332,13 +332,16 @@ def run_record(run: Run, steps: list[Step], timings: Timings,
 
 def keep_translations(record: dict[str, Any], results_dir: Path, stem: str) -> dict[str, Any]:
     """The record with its translations copied to ``results_dir/STEM.translations/RUN/`` (the
-    directory replaced as a whole) and named relative to ``results_dir``."""
+    directory replaced as a whole, unless already copied since the evaluation wrote them) and
+    named relative to ``results_dir``."""
     if not record.get("translations"):
         return record
-    kept = Path(f"{stem}.translations", record["run"])
-    with atomic_directory(results_dir / kept, overwrite=True) as building:
-        for path in sorted(Path(record["translations"]).glob("*.txt")):
-            shutil.copyfile(path, building / path.name)
+    source, kept = Path(record["translations"]), Path(f"{stem}.translations", record["run"])
+    target = results_dir / kept
+    if not target.is_dir() or target.stat().st_mtime < source.stat().st_mtime:
+        with atomic_directory(target, overwrite=True) as building:
+            for path in sorted(source.glob("*.txt")):
+                shutil.copyfile(path, building / path.name)
     return {**record, "translations": str(kept)}
 
 
