@@ -312,8 +312,8 @@ class Work:
     def steps(self, chosen: list[tuple[str, list[str]]],
               seeds: Sequence[int] = (1,)) -> list[Step]:
         """Every step of ``chosen`` for each of ``seeds`` (seed by seed), dependencies first,
-        each once.  The teacher of the KD systems is the seed-1 from-scratch 6-6 for every
-        seed."""
+        each once.  Word-KD and Selective-KD learn from the seed-1 from-scratch 6-6 for every
+        seed; an AIO-KD system with a teacher stage starts from the 6-6 of its own seed."""
         steps = self.prepare()
         for seed in seeds:
             for system, students in sorted(chosen, key=lambda item: ORDER.index(item[0])):

@@ -74,7 +74,8 @@ COST_RULE = (
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="tiny", help="tiny (CPU), iwslt (GPU), quick (tests)")
+    p.add_argument("--preset", default="tiny", help="a preset of presets.yaml: narrow, small or tiny (CPU), "
+                   "iwslt (GPU), quick (tests)")
     p.add_argument("--quick", action="store_true", help="the quick preset: a smoke test")
     p.add_argument("--out", required=True, help="work directory (runs, data, logs)")
     p.add_argument("--students", help="students to compare, e.g. 2-2,4-2,6-2,4-4,6-6 "
@@ -85,8 +86,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run only this group of the preset, or one system (repeatable)")
     p.add_argument("--max-updates", type=int, help="U, updates per stage (default: preset's)")
     p.add_argument("--seeds", default="1", help="comma-separated train.seed values, e.g. 1,2 "
-                   "(default: 1); seed S != 1 trains runs NAME-seedS; the KD systems of every "
-                   "seed learn from the seed-1 teacher")
+                   "(default: 1); seed S != 1 trains runs NAME-seedS; Word-KD and Selective-KD "
+                   "of every seed learn from the seed-1 teacher, an AIO-KD teacher stage is the "
+                   "6-6 of its own seed")
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS of every step "
                    "(default: the preset's)")
     p.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"),
