@@ -74,8 +74,8 @@ COST_RULE = (
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="tiny", help="a preset of presets.yaml: narrow, small or tiny (CPU), "
-                   "iwslt (GPU), quick (tests)")
+    p.add_argument("--preset", default="tiny", help="a preset of presets.yaml: narrow, small or "
+                   "tiny (CPU), iwslt (GPU), quick (tests)")
     p.add_argument("--quick", action="store_true", help="the quick preset: a smoke test")
     p.add_argument("--out", required=True, help="work directory (runs, data, logs)")
     p.add_argument("--students", help="students to compare, e.g. 2-2,4-2,6-2,4-4,6-6 "
