@@ -20,13 +20,14 @@ from aiokd.evaluation.evaluate import (
 from aiokd.evaluation.footprint import directory_bytes
 from aiokd.evaluation.latency import LatencySettings, sample_indices, trimmed_mean
 from aiokd.evaluation.results import load_results
+from aiokd.evaluation.scoring import sacrebleu_scores
 from aiokd.evaluation.select import select_student
 from aiokd.model.checkpoint import load_model_files
 from tests.conftest import make_corpus, run_aiokd
 
 PNG = b"\x89PNG\r\n\x1a\n"
-FIGURES = ("bleu", "chrf", "tok_bleu", "params", "params_no_embeddings", "size_bytes", "size_mb",
-           "ms_per_sentence", "sentences_per_second", "peak_memory_mb")
+FIGURES = ("bleu", "chrf", "tok_bleu", "length_ratio", "params", "params_no_embeddings",
+           "size_bytes", "size_mb", "ms_per_sentence", "sentences_per_second", "peak_memory_mb")
 QUICK = LatencySettings(sample=2, runs=1, warmup=1)
 
 
@@ -98,7 +99,8 @@ def test_outputs_are_written(evaluation, results, tmp_path):
 
 def test_the_written_translations_are_what_was_scored(evaluation, results, tmp_path):
     """Every student's file, rescored with sacreBLEU against the written reference, gives the
-    BLEU of the results; the source and reference are the test set, line for line."""
+    BLEU and length ratio of the results; the source and reference are the test set, line for
+    line."""
     directory = write_outputs(evaluation, tmp_path / "results.json")[-1]
     assert sorted(p.name for p in directory.iterdir()) == [
         "2-2.txt", "3-2.txt", "3-3.txt", "reference.txt", "source.txt"]
@@ -112,7 +114,9 @@ def test_the_written_translations_are_what_was_scored(evaluation, results, tmp_p
         hypotheses = read(f"{entry['student']}.txt")
         assert hypotheses == evaluation.hypotheses[entry["student"]]
         assert len(hypotheses) == len(references)
-        assert round(BLEU().corpus_score(hypotheses, [references]).score, 4) == entry["bleu"]
+        rescored = BLEU().corpus_score(hypotheses, [references])
+        assert round(rescored.score, 4) == entry["bleu"]
+        assert round(rescored.sys_len / rescored.ref_len, 4) == entry["length_ratio"]
 
 
 def test_translations_of_an_earlier_evaluation_are_replaced(evaluation, tmp_path):
@@ -224,3 +228,11 @@ def test_a_ctranslate2_export_is_measured_as_it_is(tiny_model_dir, test_set, tmp
     assert entry["student"] == "3-2" and entry["size_bytes"] == directory_bytes(export)
     assert entry["params"] == load_model_files(tiny_model_dir).model.num_parameters((3, 2))
     assert "int8" in results["size"]
+
+
+def test_bleu_carries_the_length_ratio_behind_its_brevity_penalty():
+    references = ["a man rides a bike .", "two dogs play in the snow ."]
+    short = ["a man rides .", "two dogs play ."]
+    bleu, chrf = sacrebleu_scores(short, references, "en")
+    assert bleu.length_ratio == 8 / 13 and chrf.length_ratio is None
+    assert sacrebleu_scores(references, references, "en")[0].length_ratio == 1.0

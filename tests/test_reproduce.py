@@ -245,6 +245,7 @@ def test_quick_benchmark_end_to_end(tmp_path):
         assert set(system["bleu"]) == {"2-2", "6-6"}, name
         assert system["cost_minutes"] > 0
     assert len(found["runs"]["aiokd"]["bleu"]) == 15  # the aiokd evaluation scores all 15
+    assert set(found["runs"]["aiokd"]["length_ratio"]) == set(found["runs"]["aiokd"]["bleu"])
     assert len(found["systems"]["aiokd"]["bleu_all_students"]) == 15
     training = found["runs"]["aiokd"]["training"]
     assert set(training["stages"]) == {"1", "2"} and len(training["best"]["ce"]) == 15

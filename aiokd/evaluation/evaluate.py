@@ -165,6 +165,7 @@ def _entry(name: str, scores: tuple[Score, Score, Score | None], footprint: Foot
         "student": name, "enc_layers": le, "dec_layers": ld,
         "bleu": _round(bleu.score), "chrf": _round(chrf.score),
         "tok_bleu": _round(tok.score) if tok else None,
+        "length_ratio": _round(bleu.length_ratio),
         "params": footprint.params,
         "params_no_embeddings": footprint.params_no_embeddings,
         "size_bytes": footprint.size_bytes,

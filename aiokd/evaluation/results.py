@@ -5,13 +5,15 @@ device, threads, the sacreBLEU signatures, how size and latency were measured) a
 student::
 
     {"student": "6-2", "enc_layers": 6, "dec_layers": 2, "bleu": 34.1, "chrf": 60.2,
-     "tok_bleu": 35.0 | null, "params": 9_870_000, "params_no_embeddings": 7_820_000,
-     "size_bytes": 39_500_000, "size_mb": 39.5, "ms_per_sentence": 12.3 | null,
-     "sentences_per_second": 210.0 | null, "peak_memory_mb": 610.0 | null}
+     "tok_bleu": 35.0 | null, "length_ratio": 0.98, "params": 9_870_000,
+     "params_no_embeddings": 7_820_000, "size_bytes": 39_500_000, "size_mb": 39.5,
+     "ms_per_sentence": 12.3 | null, "sentences_per_second": 210.0 | null,
+     "peak_memory_mb": 610.0 | null}
 
-Sizes are in MB of 10^6 bytes.  Latency figures are null when evaluation ran with
-``--no-latency``.  ``translations`` names the directory beside the file that holds every
-student's output (see :mod:`aiokd.evaluation.evaluate`).
+``length_ratio`` is the translations' length over the references' in sacreBLEU's BLEU tokens
+(below 1, BLEU's brevity penalty applies).  Sizes are in MB of 10^6 bytes.  Latency figures are
+null when evaluation ran with ``--no-latency``.  ``translations`` names the directory beside the
+file that holds every student's output (see :mod:`aiokd.evaluation.evaluate`).
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from aiokd.errors import UserError
 FORMAT = "aiokd-results"
 VERSION = 1
 
-COLUMNS = ("student", "enc_layers", "dec_layers", "bleu", "chrf", "tok_bleu", "params",
-           "params_no_embeddings", "size_bytes", "size_mb", "ms_per_sentence",
+COLUMNS = ("student", "enc_layers", "dec_layers", "bleu", "chrf", "tok_bleu", "length_ratio",
+           "params", "params_no_embeddings", "size_bytes", "size_mb", "ms_per_sentence",
            "sentences_per_second", "peak_memory_mb")
 """The fields of a student entry, in the order of the CSV columns."""
 

@@ -18,10 +18,13 @@ from sacremoses import MosesTokenizer
 
 @dataclass(frozen=True)
 class Score:
-    """A corpus score and the signature that says how it was computed."""
+    """A corpus score and the signature that says how it was computed; for BLEU also the
+    length ratio ``hyp_len / ref_len`` (in the score's tokens) behind its brevity penalty
+    ``BP = min(1, exp(1 - 1 / ratio))``."""
 
     score: float
     signature: str
+    length_ratio: float | None = None
 
 
 def sacrebleu_scores(hypotheses: list[str], references: list[str],
@@ -31,7 +34,8 @@ def sacrebleu_scores(hypotheses: list[str], references: list[str],
     bleu_score = bleu.corpus_score(hypotheses, [references])
     chrf = CHRF()
     chrf_score = chrf.corpus_score(hypotheses, [references])
-    return (Score(bleu_score.score, str(bleu.get_signature())),
+    return (Score(bleu_score.score, str(bleu.get_signature()),
+                  bleu_score.sys_len / bleu_score.ref_len),
             Score(chrf_score.score, str(chrf.get_signature())))
 
 

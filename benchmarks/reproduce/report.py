@@ -10,8 +10,9 @@ A *run record* describes one finished ``aiokd train`` run and its ``aiokd evalua
      "device": "...", "signatures": {"bleu": "...", "chrf": "..."}, "test_set": "...",
      "commands": ["aiokd ..."], "code": ["<git commit>"], "training": {...}}
 
-``bleu`` and ``chrf`` hold every student the run's evaluation scored, ``compared`` those of the
-comparison (absent: all of them); ``teacher_run``: the from-scratch 6-6 run the run distilled or
+``bleu`` and ``chrf`` (and ``length_ratio``, the translations' length over the references', in
+evaluations that wrote it) hold every student the run's evaluation scored, ``compared`` those of
+the comparison (absent: all of them); ``teacher_run``: the from-scratch 6-6 run the run distilled or
 started from, whose cost is part of the system's (absent or null: none); ``training`` is
 :func:`training_log.observe` of its run directory (absent in records written before separate
 runs had it); ``seed`` absent means 1.

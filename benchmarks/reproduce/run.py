@@ -326,6 +326,9 @@ def run_record(run: Run, steps: list[Step], timings: Timings,
     }
     if results.get("translations"):
         record["translations"] = str(path.parent / results["translations"])
+    ratios = {s: entries[s].get("length_ratio") for s in run.students}
+    if None not in ratios.values():
+        record["length_ratio"] = ratios
     if run.system in report.SEPARATE:
         record["student"] = run.students[0]
     record["training"] = observe(run.path)
