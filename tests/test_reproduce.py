@@ -105,7 +105,7 @@ def test_each_seed_of_a_teacher_stage_system_has_its_own_teacher(tmp_path):
     keys = list(trains)
     assert keys.index("train:scratch-6-6-seed2") < keys.index("train:aiokd-seed2")
     word_kd = trains["train:word-kd-4-2-seed2"]
-    assert word_kd[word_kd.index("--teacher") + 1] == str(tmp_path / "runs" / "scratch-6-6")
+    assert word_kd[word_kd.index("--teacher") + 1] == str(tmp_path / "runs" / "scratch-6-6-seed2")
 
     def record(run, system, seed, minutes, teacher=None):
         return {"run": run, "system": system, "seed": seed, "bleu": {"6-6": 40.0},
@@ -151,15 +151,23 @@ def test_the_small_preset_trains_to_convergence_in_two_drivers(tmp_path):
     assert not teachers  # the teacher is trained by the other group only
 
 
-def test_seeds_train_runs_of_their_own_from_the_seed_1_teacher(tmp_path):
-    _, steps = tiny_steps(tmp_path, systems=["scratch", "word-kd", "aiokd"], seeds=(1, 2))
+def test_each_seed_replicates_the_comparison_teacher_included(tmp_path):
+    _, steps = tiny_steps(tmp_path, systems=["scratch", "word-kd", "aiokd", "aiokd-seqkd"],
+                          seeds=(1, 2))
     trains = {s.key: s.args for s in steps if s.key.startswith("train:")}
     assert "train:aiokd" in trains and "train:scratch-6-6-seed2" in trains
     assert config_of(trains["train:aiokd-seed2"]).train.seed == 2
     assert config_of(trains["train:aiokd"]).train.seed == 1
     word_kd = config_of(trains["train:word-kd-4-2-seed2"])
     assert word_kd.train.seed == 2
-    assert Path(word_kd.distill.teacher).name == "scratch-6-6"
+    assert Path(word_kd.distill.teacher).name == "scratch-6-6-seed2"
+    assert Path(config_of(trains["train:word-kd-4-2"]).distill.teacher).name == "scratch-6-6"
+    distills = {s.key: s.args for s in steps if s.key.startswith("distill-data")}
+    assert list(distills) == ["distill-data", "distill-data-seed2"]
+    seed2 = distills["distill-data-seed2"]
+    assert Path(seed2[seed2.index("--model") + 1]).name == "scratch-6-6-seed2"
+    seqkd = trains["train:aiokd-seqkd-seed2"]
+    assert seqkd[seqkd.index("--data") + 1] == seed2[seed2.index("--out") + 1]
     assert [k for k in trains if k.startswith("train:scratch-6-6")] == [
         "train:scratch-6-6", "train:scratch-6-6-seed2"]
     keys = list(trains)

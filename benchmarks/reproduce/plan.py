@@ -5,6 +5,7 @@ Work directory layout (``--out W``)::
     W/data/                    aiokd prepare multi30k (quick: W/multi30k-subset/ prepared;
                                none with --data DIR, which is used as it is)
     W/data-seqkd/              aiokd distill-data from the from-scratch 6-6 teacher
+                               (seed s != 1: W/data-seqkd-seedS/, from that seed's 6-6)
     W/runs/NAME/               one aiokd train run each: model.safetensors, results.json, ...
                                (seed s != 1: W/runs/NAME-seedS/, trained with train.seed=S)
     W/logs/STEP.log            output of each step
@@ -221,7 +222,7 @@ class Work:
     def __init__(self, root: Path, preset: Preset, data: Path | None = None,
                  test: TestSet = TestSet()):
         self.root, self.preset, self.given_data, self.test = root, preset, data, test
-        self.data, self.seqkd_data = data or root / "data", root / "data-seqkd"
+        self.data = data or root / "data"
         self.subset_dir = root / "multi30k-subset"
         self.runs: dict[str, Run] = {}
 
@@ -253,11 +254,17 @@ class Work:
         stem = self.subset_dir / "test_2016_flickr"
         return ["--src", f"{stem}.de", "--ref", f"{stem}.en"]
 
-    def distill(self) -> Step:
-        args = ["distill-data", "--model", str(self.run_dir(TEACHER_RUN)), "--data",
-                str(self.data), "--out", str(self.seqkd_data), "--beam", "5"]
-        return Step("distill-data", "distill-data (Seq-KD data from scratch-6-6)", args,
-                    lambda: (self.seqkd_data / "manifest.json").is_file(), run="aiokd-seqkd")
+    def seqkd_data(self, seed: int) -> Path:
+        """The Seq-KD data of ``seed``: the training data translated by its from-scratch 6-6."""
+        return self.root / run_name("data-seqkd", seed)
+
+    def distill(self, seed: int) -> Step:
+        teacher, out = run_name(TEACHER_RUN, seed), self.seqkd_data(seed)
+        args = ["distill-data", "--model", str(self.run_dir(teacher)), "--data",
+                str(self.data), "--out", str(out), "--beam", "5"]
+        return Step(run_name("distill-data", seed), f"distill-data (Seq-KD data from {teacher})",
+                    args, lambda: (out / "manifest.json").is_file(),
+                    run=run_name("aiokd-seqkd", seed))
 
     def train_steps(self, system: str, students: list[str], student: str | None,
                     seed: int = 1) -> list[Step]:
@@ -268,13 +275,13 @@ class Work:
         path = self.run_dir(name)
         two_stages = system not in SEPARATE and system != "aiokd-one-stage"
         updates = p.updates_per_stage if two_stages else 2 * p.updates_per_stage
-        data = self.seqkd_data if system == "aiokd-seqkd" else self.data
+        data = self.seqkd_data(seed) if system == "aiokd-seqkd" else self.data
         args = ["train", "--data", str(data), "--preset", p.train_preset, "--out", str(path),
                 "--max-updates", str(updates)]
         if student:
             args += ["--method", system, "--student", student]
             if system != "scratch":
-                args += ["--teacher", str(self.run_dir(TEACHER_RUN))]
+                args += ["--teacher", str(self.run_dir(run_name(TEACHER_RUN, seed)))]
         teacher = self.teacher_run(system, seed)
         if system == "aiokd-init" or self.has_teacher_stage(system):
             args += ["--init-from", str(self.run_dir(teacher))]
@@ -294,13 +301,14 @@ class Work:
                      lambda: evaluated_all(results, evaluated), run=name)]
 
     def teacher_run(self, system: str, seed: int) -> str | None:
-        """The from-scratch 6-6 run that ``system``'s run of ``seed`` needs, or None: the seed-1
-        one for :data:`FROM_TEACHER`; for an AIO-KD system whose settings ask for a teacher stage
-        (``train.teacher_updates``), the one of its own seed, which is that stage (the same
-        recipe and cap: :func:`check_teacher_stage`)."""
-        if system in FROM_TEACHER:
-            return TEACHER_RUN
-        return run_name(TEACHER_RUN, seed) if self.has_teacher_stage(system) else None
+        """The from-scratch 6-6 run of ``seed`` if ``system``'s run of that seed needs it, else
+        None: :data:`FROM_TEACHER` systems learn from it; an AIO-KD system whose settings ask for
+        a teacher stage (``train.teacher_updates``) starts from it, since it is that stage (the
+        same recipe and cap: :func:`check_teacher_stage`).  Each seed is a replicate of the
+        whole comparison, its teacher included."""
+        if system in FROM_TEACHER or self.has_teacher_stage(system):
+            return run_name(TEACHER_RUN, seed)
+        return None
 
     def has_teacher_stage(self, system: str) -> bool:
         """Whether the AIO-KD ``system``'s settings ask for a teacher stage (Seq-KD data aside:
@@ -312,17 +320,16 @@ class Work:
     def steps(self, chosen: list[tuple[str, list[str]]],
               seeds: Sequence[int] = (1,)) -> list[Step]:
         """Every step of ``chosen`` for each of ``seeds`` (seed by seed), dependencies first,
-        each once.  Word-KD and Selective-KD learn from the seed-1 from-scratch 6-6 for every
-        seed; an AIO-KD system with a teacher stage starts from the 6-6 of its own seed."""
+        each once.  The KD systems of each seed learn from (or start from) the from-scratch
+        6-6 of that seed."""
         steps = self.prepare()
         for seed in seeds:
             for system, students in sorted(chosen, key=lambda item: ORDER.index(item[0])):
                 teacher = self.teacher_run(system, seed)
                 if teacher:
-                    steps += self.train_steps("scratch", students, TEACHER,
-                                              1 if teacher == TEACHER_RUN else seed)
+                    steps += self.train_steps("scratch", students, TEACHER, seed)
                 if system == "aiokd-seqkd":
-                    steps.append(self.distill())
+                    steps.append(self.distill(seed))
                 if system in SEPARATE:
                     for student in students:
                         steps += self.train_steps(system, students, student, seed)

@@ -33,8 +33,8 @@ from aiokd.students import parse_student
 SEPARATE = ("scratch", "word-kd", "selective-kd")
 """Systems that train one model per student."""
 FROM_TEACHER = ("word-kd", "selective-kd", "aiokd-seqkd", "aiokd-init")
-"""Systems that need the seed-1 from-scratch 6-6 teacher, whose cost is part of theirs.  AIO-KD
-systems with a teacher stage start from the from-scratch 6-6 of their own seed (that stage)."""
+"""Systems that learn from the from-scratch 6-6 of their seed, whose cost is part of theirs.
+AIO-KD systems with a teacher stage start from the from-scratch 6-6 of their seed (that stage)."""
 ORDER = ("scratch", "word-kd", "selective-kd", "aiokd", "aiokd-paper", "aiokd-separate",
          "aiokd-sandwich", "aiokd-sandwich-kd1", "aiokd-no-dgd", "aiokd-no-ml", "aiokd-one-stage",
          "aiokd-seqkd", "aiokd-init")
@@ -173,8 +173,8 @@ def _validation_by_student(by_seed: dict[int, list[dict[str, Any]]]) -> dict[str
 def _teacher_minutes(runs: dict[str, dict[str, Any]], records: list[dict[str, Any]],
                      system: str) -> float:
     """The training minutes of the teacher the runs of one seed of ``system`` started from or
-    distilled from (``teacher_run`` of their records; the from-scratch 6-6 of seed 1 for
-    :data:`FROM_TEACHER`), 0 if none or not trained yet."""
+    distilled from (``teacher_run`` of their records; for a :data:`FROM_TEACHER` record without
+    it, the from-scratch 6-6 of seed 1), 0 if none or not trained yet."""
     names = {r["teacher_run"] for r in records if r.get("teacher_run")}
     if not names and system in FROM_TEACHER:
         names = {TEACHER_RUN}
@@ -487,7 +487,8 @@ def _code(record: dict[str, Any]) -> str:
 
 def _teachers_sentence(runs: dict[str, dict[str, Any]]) -> str:
     """Which teacher the systems of each seed learn from or start from."""
-    sentence = "The KD systems of every seed learn from the seed-1 from-scratch 6-6 teacher."
+    sentence = ("The KD systems of each seed learn from the from-scratch 6-6 of that seed, whose "
+                "training is part of their cost.")
     if any(r.get("teacher_run") and r["system"] not in FROM_TEACHER for r in runs.values()):
         sentence += (" An AIO-KD system with a teacher stage starts from the from-scratch 6-6 of"
                      " its own seed (that stage), whose training is part of the seed's cost.")

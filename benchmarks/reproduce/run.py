@@ -49,6 +49,7 @@ from plan import (
     evaluated_all,
     load_preset,
     parse_seeds,
+    run_name,
     selection,
     sort_students,
 )
@@ -62,13 +63,13 @@ COST_RULE = (
     "on a CPU, CPU-minutes (user + system time) of each `aiokd train` subprocess, so that runs "
     "sharing the cores, or paused, cost what they computed; on a GPU, device-minutes = wall-clock "
     "minutes x 1 device; summed over resumed attempts; evaluation is not counted. Word-KD and "
-    "Selective-KD add their teacher's (scratch-6-6) training; aiokd-seqkd adds the teacher's "
-    "training and `aiokd distill-data`. cost_minutes_15 (separate students): the trained "
-    "students' measured minutes, plus for each of the 15 students not trained the least-squares "
-    "line of measured minutes against l_e + l_d (one measured student: its minutes scaled by "
-    "l_e + l_d), plus the teacher for the KD systems. With several seeds, a system's cost (and "
-    "its cost for 15) is the mean over its seeds of each seed's cost; every seed's KD systems add "
-    "the one seed-1 teacher."
+    "Selective-KD add their teacher's (the from-scratch 6-6 of their seed) training; aiokd-seqkd "
+    "adds the teacher's training and `aiokd distill-data`. cost_minutes_15 (separate students): "
+    "the trained students' measured minutes, plus for each of the 15 students not trained the "
+    "least-squares line of measured minutes against l_e + l_d (one measured student: its minutes "
+    "scaled by l_e + l_d), plus the teacher for the KD systems. With several seeds, a system's "
+    "cost (and its cost for 15) is the mean over its seeds of each seed's cost; the KD systems of "
+    "each seed add the teacher of that seed."
 )
 
 
@@ -86,9 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run only this group of the preset, or one system (repeatable)")
     p.add_argument("--max-updates", type=int, help="U, updates per stage (default: preset's)")
     p.add_argument("--seeds", default="1", help="comma-separated train.seed values, e.g. 1,2 "
-                   "(default: 1); seed S != 1 trains runs NAME-seedS; Word-KD and Selective-KD "
-                   "of every seed learn from the seed-1 teacher, an AIO-KD teacher stage is the "
-                   "6-6 of its own seed")
+                   "(default: 1); seed S != 1 trains runs NAME-seedS; the KD systems of each seed "
+                   "learn from (or start from) the from-scratch 6-6 of that seed")
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS of every step "
                    "(default: the preset's)")
     p.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"),
@@ -315,7 +315,7 @@ def run_record(run: Run, steps: list[Step], timings: Timings,
         "compared": run.compared, "teacher_run": run.teacher_run,
         "train_minutes": timings.cost_minutes(f"train:{run.name}", gpu),
         "train_wall_minutes": timings.minutes(f"train:{run.name}"),
-        "extra_minutes": (timings.cost_minutes("distill-data", gpu)
+        "extra_minutes": (timings.cost_minutes(run_name("distill-data", run.seed), gpu)
                           if run.system == "aiokd-seqkd" else 0.0),
         "evaluate_minutes": timings.minutes(work.test.step_key(run.name)),
         "updates": updates_done(run.path), "device": device_name(results),
