@@ -278,11 +278,11 @@ class Work:
         data = self.seqkd_data(seed) if system == "aiokd-seqkd" else self.data
         args = ["train", "--data", str(data), "--preset", p.train_preset, "--out", str(path),
                 "--max-updates", str(updates)]
+        teacher = self.teacher_run(system, seed)
         if student:
             args += ["--method", system, "--student", student]
-            if system != "scratch":
-                args += ["--teacher", str(self.run_dir(run_name(TEACHER_RUN, seed)))]
-        teacher = self.teacher_run(system, seed)
+            if teacher:
+                args += ["--teacher", str(self.run_dir(teacher))]
         if system == "aiokd-init" or self.has_teacher_stage(system):
             args += ["--init-from", str(self.run_dir(teacher))]
         args += [f"train.validate_every={p.validate_every}", f"train.patience={p.patience}",
