@@ -120,9 +120,9 @@ def test_each_seed_of_a_teacher_stage_system_has_its_own_teacher(tmp_path):
     aiokd = report.summarize(runs, ["6-6"], plan.CANDIDATES)["aiokd"]
     assert aiokd["cost_minutes_by_seed"] == {"1": 400.0, "2": 430.0}
     assert aiokd["cost_minutes"] == 415.0
-    assert "of its own seed" in report._teachers_sentence(runs)
+    assert "its teacher stage" in report._teachers_sentence(runs)
     runs = {name: r for name, r in runs.items() if not name.startswith("aiokd")}
-    assert "own seed" not in report._teachers_sentence(runs)
+    assert "teacher stage" not in report._teachers_sentence(runs)
 
 
 def test_a_teacher_stage_other_than_the_teachers_cap_is_refused(tmp_path):

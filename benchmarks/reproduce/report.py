@@ -490,8 +490,8 @@ def _teachers_sentence(runs: dict[str, dict[str, Any]]) -> str:
     sentence = ("The KD systems of each seed learn from the from-scratch 6-6 of that seed, whose "
                 "training is part of their cost.")
     if any(r.get("teacher_run") and r["system"] not in FROM_TEACHER for r in runs.values()):
-        sentence += (" An AIO-KD system with a teacher stage starts from the from-scratch 6-6 of"
-                     " its own seed (that stage), whose training is part of the seed's cost.")
+        sentence += (" An AIO-KD system with a teacher stage starts from that 6-6, which is its"
+                     " teacher stage.")
     return sentence
 
 
