@@ -291,13 +291,14 @@ def _system_targets(systems: dict[str, dict[str, Any]], name: str,
 
 def premise(systems: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The paper's premise, that the teacher is better than its smallest student: the
-    from-scratch 6-6 above the from-scratch 2-2 in test BLEU (means over seeds) and below it in
-    validation CE in every seed where both runs logged it; ``met`` None while a run is missing."""
+    from-scratch 6-6 above the from-scratch 2-2 in BLEU on the scored set (the test split, or the
+    driver's ``--test-split``; means over seeds) and below it in validation CE in every seed where
+    both runs logged it; ``met`` None while a run is missing."""
     scratch = systems.get("scratch", {})
     bleu = {s: scratch.get("bleu", {}).get(s) for s in (SMALLEST, TEACHER)}
     valid = {seed: ce for seed, ce in scratch.get("valid_ce_by_seed", {}).items()
              if SMALLEST in ce and TEACHER in ce}
-    text = "Premise: from-scratch 6-6 above from-scratch 2-2 (test BLEU; validation CE by seed)"
+    text = "Premise: from-scratch 6-6 above from-scratch 2-2 (BLEU; validation CE by seed)"
     if None in bleu.values():
         return {"text": text, "bleu": bleu, "valid_ce_by_seed": valid, "met": None}
     met = bleu[TEACHER] > bleu[SMALLEST] and all(
