@@ -49,7 +49,6 @@ from plan import (
     evaluated_all,
     load_preset,
     parse_seeds,
-    run_name,
     selection,
     sort_students,
 )
@@ -308,6 +307,8 @@ def run_record(run: Run, steps: list[Step], timings: Timings,
     results = json.loads(path.read_text())
     gpu = on_gpu(results)
     entries = {entry["student"]: entry for entry in results["students"]}
+    mine = [s for s in steps if s.run == run.name]
+    own = (f"train:{run.name}", work.test.step_key(run.name))
     record = {
         "run": run.name, "system": run.system, "seed": run.seed,
         "bleu": {s: entries[s]["bleu"] for s in run.students},
@@ -315,13 +316,12 @@ def run_record(run: Run, steps: list[Step], timings: Timings,
         "compared": run.compared, "teacher_run": run.teacher_run,
         "train_minutes": timings.cost_minutes(f"train:{run.name}", gpu),
         "train_wall_minutes": timings.minutes(f"train:{run.name}"),
-        "extra_minutes": (timings.cost_minutes(run_name("distill-data", run.seed), gpu)
-                          if run.system == "aiokd-seqkd" else 0.0),
+        "extra_minutes": sum(timings.cost_minutes(s.key, gpu) for s in mine if s.key not in own),
         "evaluate_minutes": timings.minutes(work.test.step_key(run.name)),
         "updates": updates_done(run.path), "device": device_name(results),
         "signatures": results["signatures"],
         "test_set": test_set_name(results["test_set"], work),
-        "commands": [command_line(s) for s in steps if s.run == run.name],
+        "commands": [command_line(s) for s in mine],
         "code": code_versions(step_log(work, f"train:{run.name}")),
     }
     if results.get("translations"):
