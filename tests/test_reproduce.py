@@ -225,6 +225,27 @@ def test_targets_are_computed_from_the_numbers():
     assert "avg_vs_scratch/aiokd-sandwich-kd1" not in found  # no results for it
 
 
+@pytest.mark.parametrize("sandwich_2_2, sandwich_6_6, replaces", [
+    (40.0, 42.0, True),    # avg 41.0 >= 41.0 and 2-2 40.0 > 39.0
+    (40.0, 41.5, False),   # avg 40.75 < 41.0
+    (39.0, 44.0, False),   # 2-2 not higher
+])
+def test_the_rule_that_chooses_the_default(sandwich_2_2, sandwich_6_6, replaces):
+    runs = [_record("aiokd-seed2", "aiokd", 2, {"2-2": 39.0, "6-6": 43.0}, 1.0),
+            _record("aiokd-sandwich-seed2", "aiokd-sandwich", 2,
+                    {"2-2": sandwich_2_2, "6-6": sandwich_6_6}, 1.0),
+            _record("aiokd-paper", "aiokd-paper", 1, {"2-2": 45.0, "6-6": 45.0}, 1.0),
+            _scratch("2-2", 2, 41.0)]
+    systems = report.summarize({r["run"]: r for r in runs}, ["2-2", "6-6"], plan.CANDIDATES)
+    found = report.challengers(systems)
+    assert [c["system"] for c in found] == ["aiokd-sandwich"]  # the paper row: no common seed
+    assert found[0]["seeds"] == [2] and found[0]["students"] == ["2-2", "6-6"]
+    assert found[0]["default_avg"] == 41.0 and found[0]["replaces_default"] is replaces
+    section = report._challengers_section({"challengers": found})
+    assert ("**yes**" if replaces else "| no |") in section
+    assert report._challengers_section({"challengers": []}) == ""
+
+
 def test_cost_for_15_students_follows_the_layers():
     candidates = plan.CANDIDATES
     line = {"2-2": 4.0, "6-6": 12.0}  # 1 minute per layer: the 15 have 120 layers

@@ -306,6 +306,45 @@ def premise(systems: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {"text": text, "bleu": bleu, "valid_ce_by_seed": valid, "met": met}
 
 
+DEFAULT_RULE = ("An AIO-KD variant replaces the default `aiokd` if, over the seeds both have, "
+                "its BLEU averaged over the compared students is at least the default's and its "
+                "2-2's is higher than the default's 2-2's. The rule was fixed before the seed-2 "
+                "runs of `aiokd` and `aiokd-sandwich` ended, and is applied on the validation "
+                "split only.")
+
+
+def _seed_mean(by_seed: dict[str, dict[str, float]], seeds: list[str], student: str) -> float:
+    return mean(by_seed[seed][student] for seed in seeds)
+
+
+def challengers(systems: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every AIO-KD variant with scores on seeds the default ``aiokd`` also has, judged by
+    :data:`DEFAULT_RULE`: ``avg`` and ``smallest`` (its mean BLEU over the students both have
+    in those seeds, and its 2-2's), the default's ``default_avg`` and ``default_smallest``,
+    and ``replaces_default``."""
+    default = systems.get("aiokd")
+    found = []
+    for name in ORDER:
+        other = systems.get(name)
+        if not (default and other) or name == "aiokd" or name in SEPARATE:
+            continue
+        mine, theirs = other["bleu_by_seed"], default["bleu_by_seed"]
+        seeds = [seed for seed in mine if seed in theirs]
+        students = [s for s in (theirs[seeds[0]] if seeds else [])
+                    if all(s in mine[seed] and s in theirs[seed] for seed in seeds)]
+        if SMALLEST not in students:
+            continue
+        avg, default_avg = (mean(_seed_mean(b, seeds, s) for s in students)
+                            for b in (mine, theirs))
+        smallest, default_smallest = (_seed_mean(b, seeds, SMALLEST) for b in (mine, theirs))
+        found.append({"system": name, "seeds": [int(seed) for seed in seeds],
+                      "students": students, "avg": round(avg, 2),
+                      "default_avg": round(default_avg, 2), "smallest": round(smallest, 2),
+                      "default_smallest": round(default_smallest, 2),
+                      "replaces_default": avg >= default_avg and smallest > default_smallest})
+    return found
+
+
 def targets(systems: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The targets, each with ``value``, ``threshold`` and ``met`` (None if a system it
     needs has no results): those of the default AIO-KD (``aiokd``), and the same for each option
@@ -474,6 +513,19 @@ def _significance_section(results: dict[str, Any]) -> str:
             "seed-to-seed variation.\n\n" + _table(header, rows))
 
 
+def _challengers_section(results: dict[str, Any]) -> str:
+    """The rule that chooses the default, applied (validation results only)."""
+    found = results.get("challengers") or []
+    if not found:
+        return ""
+    rows = [[f"`{c['system']}`", ", ".join(map(str, c["seeds"])), _cell(c["avg"]),
+             _cell(c["default_avg"]), _cell(c["smallest"]), _cell(c["default_smallest"]),
+             "**yes**" if c["replaces_default"] else "no"] for c in found]
+    header = ["system", "seeds", "avg BLEU", "the default's", "2-2 BLEU", "the default's 2-2",
+              "replaces the default"]
+    return "\n\n## Choosing the default\n\n" + DEFAULT_RULE + "\n\n" + _table(header, rows)
+
+
 def summary(results: dict[str, Any]) -> str:
     """The BLEU table and the targets, for the terminal."""
     return _score_table(results, "bleu") + "\n\n" + _targets_table(
@@ -506,7 +558,7 @@ def markdown(results: dict[str, Any]) -> str:
     teachers = _teachers_sentence(results["runs"])
     targets = (_targets_table(results["targets"], results.get("significance", []),
                               results.get("premise"))
-               + _significance_section(results))
+               + _significance_section(results) + _challengers_section(results))
     return f"""# AIO-KD vs separately trained students on {results['title']} ({results['preset']})
 
 - Test set: {results['test_set']}; beam 5; sacreBLEU BLEU and chrF.

@@ -387,6 +387,7 @@ def build_results(preset: Preset, runs: dict[str, dict[str, Any]], drivers: list
                                 "cost_minutes": teacher["train_minutes"]},
         "premise": report.premise(systems),
         "targets": report.targets(systems),
+        "challengers": report.challengers(systems) if work.test.key == "valid" else [],
         "significance": significance.tests(runs, tgt, base=results_dir, recorded=tested),
         "driver_commands": drivers,
         "command": drivers[-1] if drivers else None, "runs": dict(sorted(runs.items())),
