@@ -77,7 +77,8 @@ def _evaluate(args: argparse.Namespace) -> int:
                    ref=args.ref, students=args.students, beam=args.beam, engine=args.engine,
                    tok_bleu=args.tok_bleu, latency=not args.no_latency,
                    latency_sample=args.latency_sample, latency_runs=args.latency_runs,
-                   device=args.device, dtype=args.dtype, threads=args.threads)
+                   device=args.device, dtype=args.dtype, threads=args.threads,
+                   lenpen=args.lenpen)
     return 0
 
 
@@ -200,7 +201,8 @@ def _add_translate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-i", "--input", default="-", help="input file (default: stdin)")
     p.add_argument("-o", "--output", default="-", help="output file (default: stdout)")
     p.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch")
-    p.add_argument("--lenpen", type=float, default=1.0, help="length penalty")
+    p.add_argument("--lenpen", type=float, default=1.0,
+                   help="length penalty: hypotheses score log p / length^lenpen (default 1)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     _add_dtype(p)
     _add_threads(p)
@@ -216,6 +218,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ref", help="raw reference file (with --src)")
     p.add_argument("--students", default="all", help="all, or a list like 6-2,4-4")
     p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--lenpen", type=float, default=1.0,
+                   help="length penalty: hypotheses score log p / length^lenpen (default 1)")
     p.add_argument("--engine", choices=["torch", "ctranslate2"], default="torch")
     p.add_argument("--tok-bleu", action="store_true",
                    help="also report the paper's tokenized BLEU")

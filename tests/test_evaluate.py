@@ -22,6 +22,7 @@ from aiokd.evaluation.latency import LatencySettings, sample_indices, trimmed_me
 from aiokd.evaluation.results import load_results
 from aiokd.evaluation.scoring import sacrebleu_scores
 from aiokd.evaluation.select import select_student
+from aiokd.inference.api import load
 from aiokd.model.checkpoint import load_model_files
 from tests.conftest import make_corpus, run_aiokd
 
@@ -117,6 +118,17 @@ def test_the_written_translations_are_what_was_scored(evaluation, results, tmp_p
         rescored = BLEU().corpus_score(hypotheses, [references])
         assert round(rescored.score, 4) == entry["bleu"]
         assert round(rescored.sys_len / rescored.ref_len, 4) == entry["length_ratio"]
+
+
+def test_the_length_penalty_is_the_one_translate_uses(tiny_model_dir, test_set):
+    """``lenpen`` reaches the beam search (each student translates as ``translate`` with the same
+    penalty would) and is recorded with the results."""
+    found = evaluate(tiny_model_dir, test_set, students=["2-2"], beam=3, device="cpu",
+                     latency=None, progress=False, lenpen=2.5)
+    translator = load(tiny_model_dir, device="cpu")
+    assert found.hypotheses["2-2"] == translator.translate(test_set.sources, student="2-2",
+                                                           beam=3, lenpen=2.5)
+    assert found.results["lenpen"] == 2.5 and "search: beam 3, lenpen 2.5" in summary(found.results)
 
 
 def test_translations_of_an_earlier_evaluation_are_replaced(evaluation, tmp_path):

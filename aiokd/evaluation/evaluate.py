@@ -180,8 +180,9 @@ def evaluate(model: str | os.PathLike, test: EvalSet, students: str | list[str] 
              beam: int = 5, engine: str = "torch", device: str | None = None,
              tok_bleu: bool = False, latency: LatencySettings | None = DEFAULT_LATENCY,
              progress: bool = True, dtype: str | None = None,
-             threads: int | None = None) -> Evaluation:
-    """Evaluate students of ``model`` on ``test``, translating in precision ``dtype`` with
+             threads: int | None = None, lenpen: float = 1.0) -> Evaluation:
+    """Evaluate students of ``model`` on ``test``, translating with beam ``beam`` and length
+    penalty ``lenpen`` (a hypothesis scores ``log p / n^lenpen``) in precision ``dtype`` with
     CTranslate2 ``threads`` (see :func:`aiokd.inference.api.load`).  ``latency=None`` skips
     timing."""
     if beam < 1:
@@ -204,7 +205,8 @@ def evaluate(model: str | os.PathLike, test: EvalSet, students: str | list[str] 
             bar.set_description(f"evaluate {name}")
 
             def translate(lines: list[str], name: str = name) -> list[str]:
-                return translator.translate(lines, student=name, beam=beam, progress=bar.update)
+                return translator.translate(lines, student=name, beam=beam, lenpen=lenpen,
+                                            progress=bar.update)
 
             timing = time_translation(translate, test.sources, latency, memory) if latency else None
             hypotheses = timing.hypotheses if timing else translate(test.sources)
@@ -222,6 +224,7 @@ def evaluate(model: str | os.PathLike, test: EvalSet, students: str | list[str] 
         "model": str(Path(model).resolve()),
         "test_set": {**test.description, "sentences": len(test.sources)},
         "beam": beam,
+        "lenpen": lenpen,
         "engine": engine,
         **translator.settings,
         "device": device_name,
@@ -251,7 +254,14 @@ def _title(results: dict[str, Any]) -> str:
     test = results["test_set"]
     where = f"{Path(test['data']).name}/{test['split']}" if "data" in test else Path(
         test["src"]).name
-    return f"{Path(results['model']).name} on {where} (beam {results['beam']})"
+    return f"{Path(results['model']).name} on {where} ({_search(results)})"
+
+
+def _search(results: dict[str, Any]) -> str:
+    """``beam 5``, with the length penalty where it is not 1 (results before it was recorded:
+    1)."""
+    lenpen = results.get("lenpen", 1.0)
+    return f"beam {results['beam']}" + (f", lenpen {lenpen:g}" if lenpen != 1.0 else "")
 
 
 def write_translations(evaluation: Evaluation, directory: Path) -> None:
@@ -295,7 +305,7 @@ def summary(results: dict[str, Any]) -> str:
         header = (*header[:3], "tok BLEU", *header[3:])
         rows = [(*row[:3], f"{e['tok_bleu']:.2f}", *row[3:])
                 for row, e in zip(rows, entries, strict=True)]
-    lines = [markdown_table(header, rows), ""]
+    lines = [markdown_table(header, rows), "", f"search: {_search(results)}"]
     lines += [f"{metric}: {signature}" for metric, signature in results["signatures"].items()]
     if results["tok_bleu"]:
         lines.append(f"tok BLEU = {results['tok_bleu']}")
@@ -329,7 +339,8 @@ def evaluate_model(model: str | os.PathLike, out: str | os.PathLike, *, data: st
                    engine: str = "torch", tok_bleu: bool = False, latency: bool = True,
                    latency_sample: int = DEFAULT_LATENCY.sample,
                    latency_runs: int = DEFAULT_LATENCY.runs, device: str | None = None,
-                   dtype: str | None = None, threads: int | None = None) -> dict[str, Any]:
+                   dtype: str | None = None, threads: int | None = None,
+                   lenpen: float = 1.0) -> dict[str, Any]:
     """``aiokd evaluate``: evaluate ``students`` of ``model`` on a test set, write the results to
     ``out`` and the files beside it, and print their table; returns the results.
 
@@ -350,7 +361,8 @@ def evaluate_model(model: str | os.PathLike, out: str | os.PathLike, *, data: st
     test = read_test_set(data, split, src, ref)
     settings = LatencySettings(latency_sample, latency_runs) if latency else None
     evaluation = evaluate(model, test, students, beam=beam, engine=engine, device=device,
-                          tok_bleu=tok_bleu, latency=settings, dtype=dtype, threads=threads)
+                          tok_bleu=tok_bleu, latency=settings, dtype=dtype, threads=threads,
+                          lenpen=lenpen)
     written = write_outputs(evaluation, out)
     print(summary(evaluation.results))
     print("\nwrote " + ", ".join(str(path) for path in written))
