@@ -21,6 +21,7 @@ sys.path.insert(0, str(DRIVER))
 
 import curves  # noqa: E402
 import figure  # noqa: E402
+import length_penalty  # noqa: E402
 import plan  # noqa: E402
 import report  # noqa: E402
 import significance  # noqa: E402
@@ -667,3 +668,31 @@ def test_a_step_cost_is_recorded_while_it_runs(tmp_path, monkeypatch, busy):
         assert running["cpu:train:scratch-2-2"] > 0.2 and 1.0 < cpu < wall + 0.5
     else:
         assert cpu < 0.5
+
+
+def test_the_length_penalty_is_chosen_on_validation_and_scored_on_test(tiny_model_dir,
+                                                                       tiny_data_dir, tmp_path):
+    assert length_penalty.chosen_penalty({1.0: {"bleu": 30.0}, 1.5: {"bleu": 31.0},
+                                          2.0: {"bleu": 31.0}}) == 1.5  # the lower of a tie
+    with pytest.raises(SystemExit):
+        length_penalty.parse_run("W/runs/aiokd")
+    out = tmp_path / "lenpen"
+    length_penalty.main(["--data", str(tiny_data_dir), "--runs", f"{tiny_model_dir}:2-2,3-3",
+                         "--grid", "1,3", "--out", str(out)])
+    found = json.loads(out.with_suffix(".json").read_text())
+    entry = found["runs"][tiny_model_dir.name]["students"]["2-2"]
+    assert set(entry["valid"]) == {"1", "3"} and entry["chosen"] in (1.0, 3.0)
+    assert entry["valid"][f"{entry['chosen']:g}"]["bleu"] == max(
+        v["bleu"] for v in entry["valid"].values())
+    if entry["chosen"] == 1.0:
+        assert entry["test_chosen"] == entry["test_default"]
+    assert f"| `{tiny_model_dir.name}` | 3-3 |" in out.with_suffix(".md").read_text()
+    found["runs"]["gone"] = found["runs"][tiny_model_dir.name]  # a run no longer at hand
+    out.with_suffix(".json").write_text(json.dumps(found))
+    again = tmp_path / "again"
+    length_penalty.main(["--data", str(tiny_data_dir), "--runs", f"{tiny_model_dir}:3-3",
+                         "--grid", "1", "--out", str(again), "--keep", str(out) + ".json"])
+    kept = json.loads(again.with_suffix(".json").read_text())["runs"]
+    assert list(kept[tiny_model_dir.name]["students"]) == ["3-3"]  # measured again: replaced
+    assert list(kept["gone"]["students"]) == ["2-2", "3-3"]  # kept as it was
+
