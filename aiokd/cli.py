@@ -185,6 +185,11 @@ def _add_dtype(p: argparse.ArgumentParser) -> None:
                    "float32; with --engine ctranslate2 the export's own)")
 
 
+def _add_lenpen(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lenpen", type=float, default=1.0,
+                   help="length penalty: hypotheses score log p / length^lenpen (default 1)")
+
+
 def _add_threads(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads of PyTorch and CTranslate2 (default: PyTorch's, one per "
@@ -201,8 +206,7 @@ def _add_translate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-i", "--input", default="-", help="input file (default: stdin)")
     p.add_argument("-o", "--output", default="-", help="output file (default: stdout)")
     p.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch")
-    p.add_argument("--lenpen", type=float, default=1.0,
-                   help="length penalty: hypotheses score log p / length^lenpen (default 1)")
+    _add_lenpen(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     _add_dtype(p)
     _add_threads(p)
@@ -218,8 +222,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ref", help="raw reference file (with --src)")
     p.add_argument("--students", default="all", help="all, or a list like 6-2,4-4")
     p.add_argument("--beam", type=int, default=5)
-    p.add_argument("--lenpen", type=float, default=1.0,
-                   help="length penalty: hypotheses score log p / length^lenpen (default 1)")
+    _add_lenpen(p)
     p.add_argument("--engine", choices=["torch", "ctranslate2"], default="torch")
     p.add_argument("--tok-bleu", action="store_true",
                    help="also report the paper's tokenized BLEU")

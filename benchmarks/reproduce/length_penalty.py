@@ -83,17 +83,18 @@ def measure_run(run: Path, students: list[str], grid: list[float], valid: EvalSe
     by_penalty = {lenpen: scores(run, valid, students, lenpen) for lenpen in grid}
     record: dict[str, Any] = {"run": str(run), "signature": by_penalty[DEFAULT]["signature"],
                               "dtype": by_penalty[DEFAULT]["dtype"], "students": {}}
+    on_valid = {student: {lenpen: by_penalty[lenpen]["students"][student] for lenpen in grid}
+                for student in students}
+    chosen = {student: chosen_penalty(on_valid[student]) for student in students}
     tested = {DEFAULT: scores(run, test, students, DEFAULT)}
+    for lenpen in sorted(set(chosen.values()) - {DEFAULT}):  # each student at its own penalty
+        tested[lenpen] = scores(run, test, [s for s in students if chosen[s] == lenpen], lenpen)
     for student in students:
-        on_valid = {lenpen: by_penalty[lenpen]["students"][student] for lenpen in grid}
-        chosen = chosen_penalty(on_valid)
-        if chosen not in tested:
-            tested[chosen] = scores(run, test, students, chosen)
         record["students"][student] = {
-            "valid": {f"{lenpen:g}": on_valid[lenpen] for lenpen in grid},
-            "chosen": chosen,
+            "valid": {f"{lenpen:g}": on_valid[student][lenpen] for lenpen in grid},
+            "chosen": chosen[student],
             "test_default": tested[DEFAULT]["students"][student],
-            "test_chosen": tested[chosen]["students"][student],
+            "test_chosen": tested[chosen[student]]["students"][student],
         }
     return record
 

@@ -308,22 +308,22 @@ def run_record(run: Run, steps: list[Step], timings: Timings,
     gpu = on_gpu(results)
     entries = {entry["student"]: entry for entry in results["students"]}
     mine = [s for s in steps if s.run == run.name]
-    own = (f"train:{run.name}", work.test.step_key(run.name))
+    train, evaluation = own = (f"train:{run.name}", work.test.step_key(run.name))
     record = {
         "run": run.name, "system": run.system, "seed": run.seed,
         "bleu": {s: entries[s]["bleu"] for s in run.students},
         "chrf": {s: entries[s]["chrf"] for s in run.students},
         "compared": run.compared, "teacher_run": run.teacher_run,
-        "train_minutes": timings.cost_minutes(f"train:{run.name}", gpu),
-        "train_wall_minutes": timings.minutes(f"train:{run.name}"),
+        "train_minutes": timings.cost_minutes(train, gpu),
+        "train_wall_minutes": timings.minutes(train),
         "extra_minutes": sum((timings.cost_minutes(s.key, gpu) for s in mine if s.key not in own),
                              0.0),
-        "evaluate_minutes": timings.minutes(work.test.step_key(run.name)),
+        "evaluate_minutes": timings.minutes(evaluation),
         "updates": updates_done(run.path), "device": device_name(results),
         "signatures": results["signatures"],
         "test_set": test_set_name(results["test_set"], work),
         "commands": [command_line(s) for s in mine],
-        "code": code_versions(step_log(work, f"train:{run.name}")),
+        "code": code_versions(step_log(work, train)),
     }
     if results.get("translations"):
         record["translations"] = str(path.parent / results["translations"])
