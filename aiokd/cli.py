@@ -38,9 +38,9 @@ def _train(args: argparse.Namespace) -> int:
     from aiokd.train.api import train
 
     train(args.data, args.out, preset=args.preset, config_file=args.config,
-          overrides=args.overrides, max_updates=args.max_updates, stage=args.stage,
-          method=args.method, student=args.student, teacher=args.teacher,
-          init_from=args.init_from)
+          overrides=args.overrides, max_updates=args.max_updates,
+          max_minutes=args.max_minutes, stage=args.stage, method=args.method,
+          student=args.student, teacher=args.teacher, init_from=args.init_from)
     return 0
 
 
@@ -164,6 +164,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help=f"{' | '.join(PRESETS)} (default: {DEFAULT_PRESET}; see aiokd/config.py)")
     p.add_argument("--config", help="YAML file with overrides of the preset")
     p.add_argument("--max-updates", type=int, help="cap the number of updates of each stage")
+    p.add_argument("--max-minutes", type=float,
+                   help="train for at most about this many minutes, shared by the stages in "
+                   "proportion to their work; running the command again goes on (0: no limit; "
+                   "train.max_minutes)")
     p.add_argument("--stage", choices=["1", "2", "both"], default=None,
                    help="run only stage 1, only stage 2, or both (default: both for aiokd)")
     p.add_argument("--method", choices=["aiokd", "scratch", "word-kd", "selective-kd"],

@@ -190,6 +190,10 @@ class TrainConfig:
     """Updates per stage."""
     max_epochs: int = 0
     """Stop a stage after this many epochs (0: no limit)."""
+    max_minutes: float = 0.0
+    """Wall-clock budget of the training job in minutes (0: none): the stages share it in
+    proportion to their work left, and a stage whose share is spent stops as at its cap
+    (:mod:`aiokd.train.budget`); running the job again goes on with it."""
     validate_every: int = 1000
     patience: int = 0
     """Stop a stage after this many validations without improvement (0: never)."""
@@ -234,6 +238,7 @@ class TrainConfig:
         _require(self.update_freq >= 1, "train.update_freq", "must be at least 1")
         _require(self.max_updates >= 1, "train.max_updates", "must be at least 1")
         _require(self.max_epochs >= 0, "train.max_epochs", "must be >= 0")
+        _require(self.max_minutes >= 0, "train.max_minutes", "must be >= 0")
         _require(self.validate_every >= 1, "train.validate_every", "must be at least 1")
         _require(self.save_every >= 1, "train.save_every", "must be at least 1")
         _require(self.patience >= 0, "train.patience", "must be >= 0")
@@ -339,10 +344,12 @@ SMALL = {  # the paper's post-norm model and dropout at a width a CPU trains to 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": TINY,
     # the README's main command: tiny at half the width, trained longer, so that its family's
-    # depth shows within minutes on a CPU; the teacher first, then the family from it
+    # depth shows within minutes on a CPU; the teacher first, then the family from it; on a
+    # 2-core CPU too slow for its updates within 23 minutes, as many as fit
     "quickstart": _merge(TINY, {"model": {"d_model": 128},
                                 "train": {"max_updates": 1250, "save_every": 250,
-                                          "teacher_updates": 1250, "lr_from_teacher": 8e-4}}),
+                                          "teacher_updates": 1250, "lr_from_teacher": 8e-4,
+                                          "max_minutes": 23}}),
     "small": SMALL,
     # small at half the width: on Multi30k its from-scratch 6-6 beats its 2-2; the family
     # starts from a converged teacher (a teacher stage), which at this width beats training

@@ -68,9 +68,11 @@ def tiny_data_dir(tmp_path_factory, tiny_corpus):
 
 TINY_MODEL = ["model.d_model=32", "model.ffn_dim=64", "model.heads=2", "model.enc_layers=3",
               "model.dec_layers=3", "distill.min_enc=1", "distill.min_dec=1",
-              "train.max_tokens=256", "train.warmup_updates=5", "train.teacher_updates=0"]
+              "train.max_tokens=256", "train.warmup_updates=5", "train.teacher_updates=0",
+              "train.max_minutes=0"]
 """``key=value`` overrides of ``aiokd train`` for a model that trains in well under a second
-(without the default preset's teacher stage, which ``tests/test_teacher_stage.py`` tests)."""
+(without the default preset's teacher stage, which ``tests/test_teacher_stage.py`` tests, and
+its time budget, which ``tests/test_budget.py`` tests)."""
 
 
 def train_argv(data_dir: Path, out: Path, *extra) -> list:

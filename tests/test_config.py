@@ -83,7 +83,7 @@ def test_values_get_their_field_types():
     ("model.dropout=-0.1", "model.dropout"), ("model.pad_id=8000", "model.pad_id"),
     ("distill.selective_ratio=0", "distill.selective_ratio"), ("train.stages=3", "train.stages"),
     ("distill.ml_mode=all", "distill.ml_mode"), ("distill.loss=unfused", "distill.loss"),
-    ("train.amp=fp8", "train.amp"),
+    ("train.amp=fp8", "train.amp"), ("train.max_minutes=-1", "train.max_minutes"),
     ("train.max_bad_steps=0", "train.max_bad_steps"), ("train.lr=.nan", "train.lr"),
     ("distill.alpha=.inf", "distill.alpha"), ("train.weight_decay=.inf", "train.weight_decay"),
     ("model.d_model=true", "model.d_model"), ("train.lr=false", "train.lr"),

@@ -204,3 +204,17 @@ def test_killed_two_process_run_resumes(tmp_path, tiny_data_dir, two_process_run
                  "checkpoints/stage2-best.safetensors", "checkpoints/stage2-last.safetensors"):
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
 
+
+
+@pytest.mark.slow
+def test_a_time_budget_stops_both_processes_at_the_same_update(tmp_path, tiny_data_dir):
+    """Each process reads its own clock; they stop together, or DDP would wait for ever."""
+    out = tmp_path / "run"
+    done = run(torchrun("-m", "aiokd", "train", "--data", tiny_data_dir, "--out", out,
+                        "--max-updates", 100_000, *OPTIONS, "train.max_minutes=0.1"))
+    assert done.stdout.count("share of train.max_minutes is spent") == 2
+    for stage in (1, 2):
+        state = read_checkpoint(out / "checkpoints" / f"stage{stage}-last.safetensors"
+                                ).meta["state"]
+        assert state["finished"] == "max_minutes" and 0 < state["update"] < 100_000
+    assert (out / "model.safetensors").is_file()

@@ -26,7 +26,8 @@ def build_config(preset: str = DEFAULT_PRESET, config_file: str | Path | None = 
                  overrides: list[str] | tuple[str, ...] = (), max_updates: int | None = None,
                  stage: str | None = None, method: str | None = None,
                  student: str | None = None, teacher: str | Path | None = None,
-                 init_model: ModelFiles | None = None) -> Config:
+                 init_model: ModelFiles | None = None,
+                 max_minutes: float | None = None) -> Config:
     """The run's config: preset, YAML file, the options, then ``key=value`` overrides (the
     parameters of :func:`train`); with ``init_model``, its model section instead of the
     preset's, and options that change its network refused."""
@@ -42,6 +43,8 @@ def build_config(preset: str = DEFAULT_PRESET, config_file: str | Path | None = 
         extra["distill"]["student"] = student
     if max_updates is not None:
         extra["train"]["max_updates"] = max_updates
+    if max_minutes is not None:
+        extra["train"]["max_minutes"] = max_minutes
     if stage:
         extra["train"]["stages"] = stage
     base_model = None if init_model is None else init_model.config["model"]
@@ -61,7 +64,8 @@ def build_config(preset: str = DEFAULT_PRESET, config_file: str | Path | None = 
 
 def train(data: str | Path, out: str | Path, *, preset: str = DEFAULT_PRESET,
           config_file: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-          max_updates: int | None = None, stage: str | None = None, method: str | None = None,
+          max_updates: int | None = None, max_minutes: float | None = None,
+          stage: str | None = None, method: str | None = None,
           student: str | None = None, teacher: str | Path | None = None,
           init_from: str | Path | None = None) -> dict[str, Any]:
     """``aiokd train``: train on data directory ``data`` into run directory ``out``, or resume
@@ -70,10 +74,11 @@ def train(data: str | Path, out: str | Path, *, preset: str = DEFAULT_PRESET,
     Args:
         data: a data directory made by ``aiokd prepare``.
         out: the run directory (created, or resumed).
-        preset: ``tiny``, ``iwslt`` or ``base``.
+        preset: a preset of :data:`aiokd.config.PRESETS`.
         config_file: a YAML file with overrides of the preset.
         overrides: ``section.key=value`` settings, applied last.
         max_updates: cap on the number of updates of each stage.
+        max_minutes: the job's time budget, shared by its stages (``train.max_minutes``).
         stage: ``1``, ``2`` or ``both`` (default: both for AIO-KD).
         method: ``aiokd`` (default), ``scratch``, ``word-kd`` or ``selective-kd``.
         student: baselines: the one student ``l_e-l_d`` to train.
@@ -88,7 +93,7 @@ def train(data: str | Path, out: str | Path, *, preset: str = DEFAULT_PRESET,
     """
     init_model = None if init_from is None else load_model_files(init_from)
     cfg = build_config(preset, config_file, overrides, max_updates, stage, method, student,
-                       teacher, init_model)
+                       teacher, init_model, max_minutes)
     if init_model is not None:
         check_data_tokenizer(init_model, data)
     manifest = load_manifest(data)

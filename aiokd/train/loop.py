@@ -2,7 +2,7 @@
 
     [stage 0: the teacher alone, CE only]     # train.teacher_updates > 0: a teacher stage first
     for stage in (1, 2):                      # each starts from the previous stage's best
-        for update in range(max_updates):
+        for update in range(max_updates):     # or until its share of train.max_minutes is spent
             students = sample K from C        # seeded by (seed, stage, update): same on every rank
             loss = Objective(batch, students) # teacher CE + students' CE + alpha KD (+ beta ML)
             step Adam on grad / target_tokens
@@ -49,6 +49,7 @@ from aiokd.model.checkpoint import (
 )
 from aiokd.model.transformer import Transformer
 from aiokd.students import Student, sample_students, student_name
+from aiokd.train.budget import TimeBudget, update_cost
 from aiokd.train.distributed import Distributed, setup_distributed
 from aiokd.train.init_from import start_from_model
 from aiokd.train.optimizer import learning_rate, make_optimizer, scale_and_clip_gradients
@@ -149,8 +150,9 @@ class Stage:
     """Trains one stage to its end, resuming from its ``last`` checkpoint if there is one."""
 
     def __init__(self, run: Run, stage: int, dist_: Distributed, train_split: ParallelSplit,
-                 valid_split: ParallelSplit, logger: Logger):
+                 valid_split: ParallelSplit, logger: Logger, budget: TimeBudget):
         self.run, self.stage, self.dist, self.logger = run, stage, dist_, logger
+        self.budget, self.deadline = budget, None
         self.label = stage_label(stage)
         self.cfg = cfg = stage_config(run.cfg, stage)
         self.from_teacher = stage >= 1 and run.from_teacher
@@ -217,13 +219,35 @@ class Stage:
 
     def _reopen_if_cap_raised(self) -> None:
         """A stage that stopped at ``train.max_updates`` continues when the cap has been raised
-        since, unless a later stage has already started from it."""
+        since, and one that stopped when its time ran out (``train.max_minutes``) continues,
+        unless a later stage has already started from it."""
         s = self.state
-        if (s.finished == "max_updates" and s.update < self.cfg.train.max_updates
+        if (s.finished in ("max_updates", "max_minutes") and s.update < self.cfg.train.max_updates
                 and not self.run.last(self.stage + 1).is_file()):
-            self.logger.say(f"{self.label} stopped at the cap of {s.update} updates; "
+            why = ("at the cap of" if s.finished == "max_updates"
+                   else "when its time ran out, after")
+            self.logger.say(f"{self.label} stopped {why} {s.update} updates; "
                             f"continuing to {self.cfg.train.max_updates}")
             s.finished = ""
+
+    def share_budget(self, later_work: float) -> None:
+        """Set this stage's deadline: its share of the time left (:mod:`aiokd.train.budget`),
+        beside ``later_work``, the work of the stages after it."""
+        if self.state.finished:
+            return
+        work = (self.cfg.train.max_updates - self.state.update) * update_cost(self.cfg)
+        self.deadline = self.budget.stage_deadline(work, later_work)
+        if self.deadline is not None:
+            self.logger.say(f"{self.label} may take {self.budget.minutes_left(self.deadline):.1f}"
+                            f" of the {self.budget.minutes_left(self.budget.end):.1f} minutes left"
+                            f" (train.max_minutes={self.cfg.train.max_minutes:g})")
+
+    def _out_of_time(self) -> bool:
+        """Whether the stage's deadline has passed (on any process: all stop together)."""
+        if self.deadline is None:
+            return False
+        late = torch.tensor([float(self.budget.expired(self.deadline))], device=self.dist.device)
+        return bool(self.dist.all_sum(late).item())
 
     def save(self, path: Path, with_optimizer: bool = True) -> None:
         if not self.dist.main:
@@ -320,6 +344,11 @@ class Stage:
         s, t = self.state, self.cfg.train
         started, tokens_done = time.perf_counter(), 0.0
         while s.update < max_updates and not s.finished:
+            if self._out_of_time():
+                s.finished = "max_minutes"
+                self.logger.say(f"{self.label}: its share of train.max_minutes is spent at "
+                                f"update {s.update} of {max_updates}")
+                break
             batches, epoch, index = self.stream.next_update(s.epoch, s.index)
             if t.max_epochs and epoch >= t.max_epochs:
                 s.finished = "max_epochs"
@@ -405,6 +434,12 @@ def run_training(data_dir: str | Path, out: str | Path, cfg: Config,
             raise
 
 
+def _planned_work(cfg: Config, stage: int) -> float:
+    """The work of a stage not yet started, for :mod:`aiokd.train.budget`."""
+    settings = stage_config(cfg, stage)
+    return settings.train.max_updates * update_cost(settings)
+
+
 def _train_stages(run: Run, dist_: Distributed, train_split: ParallelSplit,
                   valid_split: ParallelSplit) -> dict[str, Any]:
     """The stages of :func:`run_training` in the opened ``run``, then the best model written
@@ -415,13 +450,16 @@ def _train_stages(run: Run, dist_: Distributed, train_split: ParallelSplit,
         remove_temporaries(run.root)
         remove_temporaries(run.checkpoints)
     logger = Logger(run, dist_.main)
+    budget = TimeBudget(cfg.train.max_minutes)
     run.cfg, precision = resolve_precision(run.cfg, dist_)
     cfg = run.cfg
     logger.say(f"precision: {precision_record(cfg, precision)['precision']}")
     try:
-        for stage_number in run.stages:
-            stage = Stage(run, stage_number, dist_, train_split, valid_split, logger)
+        for position, stage_number in enumerate(run.stages):
+            stage = Stage(run, stage_number, dist_, train_split, valid_split, logger, budget)
             stage.start()
+            stage.share_budget(sum(_planned_work(cfg, later)
+                                   for later in run.stages[position + 1:]))
             if stage.state.finished:
                 logger.say(f"{stage.label} already finished ({stage.state.finished})")
             else:

@@ -32,8 +32,8 @@ from aiokd.errors import UserError
 from aiokd.io import atomic_write_json, make_directories
 from aiokd.lock import exclusive_lock
 
-RESUMABLE_CHANGES = {"max_updates", "max_epochs", "patience", "validate_every", "save_every",
-                     "log_every", "threads", "max_bad_steps", "compile"}
+RESUMABLE_CHANGES = {"max_updates", "max_epochs", "max_minutes", "patience", "validate_every",
+                     "save_every", "log_every", "threads", "max_bad_steps", "compile"}
 """Training options that may differ when a run is resumed; any other change needs a new run."""
 
 LOCK = "run.lock"
