@@ -18,6 +18,7 @@ its cap (``finished = "max_minutes"``); running the job again goes on with it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from aiokd.config import Config
 
@@ -30,7 +31,7 @@ def update_cost(cfg: Config) -> float:
 class TimeBudget:
     """``minutes`` (0: no budget) from now, shared out stage by stage; ``clock``: seconds."""
 
-    def __init__(self, minutes: float, clock=time.monotonic):
+    def __init__(self, minutes: float, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
         self.end = clock() + 60 * minutes if minutes else None
 
@@ -44,7 +45,9 @@ class TimeBudget:
         return now + max(0.0, self.end - now) * share
 
     def minutes_left(self, deadline: float) -> float:
+        """Minutes from now to ``deadline`` (0 once it has passed)."""
         return max(0.0, deadline - self.clock()) / 60
 
     def expired(self, deadline: float | None) -> bool:
+        """Whether ``deadline`` (None: none) has passed."""
         return deadline is not None and self.clock() >= deadline
