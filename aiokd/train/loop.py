@@ -188,7 +188,7 @@ class Stage:
             checkpoint = read_checkpoint(last)
             checkpoint.restore(self.model, self.optimizer)
             self.state = StageState(**checkpoint.meta["state"])
-            self._reopen_if_cap_raised()
+            self._reopen_if_stopped_short()
             if not self.state.finished:
                 self.logger.say(f"resuming {self.label} at update {self.state.update} "
                                 f"from {last}")
@@ -217,7 +217,7 @@ class Stage:
             return ""
         return f" at the constant learning rate {lr:g} (train.lr_from_teacher)"
 
-    def _reopen_if_cap_raised(self) -> None:
+    def _reopen_if_stopped_short(self) -> None:
         """A stage that stopped at ``train.max_updates`` continues when the cap has been raised
         since, and one that stopped when its time ran out (``train.max_minutes``) continues,
         unless a later stage has already started from it."""
