@@ -235,7 +235,7 @@ class Stage:
         beside ``later_work``, the work of the stages after it."""
         if self.state.finished:
             return
-        work = (self.cfg.train.max_updates - self.state.update) * update_cost(self.cfg)
+        work = _work(self.cfg, self.cfg.train.max_updates - self.state.update)
         self.deadline = self.budget.stage_deadline(work, later_work)
         if self.deadline is not None:
             self.logger.say(f"{self.label} may take {self.budget.minutes_left(self.deadline):.1f}"
@@ -434,10 +434,16 @@ def run_training(data_dir: str | Path, out: str | Path, cfg: Config,
             raise
 
 
+def _work(stage_cfg: Config, updates: int) -> float:
+    """The work of ``updates`` updates of a stage with settings ``stage_cfg``
+    (:mod:`aiokd.train.budget`)."""
+    return updates * update_cost(stage_cfg)
+
+
 def _planned_work(cfg: Config, stage: int) -> float:
-    """The work of a stage not yet started, for :mod:`aiokd.train.budget`."""
+    """The work of a stage not yet started."""
     settings = stage_config(cfg, stage)
-    return settings.train.max_updates * update_cost(settings)
+    return _work(settings, settings.train.max_updates)
 
 
 def _train_stages(run: Run, dist_: Distributed, train_split: ParallelSplit,
