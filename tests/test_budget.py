@@ -5,6 +5,7 @@ cap, and running the job again goes on with the stage that was stopped."""
 from __future__ import annotations
 
 import functools
+import json
 
 from aiokd.config import load_config
 from aiokd.model.checkpoint import read_checkpoint
@@ -72,6 +73,11 @@ def test_a_spent_budget_stops_every_stage_and_running_again_goes_on(tmp_path, ti
     assert states[0]["update"] < states[1]["update"]
     assert out.count("share of train.max_minutes is spent") == 3
     assert (run / "model.safetensors").is_file()
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    shares = {e["stage"]: e["minutes"] for e in log if e["kind"] == "budget"}
+    stops = {e["stage"]: (e["why"], e["update"]) for e in log if e["kind"] == "finished"}
+    assert set(shares) == {0, 1, 2} and sum(shares.values()) < 0.5  # each share of the time left
+    assert stops == {stage: ("max_minutes", state["update"]) for stage, state in states.items()}
 
     train(tiny_data_dir, run, max_updates=cap, overrides=options)  # no budget now
     out = capsys.readouterr().out

@@ -48,3 +48,7 @@ def test_training_logs_ratios_gates_and_spread(tiny_data_dir, tmp_path, capsys, 
     assert valid[-1]["spread"] == pytest.approx(max(students) - min(students))
     share = "6 of 6 (100.0%)" if detached else "0 of 6 (0.0%)"
     assert f"KD terms detached: {share}" in stdout + stderr
+    [finished] = [e for e in entries if e["kind"] == "finished"]
+    assert finished["why"] == "max_updates" and finished["update"] == 2
+    assert finished["kd_terms"] == 6 and finished["kd_detached"] == (6 if detached else 0)
+    assert finished["best_ce"] == min(v["mean"] for v in valid)

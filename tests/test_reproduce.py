@@ -541,6 +541,14 @@ def test_training_log_gives_dgd_the_best_validation_and_the_stop(tmp_path):
     assert stage1["stopped"] == "patience" and stage2["stopped"] == "unfinished"
     assert found["best"]["mean"] == 2.9 and found["k"] == 2 and set(found["stages"]) == {"1", "2"}
 
+    # what the loop records at a stage's end says why, unless the stage was reopened after it
+    stop = {"kind": "finished", "stage": 2, "update": 2, "why": "max_minutes"}
+    write_log(tmp_path / "stopped", [*entries, stop], train={"max_updates": 10})
+    assert training_log.observe(tmp_path / "stopped")["stages"]["2"]["stopped"] == "max_minutes"
+    write_log(tmp_path / "reopened", [*entries, stop, _valid(2, 4, 2.8, {"2-2": 2.9})],
+              train={"max_updates": 10})
+    assert training_log.observe(tmp_path / "reopened")["stages"]["2"]["stopped"] == "unfinished"
+
 
 @pytest.mark.slow
 def test_learning_curves_of_a_tiny_run(tmp_path, tiny_data_dir):

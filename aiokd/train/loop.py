@@ -238,9 +238,12 @@ class Stage:
         work = _work(self.cfg, self.cfg.train.max_updates - self.state.update)
         self.deadline = self.budget.stage_deadline(work, later_work)
         if self.deadline is not None:
-            self.logger.say(f"{self.label} may take {self.budget.minutes_left(self.deadline):.1f}"
-                            f" of the {self.budget.minutes_left(self.budget.end):.1f} minutes left"
+            share = self.budget.minutes_left(self.deadline)
+            left = self.budget.minutes_left(self.budget.end)
+            self.logger.say(f"{self.label} may take {share:.1f} of the {left:.1f} minutes left"
                             f" (train.max_minutes={self.cfg.train.max_minutes:g})")
+            self.logger.record("budget", self.stage, self.state.update,
+                               {"minutes": round(share, 3), "minutes_left": round(left, 3)})
 
     def _out_of_time(self) -> bool:
         """Whether the stage's deadline has passed (on any process: all stop together)."""
@@ -337,6 +340,9 @@ class Stage:
         if s.validated_at != s.update:
             self._validate()
         self.save(self.run.last(self.stage))
+        self.logger.record("finished", self.stage, s.update, {
+            "why": s.finished, "best_ce": s.best, "best_update": s.best_update,
+            **({"kd_terms": s.kd_terms, "kd_detached": s.kd_detached} if s.kd_terms else {})})
         return s
 
     def _updates(self, max_updates: int, bar: tqdm) -> None:

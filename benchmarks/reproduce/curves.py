@@ -25,8 +25,8 @@ from training_log import (
     read_entries,
     run_config,
     stage_numbers,
+    stage_stop,
     validations,
-    why_stopped,
 )
 
 from aiokd.io import atomic_write_json
@@ -61,8 +61,7 @@ def curve(run_dir: Path, label: str) -> dict[str, Any]:
         stages[str(stage)] = {
             "valid": {str(p["update"]): {**p["ce"], "mean": p["mean"]} for p in points},
             "best_update": best["update"], "best_mean": best["mean"],
-            "stopped": why_stopped(points, train.get("patience", 0),
-                                   train.get("max_updates", 0)),
+            "stopped": stage_stop(entries, stage, points, train),
         }
     last = stages[max(stages, key=int)]
     return {"label": label, "run": str(run_dir), "stages": stages,

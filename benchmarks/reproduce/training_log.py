@@ -61,9 +61,14 @@ def best_validation(curve: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {**best, "spread": round(max(ce.values()) - min(ce.values()), 4) if ce else None}
 
 
-def why_stopped(curve: list[dict[str, Any]], patience: int, max_updates: int) -> str:
-    """``patience`` (``patience`` validations in a row without a lower mean CE),
+def why_stopped(curve: list[dict[str, Any]], patience: int, max_updates: int,
+                finished: dict[str, Any] | None = None) -> str:
+    """Why the stage stopped: as its ``finished`` entry says (written since runs record it; it
+    counts if no validation came after it, i.e. the stage was not reopened), else from the
+    curve: ``patience`` (``patience`` validations in a row without a lower mean CE),
     ``max_updates`` (the stage's cap) or ``unfinished`` (still training, or interrupted)."""
+    if finished is not None and (not curve or finished["update"] >= curve[-1]["update"]):
+        return finished["why"]
     best = best_validation(curve)
     stale = sum(v["update"] > best["update"] for v in curve) if best else 0
     if patience and stale >= patience:
@@ -71,6 +76,16 @@ def why_stopped(curve: list[dict[str, Any]], patience: int, max_updates: int) ->
     if curve and curve[-1]["update"] >= max_updates:
         return "max_updates"
     return "unfinished"
+
+
+def stage_stop(entries: list[dict[str, Any]], stage: int, curve: list[dict[str, Any]],
+               train: dict[str, Any]) -> str:
+    """:func:`why_stopped` for ``stage`` of a run's ``entries``, its ``curve`` and settings
+    ``train`` (the cap of stage 0, the teacher stage, is ``teacher_updates``)."""
+    finished = [e for e in entries if e["kind"] == "finished" and e["stage"] == stage]
+    return why_stopped(curve, train.get("patience", 0),
+                       train.get("teacher_updates" if stage == 0 else "max_updates", 0),
+                       finished[-1] if finished else None)
 
 
 def detached_terms(entry: dict[str, Any], cfg: dict[str, Any]) -> tuple[int, int] | None:
@@ -120,9 +135,7 @@ def observe(run_dir: Path) -> dict[str, Any]:
     for stage in stage_numbers(entries):
         curve = validations(entries, stage)
         found = {"validations": len(curve), "best": best_validation(curve),
-                 "stopped": why_stopped(curve, train.get("patience", 0),
-                                        train.get("teacher_updates" if stage == 0
-                                                  else "max_updates", 0))}
+                 "stopped": stage_stop(entries, stage, curve, train)}
         if aiokd:
             found["detached_fraction"], found["logged_updates"] = detached_fraction(
                 entries, stage, cfg)
