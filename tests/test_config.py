@@ -156,6 +156,24 @@ def test_resumable_changes_are_the_only_allowed_ones(tmp_path):
             check_same_settings(saved, load_config("tiny", overrides=[override]), tmp_path)
 
 
+def test_a_baseline_resumes_whatever_the_settings_only_aiokd_reads(tmp_path):
+    scratch = ["distill.method=scratch", "distill.student=2-2"]
+    saved = load_config("tiny", overrides=scratch)
+    aiokd_only = ["distill.sandwich=true", "distill.k=3", "distill.reuse_prefix=false"]
+    check_same_settings(saved, load_config("tiny", overrides=[*scratch, *aiokd_only]), tmp_path)
+    with pytest.raises(UserError, match=r"distill\.alpha"):  # Word-KD reads it
+        check_same_settings(load_config("tiny", overrides=["distill.method=word-kd",
+                                                           "distill.student=2-2",
+                                                           "distill.teacher=t"]),
+                            load_config("tiny", overrides=["distill.method=word-kd",
+                                                           "distill.student=2-2",
+                                                           "distill.teacher=t",
+                                                           "distill.alpha=1"]), tmp_path)
+    with pytest.raises(UserError, match=r"distill\.sandwich"):  # AIO-KD reads it
+        check_same_settings(load_config("tiny"), load_config("tiny", overrides=aiokd_only[:1]),
+                            tmp_path)
+
+
 # ----------------------------------------------------------------------------------------------
 # Properties
 

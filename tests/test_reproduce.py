@@ -44,10 +44,18 @@ def config_of(argv: list[str]) -> Config:
                         a.student, a.teacher)
 
 
+def test_the_default_systems_leave_out_a_row_equal_to_the_default():
+    narrow, tiny = plan.default_systems(plan.load_preset("narrow")), plan.default_systems(
+        plan.load_preset("tiny"))
+    assert "aiokd-uniform" in narrow and "aiokd-sandwich" not in narrow  # narrow sandwiches
+    assert "aiokd-sandwich" in tiny and "aiokd-uniform" not in tiny
+    assert {"aiokd", "aiokd-seqkd", "scratch"} <= set(narrow) & set(tiny)
+
+
 def test_every_train_command_is_a_valid_aiokd_train(tmp_path):
     p, steps = tiny_steps(tmp_path, systems=list(report.ORDER))
     trains = {s.key: s.args for s in steps if s.key.startswith("train:")}
-    assert len(trains) == 10 + 3 * 5  # 10 AIO-KD systems; 5 students x 3 separate systems
+    assert len(trains) == 11 + 3 * 5  # 11 AIO-KD systems; 5 students x 3 separate systems
     for key, args in trains.items():
         cfg = config_of(args)
         u = p.updates_per_stage
@@ -57,6 +65,7 @@ def test_every_train_command_is_a_valid_aiokd_train(tmp_path):
         assert cfg.train.stages == ("1" if key == "train:aiokd-one-stage" else "both")
         assert cfg.train.seed == 1
     assert config_of(trains["train:aiokd-sandwich"]).distill.sandwich
+    assert not config_of(trains["train:aiokd-uniform"]).distill.sandwich
     low_kd = config_of(trains["train:aiokd-sandwich-kd1"]).distill
     assert low_kd.sandwich and low_kd.alpha == 1.0
     assert not config_of(trains["train:aiokd-no-dgd"]).distill.detach

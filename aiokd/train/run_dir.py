@@ -25,7 +25,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from aiokd import __version__
-from aiokd.config import Config
+from aiokd.config import Config, DistillConfig
 from aiokd.data.corpus import data_tokenizer, load_manifest
 from aiokd.data.tokenizer import TokenizerFiles
 from aiokd.errors import UserError
@@ -34,7 +34,8 @@ from aiokd.lock import exclusive_lock
 
 RESUMABLE_CHANGES = {"max_updates", "max_epochs", "max_minutes", "patience", "validate_every",
                      "save_every", "log_every", "threads", "max_bad_steps", "compile"}
-"""Training options that may differ when a run is resumed; any other change needs a new run."""
+"""Training options that may differ when a run is resumed; any other change needs a new run,
+except a baseline's ``distill`` settings that only AIO-KD reads (``DistillConfig.AIOKD_ONLY``)."""
 
 LOCK = "run.lock"
 
@@ -156,11 +157,14 @@ def _holds_foreign_files(root: Path) -> bool:
 
 def check_same_settings(saved: Config, new: Config, root: Path) -> None:
     """UserError naming the first setting of ``new`` that differs from ``saved``, the settings
-    ``root`` was started with, other than :data:`RESUMABLE_CHANGES`."""
+    ``root`` was started with, other than :data:`RESUMABLE_CHANGES` (and, for a baseline, the
+    settings only AIO-KD reads)."""
     old_values, new_values = saved.to_dict(), new.to_dict()
+    baseline = saved.distill.method != "aiokd" and new.distill.method == saved.distill.method
     for section, values in new_values.items():
         for key, value in values.items():
-            if section == "train" and key in RESUMABLE_CHANGES:
+            if ((section == "train" and key in RESUMABLE_CHANGES)
+                    or (baseline and section == "distill" and key in DistillConfig.AIOKD_ONLY)):
                 continue
             old = old_values[section][key]
             if (list(old) if isinstance(old, tuple) else old) != (

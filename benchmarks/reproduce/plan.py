@@ -39,6 +39,7 @@ ABLATIONS = {
     "aiokd": [],
     "aiokd-paper": PAPER,
     "aiokd-separate": ["distill.reuse_prefix=false"],
+    "aiokd-uniform": ["distill.sandwich=false"],
     "aiokd-sandwich": ["distill.sandwich=true"],
     "aiokd-sandwich-kd1": ["distill.sandwich=true", "distill.alpha=1.0"],
     "aiokd-no-dgd": ["distill.detach=false"],
@@ -138,6 +139,15 @@ def sort_students(names: list[str], with_teacher: bool = True) -> list[str]:
     return [s for s in CANDIDATES if s in wanted]
 
 
+def default_systems(preset: Preset) -> list[str]:
+    """The systems run when none are named: :data:`DEFAULT_SYSTEMS`, less the AIO-KD rows whose
+    options the preset's default has already (``aiokd-uniform`` where it samples uniformly,
+    ``aiokd-sandwich`` where it sandwiches)."""
+    default = preset.train_config()
+    return [s for s in DEFAULT_SYSTEMS
+            if not (ABLATIONS.get(s) and preset.train_config(s) == default)]
+
+
 def selection(preset: Preset, systems: list[str] | None, groups: list[str],
               students: list[str]) -> list[tuple[str, list[str]]]:
     """``(system, students)`` pairs to run: named groups, or ``systems`` (default: all but
@@ -152,7 +162,7 @@ def selection(preset: Preset, systems: list[str] | None, groups: list[str],
             known = sorted(preset.groups) + list(ORDER)
             raise SystemExit(f"run.py: unknown group {group!r}; known: {', '.join(known)}")
     if not groups:
-        items = list(systems or DEFAULT_SYSTEMS)
+        items = list(systems or default_systems(preset))
     chosen = []
     for item in items:
         system, _, names = item.partition(":")

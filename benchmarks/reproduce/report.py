@@ -36,8 +36,8 @@ FROM_TEACHER = ("word-kd", "selective-kd", "aiokd-seqkd", "aiokd-init")
 """Systems that learn from the from-scratch 6-6 of their seed, whose cost is part of theirs.
 AIO-KD systems with a teacher stage start from the from-scratch 6-6 of their seed (that stage)."""
 ORDER = ("scratch", "word-kd", "selective-kd", "aiokd", "aiokd-paper", "aiokd-separate",
-         "aiokd-sandwich", "aiokd-sandwich-kd1", "aiokd-no-dgd", "aiokd-no-ml", "aiokd-one-stage",
-         "aiokd-seqkd", "aiokd-init")
+         "aiokd-uniform", "aiokd-sandwich", "aiokd-sandwich-kd1", "aiokd-no-dgd", "aiokd-no-ml",
+         "aiokd-one-stage", "aiokd-seqkd", "aiokd-init")
 OPTIONS = ("aiokd-sandwich", "aiokd-sandwich-kd1", "aiokd-init")
 """AIO-KD with options that are not the paper's (its behaviour stays the default)."""
 TEACHER = "6-6"
@@ -50,6 +50,7 @@ LABELS = {
     "aiokd": "AIO-KD (one run; with a teacher stage: from the from-scratch 6-6)",
     "aiokd-paper": "AIO-KD, the paper's settings",
     "aiokd-separate": "AIO-KD, a separate pass per student",
+    "aiokd-uniform": "AIO-KD, students sampled uniformly (no sandwich)",
     "aiokd-sandwich": "AIO-KD + sandwich sampling",
     "aiokd-sandwich-kd1": "AIO-KD + sandwich sampling, KD weight 1",
     "aiokd-no-dgd": "AIO-KD without DGD",
@@ -310,7 +311,10 @@ DEFAULT_RULE = ("An AIO-KD variant replaces the default `aiokd` if, over the see
                 "its BLEU averaged over the compared students is at least the default's and its "
                 "2-2's is higher than the default's 2-2's. The rule was fixed before the seed-2 "
                 "runs of `aiokd` and `aiokd-sandwich` ended, and is applied on the validation "
-                "split only.")
+                "split only. A variant that replaces the default becomes it: the preset takes its "
+                "options, its runs are renamed `aiokd`, and the former default's runs become the "
+                "row named for what it does differently (on `narrow`: sandwich sampling replaced "
+                "the uniform sampling of `aiokd-uniform`).")
 
 
 def _seed_mean(by_seed: dict[str, dict[str, float]], seeds: list[str], student: str) -> float:
