@@ -238,12 +238,10 @@ class Stage:
         work = _work(self.cfg, self.cfg.train.max_updates - self.state.update)
         self.deadline = self.budget.stage_deadline(work, later_work)
         if self.deadline is not None:
-            share = self.budget.minutes_left(self.deadline)
-            left = self.budget.minutes_left(self.budget.end)
+            share, left = map(self.budget.minutes_left, (self.deadline, self.budget.end))
             self.logger.say(f"{self.label} may take {share:.1f} of the {left:.1f} minutes left"
                             f" (train.max_minutes={self.cfg.train.max_minutes:g})")
-            self.logger.record("budget", self.stage, self.state.update,
-                               {"minutes": round(share, 3), "minutes_left": round(left, 3)})
+            self.logger.record("budget", self.stage, self.state.update, {"minutes": share})
 
     def _out_of_time(self) -> bool:
         """Whether the stage's deadline has passed (on any process: all stop together)."""
@@ -340,9 +338,8 @@ class Stage:
         if s.validated_at != s.update:
             self._validate()
         self.save(self.run.last(self.stage))
-        self.logger.record("finished", self.stage, s.update, {
-            "why": s.finished, "best_ce": s.best, "best_update": s.best_update,
-            **({"kd_terms": s.kd_terms, "kd_detached": s.kd_detached} if s.kd_terms else {})})
+        self.logger.record("finished", self.stage, s.update, {"why": s.finished, "best_ce": s.best,
+                           "kd_terms": s.kd_terms, "kd_detached": s.kd_detached})
         return s
 
     def _updates(self, max_updates: int, bar: tqdm) -> None:
