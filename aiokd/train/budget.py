@@ -28,6 +28,11 @@ def update_cost(cfg: Config) -> float:
     return 1 + cfg.distill.k / 2 if cfg.distill.method == "aiokd" else 1.0
 
 
+def stage_work(stage_cfg: Config, updates_done: int = 0) -> float:
+    """The work a stage with settings ``stage_cfg`` has left after ``updates_done`` updates."""
+    return (stage_cfg.train.max_updates - updates_done) * update_cost(stage_cfg)
+
+
 class TimeBudget:
     """``minutes`` (0: no budget) from now, shared out stage by stage; ``clock``: seconds."""
 

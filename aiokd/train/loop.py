@@ -49,7 +49,7 @@ from aiokd.model.checkpoint import (
 )
 from aiokd.model.transformer import Transformer
 from aiokd.students import Student, sample_students, student_name
-from aiokd.train.budget import TimeBudget, update_cost
+from aiokd.train.budget import TimeBudget, stage_work
 from aiokd.train.distributed import Distributed, setup_distributed
 from aiokd.train.init_from import start_from_model
 from aiokd.train.optimizer import learning_rate, make_optimizer, scale_and_clip_gradients
@@ -235,8 +235,8 @@ class Stage:
         beside ``later_work``, the work of the stages after it."""
         if self.state.finished:
             return
-        work = _work(self.cfg, self.cfg.train.max_updates - self.state.update)
-        self.deadline = self.budget.stage_deadline(work, later_work)
+        self.deadline = self.budget.stage_deadline(stage_work(self.cfg, self.state.update),
+                                                   later_work)
         if self.deadline is not None:
             share, left = map(self.budget.minutes_left, (self.deadline, self.budget.end))
             self.logger.say(f"{self.label} may take {share:.1f} of the {left:.1f} minutes left"
@@ -437,18 +437,6 @@ def run_training(data_dir: str | Path, out: str | Path, cfg: Config,
             raise
 
 
-def _work(stage_cfg: Config, updates: int) -> float:
-    """The work of ``updates`` updates of a stage with settings ``stage_cfg``
-    (:mod:`aiokd.train.budget`)."""
-    return updates * update_cost(stage_cfg)
-
-
-def _planned_work(cfg: Config, stage: int) -> float:
-    """The work of a stage not yet started."""
-    settings = stage_config(cfg, stage)
-    return _work(settings, settings.train.max_updates)
-
-
 def _train_stages(run: Run, dist_: Distributed, train_split: ParallelSplit,
                   valid_split: ParallelSplit) -> dict[str, Any]:
     """The stages of :func:`run_training` in the opened ``run``, then the best model written
@@ -467,7 +455,7 @@ def _train_stages(run: Run, dist_: Distributed, train_split: ParallelSplit,
         for position, stage_number in enumerate(run.stages):
             stage = Stage(run, stage_number, dist_, train_split, valid_split, logger, budget)
             stage.start()
-            stage.share_budget(sum(_planned_work(cfg, later)
+            stage.share_budget(sum(stage_work(stage_config(cfg, later))
                                    for later in run.stages[position + 1:]))
             if stage.state.finished:
                 logger.say(f"{stage.label} already finished ({stage.state.finished})")
