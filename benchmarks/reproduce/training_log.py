@@ -61,14 +61,10 @@ def best_validation(curve: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {**best, "spread": round(max(ce.values()) - min(ce.values()), 4) if ce else None}
 
 
-def why_stopped(curve: list[dict[str, Any]], patience: int, max_updates: int,
-                finished: dict[str, Any] | None = None) -> str:
-    """Why the stage stopped: as its ``finished`` entry says (written since runs record it; it
-    counts if no validation came after it, i.e. the stage was not reopened), else from the
-    curve: ``patience`` (``patience`` validations in a row without a lower mean CE),
-    ``max_updates`` (the stage's cap) or ``unfinished`` (still training, or interrupted)."""
-    if finished is not None and (not curve or finished["update"] >= curve[-1]["update"]):
-        return finished["why"]
+def why_stopped(curve: list[dict[str, Any]], patience: int, max_updates: int) -> str:
+    """Why a stage stopped, read from its validation ``curve``: ``patience`` (``patience``
+    validations in a row without a lower mean CE), ``max_updates`` (the stage's cap) or
+    ``unfinished`` (still training, or interrupted)."""
     best = best_validation(curve)
     stale = sum(v["update"] > best["update"] for v in curve) if best else 0
     if patience and stale >= patience:
@@ -80,12 +76,14 @@ def why_stopped(curve: list[dict[str, Any]], patience: int, max_updates: int,
 
 def stage_stop(entries: list[dict[str, Any]], stage: int, curve: list[dict[str, Any]],
                train: dict[str, Any]) -> str:
-    """:func:`why_stopped` for ``stage`` of a run's ``entries``, its ``curve`` and settings
-    ``train`` (the cap of stage 0, the teacher stage, is ``teacher_updates``)."""
+    """Why ``stage`` of a run stopped: as its last ``finished`` entry says, if no validation came
+    after it (the stage was not reopened since); else :func:`why_stopped` of its ``curve`` under
+    the settings ``train`` (the cap of stage 0, the teacher stage, is ``teacher_updates``)."""
     finished = [e for e in entries if e["kind"] == "finished" and e["stage"] == stage]
+    if finished and (not curve or finished[-1]["update"] >= curve[-1]["update"]):
+        return finished[-1]["why"]
     return why_stopped(curve, train.get("patience", 0),
-                       train.get("teacher_updates" if stage == 0 else "max_updates", 0),
-                       finished[-1] if finished else None)
+                       train.get("teacher_updates" if stage == 0 else "max_updates", 0))
 
 
 def detached_terms(entry: dict[str, Any], cfg: dict[str, Any]) -> tuple[int, int] | None:
