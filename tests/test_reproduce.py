@@ -14,6 +14,7 @@ from aiokd.cli import build_parser
 from aiokd.config import Config, load_config
 from aiokd.data.prepare import prepare
 from aiokd.train.api import build_config
+from aiokd.train.loop import stage_config
 from tests.conftest import TINY_VOCAB, make_corpus, run_aiokd, subprocess_env, train_argv
 
 DRIVER = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce"
@@ -56,7 +57,7 @@ def test_the_default_systems_leave_out_a_row_equal_to_the_default():
 def test_every_train_command_is_a_valid_aiokd_train(tmp_path):
     p, steps = tiny_steps(tmp_path, systems=list(report.ORDER))
     trains = {s.key: s.args for s in steps if s.key.startswith("train:")}
-    assert len(trains) == 11 + 3 * 5  # 11 AIO-KD systems; 5 students x 3 separate systems
+    assert len(trains) == 12 + 3 * 5  # 12 AIO-KD systems; 5 students x 3 separate systems
     for key, args in trains.items():
         cfg = config_of(args)
         u = p.updates_per_stage
@@ -72,6 +73,22 @@ def test_every_train_command_is_a_valid_aiokd_train(tmp_path):
     assert not config_of(trains["train:aiokd-no-dgd"]).distill.detach
     init_from = trains["train:aiokd-init"]
     assert init_from[init_from.index("--init-from") + 1] == str(tmp_path / "runs" / "scratch-6-6")
+
+
+def test_a_long_stage_2_is_capped_like_a_separate_student_after_a_stage_1_of_u(tmp_path):
+    p, steps = tiny_steps(tmp_path, systems=["aiokd", "aiokd-capped", "aiokd-no-ml",
+                                             "scratch:2-2"], preset="narrow")
+    u = p.updates_per_stage
+    cfg = {s.key: config_of(s.args) for s in steps if s.key.startswith("train:")}
+    caps = {key: (stage_config(c, 1).train.max_updates, stage_config(c, 2).train.max_updates)
+            for key, c in cfg.items()}
+    assert caps["train:aiokd"] == (u, 2 * u)
+    assert caps["train:aiokd-capped"] == caps["train:aiokd-no-ml"] == (u, u)
+    assert caps["train:scratch-2-2"][0] == 2 * u
+    assert cfg["train:aiokd-capped"].distill == cfg["train:aiokd"].distill
+    assert "up to 12000" in p.budget()
+    assert "aiokd-capped" in plan.default_systems(p)
+    assert "aiokd-capped" not in plan.default_systems(plan.load_preset("tiny"))
 
 
 def test_the_new_rows_train_with_their_settings(tmp_path):

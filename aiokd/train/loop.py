@@ -130,12 +130,16 @@ def build_model(cfg: Config, device: torch.device) -> Transformer:
 
 
 def stage_config(cfg: Config, stage: int) -> Config:
-    """The settings of ``stage``: the run's, except that the teacher stage 0 trains the full model
-    alone, as ``--method scratch --student L_E-L_D`` would, for ``train.teacher_updates`` (at most
-    ``train.max_updates``, the cap of every stage)."""
+    """The settings of ``stage``: the run's, except that AIO-KD's stage 1 stops at
+    ``train.stage1_updates`` where set, and the teacher stage 0 trains the full model alone, as
+    ``--method scratch --student L_E-L_D`` would, for ``train.teacher_updates``; each at most
+    ``train.max_updates``, the cap of every stage (a baseline's one stage is stage 1)."""
+    m, t = cfg.model, cfg.train
+    if stage == 1 and t.stage1_updates and cfg.distill.method == "aiokd":
+        return dataclasses.replace(
+            cfg, train=dataclasses.replace(t, max_updates=min(t.stage1_updates, t.max_updates)))
     if stage != 0:
         return cfg
-    m, t = cfg.model, cfg.train
     return dataclasses.replace(
         cfg, distill=dataclasses.replace(cfg.distill, method="scratch",
                                          student=f"{m.enc_layers}-{m.dec_layers}"),

@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def curve(run_dir: Path, label: str) -> dict[str, Any]:
     """One run's curves by stage, its best validation (of the last stage: the evaluated
     checkpoint) and whether patience stopped its last stage."""
-    train = run_config(run_dir).get("train", {})
+    cfg = run_config(run_dir)
     entries = read_entries(run_dir)
     if not any(e["kind"] == "valid" for e in entries):
         raise SystemExit(f"curves.py: {run_dir}: no validation in its log.jsonl")
@@ -61,7 +61,7 @@ def curve(run_dir: Path, label: str) -> dict[str, Any]:
         stages[str(stage)] = {
             "valid": {str(p["update"]): {**p["ce"], "mean": p["mean"]} for p in points},
             "best_update": best["update"], "best_mean": best["mean"],
-            "stopped": stage_stop(entries, stage, points, train),
+            "stopped": stage_stop(entries, stage, points, cfg),
         }
     last = stages[max(stages, key=int)]
     return {"label": label, "run": str(run_dir), "stages": stages,

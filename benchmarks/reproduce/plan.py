@@ -40,6 +40,7 @@ ABLATIONS = {
     "aiokd-paper": PAPER,
     "aiokd-separate": ["distill.reuse_prefix=false"],
     "aiokd-uniform": ["distill.sandwich=false"],
+    "aiokd-capped": [],
     "aiokd-sandwich": ["distill.sandwich=true"],
     "aiokd-sandwich-kd1": ["distill.sandwich=true", "distill.alpha=1.0"],
     "aiokd-no-dgd": ["distill.detach=false"],
@@ -64,6 +65,9 @@ class Preset:
     data: Any
     threads: int | None = None
     groups: dict[str, list[str]] = field(default_factory=dict)
+    long_stage2: list[str] = field(default_factory=list)
+    """AIO-KD systems whose stage 2 may run 2U updates, the cap of a separately trained
+    student, after a stage 1 of U (the others: U in each stage)."""
     all_students: list[str] = field(default_factory=list)
     """Single-run systems whose evaluation scores all 15 students (the table shows the compared
     ones; the JSON keeps every score)."""
@@ -79,6 +83,12 @@ class Preset:
         return load_config(self.train_preset,
                            overrides=[*self.overrides, *ABLATIONS.get(system, [])])
 
+    def last_stage_cap(self, system: str) -> int:
+        """``--max-updates`` of ``system``'s runs: the cap of its last stage (2U for one-stage
+        runs and for the stage 2 of :attr:`long_stage2` systems, else U)."""
+        one_stage = system in SEPARATE or system == "aiokd-one-stage"
+        return self.updates_per_stage * (2 if one_stage or system in self.long_stage2 else 1)
+
     def budget(self) -> str:
         """The budget rules, in words."""
         u = self.updates_per_stage
@@ -88,10 +98,13 @@ class Preset:
         teacher = (f", after a teacher stage of up to {2 * u} updates (the from-scratch 6-6 of "
                    "the same seed, whose cost is theirs; the paper's row has none)"
                    if self.train_config().train.teacher_updates else "")
+        long = (f" ({', '.join(f'`{name}`' for name in self.long_stage2)}: {u} + up to "
+                f"{2 * u}, its stage 2 capped like a separately trained student)"
+                if self.long_stage2 else "")
         return (f"`aiokd train --preset {self.train_preset}{extra}`; "
                 f"U = {u} updates per stage: AIO-KD and its ablations {u} + {u} (two stages)"
-                f"{teacher}, one-stage AIO-KD {2 * u} in its one stage (mutual learning from the "
-                f"first update), every separately trained student "
+                f"{long}{teacher}, one-stage AIO-KD {2 * u} in its one stage (mutual learning "
+                f"from the first update), every separately trained student "
                 f"{2 * u} (one stage); validation every {self.validate_every} updates, {stop}; "
                 "the best checkpoint by validation CE is evaluated")
 
@@ -145,7 +158,8 @@ def default_systems(preset: Preset) -> list[str]:
     ``aiokd-sandwich`` where it sandwiches)."""
     default = preset.train_config()
     return [s for s in DEFAULT_SYSTEMS
-            if not (ABLATIONS.get(s) and preset.train_config(s) == default)]
+            if not (ABLATIONS.get(s) and preset.train_config(s) == default)
+            and not (s == "aiokd-capped" and "aiokd" not in preset.long_stage2)]
 
 
 def selection(preset: Preset, systems: list[str] | None, groups: list[str],
@@ -283,8 +297,7 @@ class Work:
         p = self.preset
         name = run_name(f"{system}-{student}" if student else system, seed)
         path = self.run_dir(name)
-        two_stages = system not in SEPARATE and system != "aiokd-one-stage"
-        updates = p.updates_per_stage if two_stages else 2 * p.updates_per_stage
+        updates = p.last_stage_cap(system)
         data = self.seqkd_data(seed) if system == "aiokd-seqkd" else self.data
         args = ["train", "--data", str(data), "--preset", p.train_preset, "--out", str(path),
                 "--max-updates", str(updates)]
@@ -297,6 +310,8 @@ class Work:
             args += ["--init-from", str(self.run_dir(teacher))]
         args += [f"train.validate_every={p.validate_every}", f"train.patience={p.patience}",
                  *p.overrides, *ABLATIONS.get(system, [])]
+        if system in p.long_stage2:
+            args.append(f"train.stage1_updates={p.updates_per_stage}")
         if seed != 1:
             args.append(f"train.seed={seed}")
         compared = [student] if student else students

@@ -35,9 +35,9 @@ SEPARATE = ("scratch", "word-kd", "selective-kd")
 FROM_TEACHER = ("word-kd", "selective-kd", "aiokd-seqkd", "aiokd-init")
 """Systems that learn from the from-scratch 6-6 of their seed, whose cost is part of theirs.
 AIO-KD systems with a teacher stage start from the from-scratch 6-6 of their seed (that stage)."""
-ORDER = ("scratch", "word-kd", "selective-kd", "aiokd", "aiokd-paper", "aiokd-separate",
-         "aiokd-uniform", "aiokd-sandwich", "aiokd-sandwich-kd1", "aiokd-no-dgd", "aiokd-no-ml",
-         "aiokd-one-stage", "aiokd-seqkd", "aiokd-init")
+ORDER = ("scratch", "word-kd", "selective-kd", "aiokd", "aiokd-capped", "aiokd-paper",
+         "aiokd-separate", "aiokd-uniform", "aiokd-sandwich", "aiokd-sandwich-kd1",
+         "aiokd-no-dgd", "aiokd-no-ml", "aiokd-one-stage", "aiokd-seqkd", "aiokd-init")
 OPTIONS = ("aiokd-sandwich", "aiokd-sandwich-kd1", "aiokd-init")
 """AIO-KD option rows whose targets are checked beside the default's; on a preset whose default
 already has an option (sandwich sampling on `narrow`), that row is not run."""
@@ -49,6 +49,7 @@ LABELS = {
     "word-kd": "separate students, Word-KD",
     "selective-kd": "separate students, Selective-KD",
     "aiokd": "AIO-KD (one run; with a teacher stage: from the from-scratch 6-6)",
+    "aiokd-capped": "AIO-KD, stage 2 stopped at U updates",
     "aiokd-paper": "AIO-KD, the paper's settings",
     "aiokd-separate": "AIO-KD, a separate pass per student",
     "aiokd-uniform": "AIO-KD, students sampled uniformly (no sandwich)",

@@ -75,15 +75,26 @@ def why_stopped(curve: list[dict[str, Any]], patience: int, max_updates: int) ->
 
 
 def stage_stop(entries: list[dict[str, Any]], stage: int, curve: list[dict[str, Any]],
-               train: dict[str, Any]) -> str:
+               cfg: dict[str, Any]) -> str:
     """Why ``stage`` of a run stopped: as its last ``finished`` entry says, if no validation came
     after it (the stage was not reopened since); else :func:`why_stopped` of its ``curve`` under
-    the settings ``train`` (the cap of stage 0, the teacher stage, is ``teacher_updates``)."""
+    the run's settings ``cfg`` (:func:`stage_cap`)."""
     finished = [e for e in entries if e["kind"] == "finished" and e["stage"] == stage]
     if finished and (not curve or finished[-1]["update"] >= curve[-1]["update"]):
         return finished[-1]["why"]
-    return why_stopped(curve, train.get("patience", 0),
-                       train.get("teacher_updates" if stage == 0 else "max_updates", 0))
+    return why_stopped(curve, cfg.get("train", {}).get("patience", 0), stage_cap(cfg, stage))
+
+
+def stage_cap(cfg: dict[str, Any], stage: int) -> int:
+    """The cap of ``stage`` under the run's settings ``cfg``: ``train.max_updates``, or less for
+    AIO-KD's teacher stage 0 (``teacher_updates``) and stage 1 (``stage1_updates``, where
+    set); a baseline's one stage is stage 1 with the plain cap."""
+    train = cfg.get("train", {})
+    cap = train.get("max_updates", 0)
+    if cfg.get("distill", {}).get("method", "aiokd") != "aiokd":
+        return cap
+    own = {0: train.get("teacher_updates", 0), 1: train.get("stage1_updates", 0)}.get(stage, 0)
+    return min(own, cap) if own else cap
 
 
 def detached_terms(entry: dict[str, Any], cfg: dict[str, Any]) -> tuple[int, int] | None:
@@ -127,13 +138,12 @@ def observe(run_dir: Path) -> dict[str, Any]:
     validation with every student's CE and their spread, and why the stage stopped; ``best``:
     the last stage's best validation, the checkpoint the run's model comes from."""
     cfg, entries = run_config(run_dir), read_entries(run_dir)
-    train = cfg.get("train", {})
     aiokd = cfg.get("distill", {}).get("method", "aiokd") == "aiokd"
     stages = {}
     for stage in stage_numbers(entries):
         curve = validations(entries, stage)
         found = {"validations": len(curve), "best": best_validation(curve),
-                 "stopped": stage_stop(entries, stage, curve, train)}
+                 "stopped": stage_stop(entries, stage, curve, cfg)}
         if aiokd:
             found["detached_fraction"], found["logged_updates"] = detached_fraction(
                 entries, stage, cfg)
