@@ -274,6 +274,20 @@ def test_the_rule_that_chooses_the_default(sandwich_2_2, sandwich_6_6, replaces)
     assert report._challengers_section({"challengers": []}) == ""
 
 
+def test_variants_are_judged_against_the_default_at_their_budget():
+    runs = [_record("aiokd-seed2", "aiokd", 2, {"2-2": 41.0, "6-6": 43.0}, 1.0),
+            _record("aiokd-capped-seed2", "aiokd-capped", 2, {"2-2": 39.0, "6-6": 42.0}, 1.0),
+            _record("aiokd-no-ml-seed2", "aiokd-no-ml", 2, {"2-2": 39.5, "6-6": 42.0}, 1.0),
+            _scratch("2-2", 2, 41.0)]
+    systems = report.summarize({r["run"]: r for r in runs}, ["2-2", "6-6"], plan.CANDIDATES)
+    found = {c["system"]: c for c in report.challengers(systems)}
+    assert found["aiokd-capped"]["against"] == "aiokd"
+    assert not found["aiokd-capped"]["replaces_default"]  # 40.5 < 42.0
+    assert found["aiokd-no-ml"]["against"] == "aiokd-capped"
+    assert found["aiokd-no-ml"]["default_avg"] == 40.5
+    assert found["aiokd-no-ml"]["replaces_default"]  # 40.75 >= 40.5 and 39.5 > 39.0
+
+
 def test_cost_for_15_students_follows_the_layers():
     candidates = plan.CANDIDATES
     line = {"2-2": 4.0, "6-6": 12.0}  # 1 minute per layer: the 15 have 120 layers
