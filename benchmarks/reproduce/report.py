@@ -38,9 +38,10 @@ AIO-KD systems with a teacher stage start from the from-scratch 6-6 of their see
 ORDER = ("scratch", "word-kd", "selective-kd", "aiokd", "aiokd-capped", "aiokd-paper",
          "aiokd-separate", "aiokd-uniform", "aiokd-sandwich", "aiokd-sandwich-kd1",
          "aiokd-no-dgd", "aiokd-no-ml", "aiokd-one-stage", "aiokd-seqkd", "aiokd-init")
-OPTIONS = ("aiokd-sandwich", "aiokd-sandwich-kd1", "aiokd-init")
-"""AIO-KD option rows whose targets are checked beside the default's; on a preset whose default
-already has an option (sandwich sampling on `narrow`), that row is not run."""
+OPTIONS = ("aiokd-capped", "aiokd-sandwich", "aiokd-sandwich-kd1", "aiokd-init")
+"""AIO-KD rows whose targets are checked beside the default's: the default at the other rows'
+budget (`aiokd-capped`, where the default's stage 2 runs longer) and option rows; on a preset
+whose default already has an option (sandwich sampling on `narrow`), that row is not run."""
 TEACHER = "6-6"
 SMALLEST = "2-2"
 TEACHER_RUN = "scratch-6-6"
@@ -359,13 +360,13 @@ def challengers(systems: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 def targets(systems: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The targets, each with ``value``, ``threshold`` and ``met`` (None if a system it
-    needs has no results): those of the default AIO-KD (``aiokd``), and the same for each option
-    system that has results (keys ``KEY/SYSTEM``)."""
+    needs has no results): those of the default AIO-KD (``aiokd``), and the same for each of
+    :data:`OPTIONS` that has results (keys ``KEY/SYSTEM``)."""
     found = _system_targets(systems, "aiokd", "AIO-KD")
     for option in OPTIONS:
         if option in systems:
             found |= {f"{key}/{option}": entry for key, entry in
-                      _system_targets(systems, option, f"`{option}` (option)").items()}
+                      _system_targets(systems, option, f"`{option}`").items()}
     return found
 
 
