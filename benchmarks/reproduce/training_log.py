@@ -23,6 +23,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from aiokd.config import Config
+from aiokd.train.loop import stage_config
+
 STUDENT = re.compile(r"^\d+-\d+$")
 
 
@@ -86,15 +89,9 @@ def stage_stop(entries: list[dict[str, Any]], stage: int, curve: list[dict[str, 
 
 
 def stage_cap(cfg: dict[str, Any], stage: int) -> int:
-    """The cap of ``stage`` under the run's settings ``cfg``: ``train.max_updates``, or less for
-    AIO-KD's teacher stage 0 (``teacher_updates``) and stage 1 (``stage1_updates``, where
-    set); a baseline's one stage is stage 1 with the plain cap."""
-    train = cfg.get("train", {})
-    cap = train.get("max_updates", 0)
-    if cfg.get("distill", {}).get("method", "aiokd") != "aiokd":
-        return cap
-    own = {0: train.get("teacher_updates", 0), 1: train.get("stage1_updates", 0)}.get(stage, 0)
-    return min(own, cap) if own else cap
+    """The cap of ``stage`` under the run's settings ``cfg`` (``run.json``'s ``config``), as
+    training applies it (:func:`aiokd.train.loop.stage_config`)."""
+    return stage_config(Config.from_dict(cfg, where="run.json"), stage).train.max_updates
 
 
 def detached_terms(entry: dict[str, Any], cfg: dict[str, Any]) -> tuple[int, int] | None:
