@@ -72,34 +72,54 @@ def curve(run_dir: Path, label: str) -> dict[str, Any]:
 
 def plot(curves: list[dict[str, Any]], path: Path) -> None:
     """Mean validation CE against the update (stages one after the other), best points
-    marked."""
+    marked: the whole run on the left, its last two thirds magnified on the right (where the
+    runs converge, a few hundredths of a nat apart)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(8, 5))
-    for found in curves:
-        xs, ys, best_x, best_y, offset = [], [], [], [], 0
-        for stage in sorted(found["stages"], key=int):
-            points = found["stages"][stage]
-            updates = sorted(map(int, points["valid"]))
-            xs += [offset + u for u in updates]
-            ys += [points["valid"][str(u)]["mean"] for u in updates]
-            best_x.append(offset + points["best_update"])
-            best_y.append(points["best_mean"])
-            offset += updates[-1]
-        line, = axes.plot(xs, ys, label=found["label"])
-        axes.scatter(best_x, best_y, color=line.get_color(), marker="*", s=120, zorder=3)
-    axes.set_xlabel("update (stage 2 continues stage 1)")
-    axes.set_ylabel("validation CE, mean over students (nats/token)")
-    axes.set_title("Validation CE (* best of each stage)")
-    axes.grid(alpha=0.3)
-    axes.legend()
+    figure, (whole, tail) = plt.subplots(1, 2, figsize=(13, 5.5))
+    styles = ["-", "--", ":", "-."]
+    points_of = [joined_curve(found) for found in curves]
+    last = max(xs[-1] for xs, *_ in points_of)
+    tail_ys = [y for xs, ys, *_ in points_of for x, y in zip(xs, ys, strict=True)
+               if x >= last / 3]
+    for index, (found, (xs, ys, best_x, best_y)) in enumerate(zip(curves, points_of, strict=True)):
+        for axes in (whole, tail):
+            line, = axes.plot(xs, ys, styles[index // 10 % len(styles)],
+                              label=found["label"])
+            axes.scatter(best_x, best_y, color=line.get_color(), marker="*", s=120, zorder=3)
+    low, high = min(tail_ys), max(tail_ys)
+    margin = max(0.05 * (high - low), 0.005)
+    tail.set_xlim(last / 3, last * 1.02)
+    tail.set_ylim(low - margin, high + margin)
+    whole.set_title("Validation CE (* best of each stage)")
+    tail.set_title(f"from update {last / 3:,.0f}, magnified")
+    for axes in (whole, tail):
+        axes.set_xlabel("update (stage 2 continues stage 1)")
+        axes.grid(alpha=0.3)
+    whole.set_ylabel("validation CE, mean over students (nats/token)")
+    tail.legend(fontsize="small")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def joined_curve(found: dict[str, Any]) -> tuple[list[int], list[float], list[int], list[float]]:
+    """``(updates, mean CEs, best updates, best mean CEs)`` of one run, its stages one after the
+    other (a stage's updates continue the previous stage's last)."""
+    xs, ys, best_x, best_y, offset = [], [], [], [], 0
+    for stage in sorted(found["stages"], key=int):
+        points = found["stages"][stage]
+        updates = sorted(map(int, points["valid"]))
+        xs += [offset + u for u in updates]
+        ys += [points["valid"][str(u)]["mean"] for u in updates]
+        best_x.append(offset + points["best_update"])
+        best_y.append(points["best_mean"])
+        offset += updates[-1]
+    return xs, ys, best_x, best_y
 
 
 def main(argv: list[str] | None = None) -> int:
