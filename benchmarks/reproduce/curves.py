@@ -31,6 +31,10 @@ from training_log import (
 
 from aiokd.io import atomic_write_json
 
+COLOURS = 10
+"""Colours in matplotlib's default cycle: every ``COLOURS`` runs the line style changes."""
+LINE_STYLES = ("-", "--", ":", "-.")
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -80,15 +84,14 @@ def plot(curves: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (whole, tail) = plt.subplots(1, 2, figsize=(13, 5.5))
-    styles = ["-", "--", ":", "-."]
     points_of = [joined_curve(found) for found in curves]
     last = max(xs[-1] for xs, *_ in points_of)
     tail_ys = [y for xs, ys, *_ in points_of for x, y in zip(xs, ys, strict=True)
                if x >= last / 3]
     for index, (found, (xs, ys, best_x, best_y)) in enumerate(zip(curves, points_of, strict=True)):
         for axes in (whole, tail):
-            line, = axes.plot(xs, ys, styles[index // 10 % len(styles)],
-                              label=found["label"])
+            style = LINE_STYLES[index // COLOURS % len(LINE_STYLES)]
+            line, = axes.plot(xs, ys, style, label=found["label"])
             axes.scatter(best_x, best_y, color=line.get_color(), marker="*", s=120, zorder=3)
     low, high = min(tail_ys), max(tail_ys)
     margin = max(0.05 * (high - low), 0.005)
