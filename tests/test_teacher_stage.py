@@ -96,5 +96,7 @@ def test_max_updates_caps_the_teacher_stage_too():
     teacher = stage_config(cfg, 0)
     assert teacher.train.max_updates == 100 and teacher.distill.method == "scratch"
     assert teacher.distill.student == "6-6"
-    assert stage_config(cfg, 1) is cfg
-    assert stage_config(load_config("quickstart"), 0).train.max_updates == 1250
+    assert stage_config(cfg, 1).train.max_updates == 100 and stage_config(cfg, 2) is cfg
+    quickstart = load_config("quickstart")
+    assert [stage_config(quickstart, stage).train.max_updates for stage in (0, 1, 2)] == [
+        1250, 625, 1875]
