@@ -750,4 +750,6 @@ def test_the_length_penalty_is_chosen_on_validation_and_scored_on_test(tiny_mode
     kept = json.loads(again.with_suffix(".json").read_text())["runs"]
     assert list(kept[tiny_model_dir.name]["students"]) == ["3-3"]  # measured again: replaced
     assert list(kept["gone"]["students"]) == ["2-2", "3-3"]  # kept as it was
+    commands = again.with_suffix(".md").read_text().split("```bash\n")[1]
+    assert commands.count("length_penalty.py") == 2 and "--keep" in commands  # every run's
 

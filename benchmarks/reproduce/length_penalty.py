@@ -9,8 +9,9 @@ A finished hypothesis of ``n`` tokens scores ``log p / n^lenpen`` (``aiokd evalu
 the comparison scores every system at ``lenpen = 1``.  For each ``RUN:STUDENTS``, at every
 penalty of ``--grid``: the validation BLEU and length ratio (beam 5); the penalty with the best
 validation BLEU (the lower one on a tie); then the test BLEU and length ratio at 1 and at the
-chosen penalty.  ``PREFIX.json`` keeps every figure, ``PREFIX.md`` is the table; ``--keep
-PREFIX.json`` keeps the earlier runs not given again (their directories may be gone).
+chosen penalty.  ``PREFIX.json`` keeps every figure and the command that measured each run,
+``PREFIX.md`` is the table; ``--keep PREFIX.json`` keeps the earlier runs not given again (their
+directories may be gone).
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{chosen['bleu']:.2f} ({chosen['length_ratio']:.3f}) | "
                 f"{chosen['bleu'] - default['bleu']:+.2f} |")
     grid = ", ".join(f"{g:g}" for g in results["grid"])
+    commands = "\n".join(dict.fromkeys(record["command"] for record in results["runs"].values()))
     return f"""# The length penalty chosen on the validation set
 
 Beam {BEAM}; penalties tried on the validation split: {grid}; the chosen one (best validation
@@ -122,9 +124,9 @@ BLEU's tokens. BLEU signature `{results['signature']}`.
 {HEADER}
 {chr(10).join(rows)}
 
-Command:
+Commands (each run's; `--keep` carries the runs measured before):
 ```bash
-{results['command']}
+{commands}
 ```
 """
 
@@ -135,14 +137,15 @@ def main(argv: list[str] | None = None) -> None:
     runs = [parse_run(text) for text in args.runs]
     valid, test = (read_test_set(args.data, split) for split in ("valid", "test"))
     kept = json.loads(Path(args.keep).read_text())["runs"] if args.keep else {}
+    command = " ".join(["python benchmarks/reproduce/length_penalty.py",
+                        *(argv if argv is not None else sys.argv[1:])])
     measured = {}
     for run, students in runs:
         print(f"length_penalty.py: {run.name} {','.join(students)}", file=sys.stderr)
-        measured[run.name] = measure_run(run, students, args.grid, valid, test)
+        measured[run.name] = {**measure_run(run, students, args.grid, valid, test),
+                              "command": command}
     results = {"grid": args.grid, "beam": BEAM,
                "signature": next(iter(measured.values()))["signature"],
-               "command": " ".join(["python benchmarks/reproduce/length_penalty.py",
-                                    *(argv if argv is not None else sys.argv[1:])]),
                "runs": {**{k: v for k, v in kept.items() if k not in measured}, **measured}}
     prefix = Path(args.out)
     atomic_write_json(prefix.with_name(prefix.name + ".json"), results)
