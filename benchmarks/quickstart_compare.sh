@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Variants of the quickstart preset side by side, one thread each, every update trained (no time
-# budget); then every family scored on the validation split (beam 5).
+# budget, unless a variant's ARGS give one); then every family scored on the validation split
+# (beam 5).
 #
 #   benchmarks/quickstart_compare.sh DATA WORK NAME=ARGS [NAME=ARGS ...]
 #
@@ -11,6 +12,7 @@
 #         "uniform=--max-updates 1250 train.stage1_updates=0 distill.sandwich=false"
 #         "sandwich=--max-updates 1250 train.stage1_updates=0 distill.sandwich=true"
 #         "stages-1250-1250=--max-updates 1250 train.stage1_updates=0"   "stages-625-1875="
+#       and the same within the preset's time budget: "budget-625-1875=--max-minutes 23" ...
 set -u
 data=$1 work=$2
 shift 2
