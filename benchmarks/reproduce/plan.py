@@ -155,7 +155,8 @@ def sort_students(names: list[str], with_teacher: bool = True) -> list[str]:
 def default_systems(preset: Preset) -> list[str]:
     """The systems run when none are named: :data:`DEFAULT_SYSTEMS`, less the AIO-KD rows whose
     options the preset's default has already (``aiokd-uniform`` where it samples uniformly,
-    ``aiokd-sandwich`` where it sandwiches)."""
+    ``aiokd-sandwich`` where it sandwiches), and ``aiokd-capped`` where the default's stage 2 is
+    no longer than U (the two would be one run)."""
     default = preset.train_config()
     return [s for s in DEFAULT_SYSTEMS
             if not (ABLATIONS.get(s) and preset.train_config(s) == default)
