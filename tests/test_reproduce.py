@@ -725,6 +725,32 @@ def test_a_step_cost_is_recorded_while_it_runs(tmp_path, monkeypatch, busy):
         assert wall > 1.9 and cpu < 0.5
 
 
+def test_a_step_two_drivers_need_runs_once(tmp_path, capsys):
+    """While one driver holds a step (trains the from-scratch 6-6, say), a second driver that
+    reaches the same step waits, and says so, instead of training the same run directory at the
+    same time; once the first lets go, the second goes on (and will find the step done)."""
+    import threading
+
+    import run
+    second_in = threading.Event()
+
+    def second_driver() -> None:
+        with run.step_locked(tmp_path, "train:scratch-6-6", "[2/5] train scratch-6-6"):
+            second_in.set()
+
+    with run.step_locked(tmp_path, "train:scratch-6-6", "[1/3] train scratch-6-6"):
+        worker = threading.Thread(target=second_driver)
+        worker.start()
+        while "waiting" not in capsys.readouterr().out:
+            assert worker.is_alive()
+            time.sleep(0.02)
+        assert not second_in.wait(0.3)
+        with run.step_locked(tmp_path, "evaluate:scratch-6-6", "[3/3] evaluate scratch-6-6"):
+            pass  # another step is not held up
+    worker.join(5)
+    assert second_in.is_set()
+
+
 def test_the_length_penalty_is_chosen_on_validation_and_scored_on_test(tiny_model_dir,
                                                                        tiny_data_dir, tmp_path):
     assert length_penalty.chosen_penalty({1.0: {"bleu": 30.0}, 1.5: {"bleu": 31.0},

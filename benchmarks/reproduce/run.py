@@ -179,6 +179,25 @@ def locked(root: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def step_locked(root: Path, key: str, where: str) -> Iterator[None]:
+    """Exclusive use of one step: where two drivers side by side both need a run (the
+    from-scratch 6-6, say), the second waits for the first to finish it instead of training the
+    same run directory at the same time, and then finds it done."""
+    locks = root / "locks"
+    locks.mkdir(exist_ok=True)
+    with open(locks / f"{key.replace('/', '_')}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{where}: another driver runs it; waiting", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 class Timings:
     """Wall seconds of every step, and under ``cpu:KEY`` its CPU seconds, summed over attempts,
     in ``W/timings.json`` (re-read before each change, under :func:`locked`, so that concurrent
@@ -454,13 +473,14 @@ def main(argv: list[str] | None = None) -> int:
         write_subset(preset, work)
     for number, step in enumerate(steps, 1):
         where = f"[{number:>2}/{len(steps)}] {step.title}"
-        if step.done():
-            print(f"{where}: done already", flush=True)
-            continue
-        print(f"{where} ...", flush=True)
-        log = step_log(work, step.key)
-        started = time.perf_counter()
-        status = execute(step, log, timings, preset.threads)
+        with step_locked(work.root, step.key, where):
+            if step.done():
+                print(f"{where}: done already", flush=True)
+                continue
+            print(f"{where} ...", flush=True)
+            log = step_log(work, step.key)
+            started = time.perf_counter()
+            status = execute(step, log, timings, preset.threads)
         if status:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
             print(f"{where}: failed (exit {status}); last lines of {log}:\n{tail}", flush=True)
