@@ -6,6 +6,7 @@ import csv
 import json
 
 import pytest
+import torch
 from sacrebleu.metrics import BLEU
 
 from aiokd.cli import main as cli_main
@@ -18,7 +19,13 @@ from aiokd.evaluation.evaluate import (
     write_outputs,
 )
 from aiokd.evaluation.footprint import directory_bytes
-from aiokd.evaluation.latency import LatencySettings, sample_indices, trimmed_mean
+from aiokd.evaluation.latency import (
+    LatencySettings,
+    PeakMemory,
+    sample_indices,
+    time_translation,
+    trimmed_mean,
+)
 from aiokd.evaluation.results import load_results
 from aiokd.evaluation.scoring import sacrebleu_scores
 from aiokd.evaluation.select import select_student
@@ -190,6 +197,26 @@ def test_latency_helpers():
     assert len(set(sample)) == 50 and sample[0] == 0 and sample[-1] == 999
 
 
+@pytest.mark.parametrize("batched_runs", [1, 3])
+def test_the_whole_set_is_translated_once_unless_asked(batched_runs):
+    """By default the pass whose translations are scored is also the timed batched pass: one
+    translation of the whole set per student, besides the batch-1 sample; more on request."""
+    lines = [f"sentence {i}" for i in range(20)]
+    calls = []
+
+    def translate(batch):
+        calls.append(len(batch))
+        return [line.upper() for line in batch]
+
+    settings = LatencySettings(sample=4, runs=3, warmup=2, batched_runs=batched_runs)
+    memory = PeakMemory(torch.device("cpu"))
+    timing = time_translation(translate, lines, settings, memory)
+    assert calls.count(len(lines)) == batched_runs
+    assert calls.count(1) == 2 + 3 * 4
+    assert timing.hypotheses == [line.upper() for line in lines]
+    assert timing.sentences_per_second > 0 and timing.ms_per_sentence > 0
+
+
 def output_names(out):
     return [p.name for p in output_paths(out).values()]
 
@@ -218,6 +245,9 @@ def test_cli_errors_are_one_line(tiny_model_dir, tmp_path):
                           str(src), str(short), "1 lines", "3")
     assert_one_line_error(run_aiokd("evaluate", "--model", tiny_model_dir, "--out", out),
                           "--data")
+    assert_one_line_error(run_aiokd("evaluate", "--model", tiny_model_dir, "--src", src,
+                                    "--ref", ref, "--out", out, "--throughput-runs", "0"),
+                          "--throughput-runs")
     assert not any(path.name in output_names(out) for path in tmp_path.iterdir())
 
 

@@ -149,7 +149,8 @@ def _work_per_student(count: int, latency: LatencySettings | None) -> int:
     """Sentences one student translates, for the progress bar."""
     if latency is None:
         return count
-    return min(latency.warmup, count) + latency.runs * (min(latency.sample, count) + count)
+    return (min(latency.warmup, count) + latency.runs * min(latency.sample, count)
+            + latency.batched_runs * count)
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:
@@ -187,8 +188,9 @@ def evaluate(model: str | os.PathLike, test: EvalSet, students: str | list[str] 
     timing."""
     if beam < 1:
         raise UserError(f"--beam {beam}: must be at least 1")
-    if latency is not None and (latency.sample < 1 or latency.runs < 1):
-        raise UserError("--latency-sample and --latency-runs must be at least 1")
+    if latency is not None and min(latency.sample, latency.runs, latency.batched_runs) < 1:
+        raise UserError("--latency-sample, --latency-runs and --throughput-runs must be at "
+                        "least 1")
     translator = load(model, device=device, engine=engine, dtype=dtype, threads=threads)
     names = choose_students(students, translator)
     facts = inspect_model(model, [parse_student(name) for name in names], engine)
@@ -338,7 +340,8 @@ def evaluate_model(model: str | os.PathLike, out: str | os.PathLike, *, data: st
                    students: str | list[str] | None = "all", beam: int = 5,
                    engine: str = "torch", tok_bleu: bool = False, latency: bool = True,
                    latency_sample: int = DEFAULT_LATENCY.sample,
-                   latency_runs: int = DEFAULT_LATENCY.runs, device: str | None = None,
+                   latency_runs: int = DEFAULT_LATENCY.runs,
+                   throughput_runs: int = DEFAULT_LATENCY.batched_runs, device: str | None = None,
                    dtype: str | None = None, threads: int | None = None,
                    lenpen: float = 1.0) -> dict[str, Any]:
     """``aiokd evaluate``: evaluate ``students`` of ``model`` on a test set, write the results to
@@ -347,8 +350,8 @@ def evaluate_model(model: str | os.PathLike, out: str | os.PathLike, *, data: st
     Args:
         data, split: a split of a prepared data directory; or
         src, ref: a raw source file and its reference file.
-        latency: time the students, on ``latency_sample`` sentences one at a time and on the
-            whole set, ``latency_runs`` times each.
+        latency: time the students, on ``latency_sample`` sentences one at a time
+            ``latency_runs`` times, and on the whole set ``throughput_runs`` times.
         The others: as :func:`evaluate`; ``threads`` as :func:`aiokd.inference.api.set_threads`.
 
     Raises:
@@ -359,7 +362,8 @@ def evaluate_model(model: str | os.PathLike, out: str | os.PathLike, *, data: st
     _check_out(out)
     set_threads(threads)
     test = read_test_set(data, split, src, ref)
-    settings = LatencySettings(latency_sample, latency_runs) if latency else None
+    settings = (LatencySettings(latency_sample, latency_runs, batched_runs=throughput_runs)
+                if latency else None)
     evaluation = evaluate(model, test, students, beam=beam, engine=engine, device=device,
                           tok_bleu=tok_bleu, latency=settings, dtype=dtype, threads=threads,
                           lenpen=lenpen)
