@@ -4,8 +4,8 @@
   warm-up; one run is the mean over the sample, and the figure is the trimmed mean of the runs.
 * **sentences per second batched**: the whole test set translated in one call (the translator
   batches it by tokens), once by default: that pass also gives the translations that are scored,
-  and it lasts seconds (hundreds of batches), long enough to need no repeats; with
-  ``batched_runs`` of 3 or more, the trimmed mean of the runs.
+  and a whole test set is many batches, which average out much of the noise that a batch-1
+  sentence has; with ``batched_runs`` of 3 or more, the trimmed mean of the runs.
 * **peak memory**: on CPU the peak resident set size of this process during the student's runs
   (``resource.getrusage``, with the high-water mark reset before the student where Linux allows
   it, so it covers the loaded model, the runtime and this student's work); on CUDA the peak of
