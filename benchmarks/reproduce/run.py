@@ -9,7 +9,8 @@ trained separately (from scratch, Word-KD, optionally Selective-KD), and AIO-KD'
 
 Every step is a subprocess of the ``aiokd`` command line (its output goes to ``W/logs/``; one
 progress line per step here).  A step whose output exists is skipped and an interrupted
-``aiokd train`` resumes, so running the same command again continues an interrupted benchmark.
+``aiokd train`` resumes, so running the same command again continues an interrupted benchmark;
+drivers side by side in one work directory run a step they both need once (the second waits).
 After each evaluation ``RESULTS_DIR/NAME-PRESET.{json,md,png}`` is rewritten, merged with the
 runs already in that file (so ``--group`` invocations on different machines, or side by side on
 one, add up), and each evaluated run's translations are copied to
