@@ -24,6 +24,7 @@ sys.path.insert(0, str(DRIVER))
 import curves  # noqa: E402
 import figure  # noqa: E402
 import length_penalty  # noqa: E402
+import locks  # noqa: E402
 import plan  # noqa: E402
 import report  # noqa: E402
 import significance  # noqa: E402
@@ -731,21 +732,20 @@ def test_a_step_two_drivers_need_runs_once(tmp_path, capsys):
     same time; once the first lets go, the second goes on (and will find the step done)."""
     import threading
 
-    import run
     second_in = threading.Event()
 
     def second_driver() -> None:
-        with run.step_locked(tmp_path, "train:scratch-6-6", "[2/5] train scratch-6-6"):
+        with locks.step_locked(tmp_path, "train:scratch-6-6", "[2/5] train scratch-6-6"):
             second_in.set()
 
-    with run.step_locked(tmp_path, "train:scratch-6-6", "[1/3] train scratch-6-6"):
+    with locks.step_locked(tmp_path, "train:scratch-6-6", "[1/3] train scratch-6-6"):
         worker = threading.Thread(target=second_driver)
         worker.start()
         while "waiting" not in capsys.readouterr().out:
             assert worker.is_alive()
             time.sleep(0.02)
         assert not second_in.wait(0.3)
-        with run.step_locked(tmp_path, "evaluate:scratch-6-6", "[3/3] evaluate scratch-6-6"):
+        with locks.step_locked(tmp_path, "evaluate:scratch-6-6", "[3/3] evaluate scratch-6-6"):
             pass  # another step is not held up
     worker.join(5)
     assert second_in.is_set()

@@ -21,8 +21,6 @@ its paired tests are made from.  See ``README.md`` beside this file.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import gzip
 import itertools
 import json
@@ -33,13 +31,13 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import figure
 import report
 import significance
+from locks import locked, step_locked
 from plan import (
     CANDIDATES,
     Preset,
@@ -166,37 +164,6 @@ def code_versions(log: Path) -> list[str]:
     """The code versions that a step's attempts ran (``CODE_LINE`` lines of its log)."""
     lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
     return sorted({line[len(CODE_LINE):] for line in lines if line.startswith(CODE_LINE)})
-
-
-@contextlib.contextmanager
-def locked(root: Path) -> Iterator[None]:
-    """Exclusive use of the work directory's shared files (timings, results) while drivers of
-    different groups run side by side on one machine."""
-    with open(root / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def step_locked(root: Path, key: str, where: str) -> Iterator[None]:
-    """Exclusive use of one step: where two drivers side by side both need a run (the
-    from-scratch 6-6, say), the second waits for the first to finish it instead of training the
-    same run directory at the same time, and then finds it done."""
-    locks = root / "locks"
-    locks.mkdir(exist_ok=True)
-    with open(locks / f"{key.replace('/', '_')}.lock", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"{where}: another driver runs it; waiting", flush=True)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class Timings:
