@@ -56,6 +56,24 @@ def test_the_default_systems_leave_out_a_row_equal_to_the_default():
     assert {"aiokd", "aiokd-seqkd", "scratch"} <= set(narrow) & set(tiny)
 
 
+def test_a_group_never_trains_the_default_run_twice():
+    """A preset's groups name the option rows once for every preset; where the preset's default
+    already has a row's options (``narrow`` sandwiches and starts from the teacher, ``small``
+    has the paper's settings), that row is left out rather than trained again."""
+    for name in ("narrow", "small", "tiny"):
+        p = plan.load_preset(name)
+        for group in p.groups:
+            systems = [system for system, _ in plan.selection(p, None, [group], ["6-6"])]
+            assert not [s for s in systems if plan.same_as_default(p, s)], (name, group)
+    narrow = plan.load_preset("narrow")
+    runs = [s for s, _ in plan.selection(narrow, None, ["aiokd-runs", "separate-runs"], ["6-6"])]
+    assert "aiokd-sandwich" not in runs and "aiokd-init" not in runs
+    assert {"aiokd", "aiokd-capped", "aiokd-no-dgd", "aiokd-seqkd", "scratch"} <= set(runs)
+    small = plan.load_preset("small")
+    assert "aiokd-paper" not in [s for s, _ in plan.selection(small, None, ["aiokd-runs"], ["6-6"])]
+    assert plan.same_as_default(plan.load_preset("tiny"), "aiokd-capped")
+
+
 def test_every_train_command_is_a_valid_aiokd_train(tmp_path):
     p, steps = tiny_steps(tmp_path, systems=list(report.ORDER))
     trains = {s.key: s.args for s in steps if s.key.startswith("train:")}

@@ -152,25 +152,36 @@ def sort_students(names: list[str], with_teacher: bool = True) -> list[str]:
     return [s for s in CANDIDATES if s in wanted]
 
 
-def default_systems(preset: Preset) -> list[str]:
-    """The systems run when none are named: :data:`DEFAULT_SYSTEMS`, less the AIO-KD rows whose
-    options the preset's default has already (``aiokd-uniform`` where it samples uniformly,
-    ``aiokd-sandwich`` where it sandwiches), and ``aiokd-capped`` where the default's stage 2 is
-    no longer than U (the two would be one run)."""
+def same_as_default(preset: Preset, system: str) -> bool:
+    """Whether a run of ``system`` would be the default's (``aiokd``) run again in ``preset``:
+    an AIO-KD row whose options the default has already (``aiokd-uniform`` where it samples
+    uniformly, ``aiokd-sandwich`` where it sandwiches, ``aiokd-paper`` where the paper's
+    settings are the default), ``aiokd-init`` where the default starts from the teacher anyway,
+    and ``aiokd-capped`` where the default's stage 2 is no longer than U."""
     default = preset.train_config()
-    return [s for s in DEFAULT_SYSTEMS
-            if not (ABLATIONS.get(s) and preset.train_config(s) == default)
-            and not (s == "aiokd-capped" and "aiokd" not in preset.long_stage2)]
+    if system == "aiokd-capped":
+        return "aiokd" not in preset.long_stage2
+    if system == "aiokd-init":
+        return default.train.teacher_updates > 0
+    return bool(ABLATIONS.get(system)) and preset.train_config(system) == default
+
+
+def default_systems(preset: Preset) -> list[str]:
+    """The systems run when none are named: :data:`DEFAULT_SYSTEMS`, less those that would be
+    the default's run again (:func:`same_as_default`)."""
+    return [s for s in DEFAULT_SYSTEMS if not same_as_default(preset, s)]
 
 
 def selection(preset: Preset, systems: list[str] | None, groups: list[str],
               students: list[str]) -> list[tuple[str, list[str]]]:
-    """``(system, students)`` pairs to run: named groups, or ``systems`` (default: all but
+    """``(system, students)`` pairs to run: named groups (less the systems that would be the
+    default's run again, :func:`same_as_default`), or ``systems`` (default: all but
     selective-kd) for ``students``."""
     items = []
     for group in groups:
         if group in preset.groups:
-            items += preset.groups[group]
+            items += [item for item in preset.groups[group]
+                      if not same_as_default(preset, item.partition(":")[0])]
         elif group in ORDER:
             items.append(group)
         else:
