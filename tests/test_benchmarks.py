@@ -255,3 +255,26 @@ def test_auto_settings_compares_the_default_with_each_explicit_setting(
     assert {"default", "float32"} <= set(torch_engine["seconds"])
     assert torch_engine["default_chose"]["dtype"] in torch_engine["seconds"]
     assert ct2["default_vs_fastest"] >= 1.0 and "ctranslate2_threads" in ct2["default_chose"]
+
+
+def test_latency_rounds_measures_both_protocols(tiny_model_dir, tiny_data_dir, tmp_path,
+                                                capsys, monkeypatch, one_thread):
+    import latency_rounds
+
+    assert latency_rounds.clearly_slower_pairs(["2-2", "3-2", "3-3"]) == [("2-2", "3-3"),
+                                                                           ("3-2", "3-3")]
+    out = tmp_path / "rounds.json"
+    monkeypatch.setattr(sys, "argv", [
+        "latency_rounds.py", "--model", str(tiny_model_dir), "--data", str(tiny_data_dir),
+        "--sentences", "4", "--sample", "2", "--runs", "3", "--repeats", "2", "--threads", "1",
+        "--json", str(out)])
+    assert latency_rounds.main() == 0
+    report = json.loads(out.read_text())
+    assert list(report["protocols"]) == ["in rounds", "student by student"]
+    for found in report["protocols"].values():
+        assert found["pairs"] == 2 and len(found["ranking_errors"]) == 2
+        assert all(0 <= errors <= 2 for errors in found["ranking_errors"])
+        assert [sorted(r) for r in found["ms_per_sentence"]] == [["2-2", "3-2", "3-3"]] * 2
+        assert all(_positive(ms) for r in found["ms_per_sentence"] for ms in r.values())
+        assert found["movement_max"] >= found["movement_mean"] >= 0
+    assert "student by student" in capsys.readouterr().out

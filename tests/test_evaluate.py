@@ -20,10 +20,10 @@ from aiokd.evaluation.evaluate import (
 )
 from aiokd.evaluation.footprint import directory_bytes
 from aiokd.evaluation.latency import (
+    FamilyTimer,
     LatencySettings,
     PeakMemory,
     sample_indices,
-    time_translation,
     trimmed_mean,
 )
 from aiokd.evaluation.results import load_results
@@ -209,12 +209,38 @@ def test_the_whole_set_is_translated_once_unless_asked(batched_runs):
         return [line.upper() for line in batch]
 
     settings = LatencySettings(sample=4, runs=3, warmup=2, batched_runs=batched_runs)
-    memory = PeakMemory(torch.device("cpu"))
-    timing = time_translation(translate, lines, settings, memory)
+    timer = FamilyTimer(lines, settings, PeakMemory(torch.device("cpu")))
+    assert timer.scored_pass("2-2", translate) == [line.upper() for line in lines]
+    timing = timer.rounds()["2-2"]
     assert calls.count(len(lines)) == batched_runs
     assert calls.count(1) == 2 + 3 * 4
-    assert timing.hypotheses == [line.upper() for line in lines]
     assert timing.sentences_per_second > 0 and timing.ms_per_sentence > 0
+
+
+def test_repeated_runs_are_interleaved_across_students():
+    """Run r of every student comes before run r + 1 of any: a slow spell of the machine then
+    falls on one run of several students (which the trimmed mean drops), not on one student."""
+    lines = [f"sentence {i}" for i in range(6)]
+    order = []
+
+    def translator(name):
+        def translate(batch):
+            order.append((name, len(batch)))
+            return batch
+        return translate
+
+    settings = LatencySettings(sample=2, runs=3, warmup=1, batched_runs=2)
+    timer = FamilyTimer(lines, settings, PeakMemory(torch.device("cpu")))
+    for name in ("2-2", "6-6"):
+        timer.scored_pass(name, translator(name))
+    scored = [("2-2", 1), ("2-2", 6), ("6-6", 1), ("6-6", 6)]
+    assert order[:4] == scored
+    del order[:4]
+    timings = timer.rounds()
+    small, large = [("2-2", 1)] * 2, [("6-6", 1)] * 2  # one run of the batch-1 sample
+    round_with_batched = small + [("2-2", 6)] + large + [("6-6", 6)]
+    assert order == round_with_batched + small + large + small + large
+    assert set(timings) == {"2-2", "6-6"}
 
 
 def output_names(out):

@@ -36,7 +36,7 @@ from aiokd.data.text import encode_lines, read_lines
 from aiokd.errors import UserError
 from aiokd.evaluation import plots
 from aiokd.evaluation.footprint import Footprint, ModelFacts, inspect_model
-from aiokd.evaluation.latency import LatencySettings, PeakMemory, Timing, time_translation
+from aiokd.evaluation.latency import FamilyTimer, LatencySettings, PeakMemory, Timing
 from aiokd.evaluation.results import (
     FORMAT,
     TABLE_HEADER,
@@ -199,7 +199,8 @@ def evaluate(model: str | os.PathLike, test: EvalSet, students: str | list[str] 
     tokenized = TokenizedBleu(test.references, tgt_lang) if tok_bleu else None
     device_name = _resolve_device(engine, device)
     memory = PeakMemory(torch.device(device_name), engine)
-    entries, signatures, translations = [], {}, {}
+    signatures, translations, scores = {}, {}, {}
+    timer = FamilyTimer(test.sources, latency, memory) if latency else None
     bar = tqdm(total=len(names) * _work_per_student(len(test.sources), latency), unit="sent",
                desc="evaluate", disable=not progress, dynamic_ncols=True)
     with bar:
@@ -210,14 +211,20 @@ def evaluate(model: str | os.PathLike, test: EvalSet, students: str | list[str] 
                 return translator.translate(lines, student=name, beam=beam, lenpen=lenpen,
                                             progress=bar.update)
 
-            timing = time_translation(translate, test.sources, latency, memory) if latency else None
-            hypotheses = timing.hypotheses if timing else translate(test.sources)
+            hypotheses = (timer.scored_pass(name, translate) if timer
+                          else translate(test.sources))
             translations[name] = hypotheses
             bleu, chrf = sacrebleu_scores(hypotheses, test.references, tgt_lang)
             tok = tokenized.score(hypotheses) if tokenized else None
             signatures.update(bleu=bleu.signature, chrf=chrf.signature,
                               **({"tok_bleu": tok.signature} if tok else {}))
-            entries.append(_entry(name, (bleu, chrf, tok), facts.footprints[name], timing))
+            scores[name] = (bleu, chrf, tok)
+        timings = {}
+        if timer:
+            bar.set_description("evaluate: latency rounds")
+            timings = timer.rounds()
+    entries = [_entry(name, scores[name], facts.footprints[name], timings.get(name))
+               for name in names]
     results = {
         "format": FORMAT,
         "version": VERSION,

@@ -1,15 +1,20 @@
-"""Timing a translation function and its peak memory, as ``aiokd evaluate`` reports them.
+"""Timing the students of a model and their peak memory, as ``aiokd evaluate`` reports them.
 
 * **ms per sentence at batch 1**: each sentence of a fixed sample translated on its own, after a
   warm-up; one run is the mean over the sample, and the figure is the trimmed mean of the runs.
+  The runs are taken in rounds across the students (round ``r`` times every student's sample
+  before round ``r + 1`` starts), so that a slow spell of a shared machine falls on one run of
+  several students, which the trimmed mean drops, and not on every run of one student, which
+  would move it up the latency ranking.
 * **sentences per second batched**: the whole test set translated in one call (the translator
   batches it by tokens), once by default: that pass also gives the translations that are scored,
   and a whole test set is many batches, which average out much of the noise that a batch-1
-  sentence has; with ``batched_runs`` of 3 or more, the trimmed mean of the runs.
-* **peak memory**: on CPU the peak resident set size of this process during the student's runs
-  (``resource.getrusage``, with the high-water mark reset before the student where Linux allows
-  it, so it covers the loaded model, the runtime and this student's work); on CUDA the peak of
-  ``torch.cuda.max_memory_allocated``.
+  sentence has; with ``batched_runs`` of 3 or more, the trimmed mean of the runs (the further
+  runs in the rounds too).
+* **peak memory**: on CPU the peak resident set size of this process during the student's
+  warm-up and scored pass (``resource.getrusage``, with the high-water mark reset before the
+  student where Linux allows it, so it covers the loaded model, the runtime and this student's
+  largest batches); on CUDA the peak of ``torch.cuda.max_memory_allocated``.
 
 Times are wall-clock, text in and text out: SentencePiece encoding and decoding are included.
 """
@@ -21,12 +26,15 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 
 Translate = Callable[[list[str]], list[str]]
 
+ORDER = ("in rounds: run r of every student before run r + 1; the scored batched pass first, "
+         "student by student")
 STATISTIC = "trimmed mean: the mean of the runs left after dropping the fastest and the slowest"
 
 
@@ -60,8 +68,10 @@ class PeakMemory:
         if not self.measured:
             return "not measured (CTranslate2 on CUDA allocates outside PyTorch)"
         if self.device.type == "cuda":
-            return "CUDA max allocated during the student's runs (full model loaded)"
-        return "peak RSS of the evaluating process during the student's runs (full model loaded)"
+            return ("CUDA max allocated during the student's warm-up and scored pass "
+                    "(full model loaded)")
+        return ("peak RSS of the evaluating process during the student's warm-up and scored pass "
+                "(full model loaded)")
 
     def reset(self) -> None:
         if self.device.type == "cuda":
@@ -97,17 +107,17 @@ class LatencySettings:
         return {"batch1_sample_sentences": self.sample, "runs": self.runs,
                 "batched_runs": self.batched_runs,
                 "warmup_sentences": self.warmup, "statistic": STATISTIC,
+                "order": ORDER,
                 "timing": "wall clock, text in and text out (SentencePiece included)"}
 
 
 @dataclass
 class Timing:
-    """What :func:`time_translation` measured, and the translations of the whole set."""
+    """What :class:`FamilyTimer` measured for one student."""
 
     ms_per_sentence: float
     sentences_per_second: float
     peak_memory_mb: float | None
-    hypotheses: list[str]
 
 
 def synchronize(device: torch.device | None) -> None:
@@ -126,25 +136,43 @@ def timed(function: Callable[[], object], device: torch.device | None = None) ->
     return time.perf_counter() - start
 
 
-def time_translation(translate: Translate, lines: list[str], settings: LatencySettings,
-                     memory: PeakMemory) -> Timing:
-    """Time ``translate`` at batch 1 on a sample of ``lines`` and batched on all of them.
-
-    The first batched run's output is returned as the hypotheses of the set.
+class FamilyTimer:
+    """Times several students on ``lines``: :meth:`scored_pass` of each student in turn, then
+    :meth:`rounds`, which interleaves the repeated runs across them (see the module docstring).
     """
-    memory.reset()
-    for line in lines[:settings.warmup]:
-        translate([line])
-    sample = [lines[i] for i in sample_indices(len(lines), settings.sample)]
-    batch1 = []
-    for _ in range(settings.runs):
-        seconds = sum(timed(lambda line=line: translate([line])) for line in sample)
-        batch1.append(1000 * seconds / len(sample))
-    hypotheses: list[str] = []
-    batched = []
-    for _ in range(settings.batched_runs):
-        start = time.perf_counter()
-        output = translate(lines)
-        batched.append(len(lines) / (time.perf_counter() - start))
-        hypotheses = hypotheses or output
-    return Timing(trimmed_mean(batch1), trimmed_mean(batched), memory.read(), hypotheses)
+
+    def __init__(self, lines: list[str], settings: LatencySettings, memory: PeakMemory):
+        self.lines, self.settings, self.memory = lines, settings, memory
+        self.sample = [lines[i] for i in sample_indices(len(lines), settings.sample)]
+        self.translators: dict[str, Translate] = {}
+        self.batched: dict[str, list[float]] = {}
+        self.peak: dict[str, float | None] = {}
+
+    def scored_pass(self, name: str, translate: Translate) -> list[str]:
+        """Warm ``translate`` up and translate every line in one timed call, recording the peak
+        memory; returns the translations."""
+        self.memory.reset()
+        for line in self.lines[:self.settings.warmup]:
+            translate([line])
+        hypotheses: list[str] = []
+        seconds = timed(lambda: hypotheses.extend(translate(self.lines)))
+        self.translators[name] = translate
+        self.batched[name] = [len(self.lines) / seconds]
+        self.peak[name] = self.memory.read()
+        return hypotheses
+
+    def rounds(self) -> dict[str, Timing]:
+        """The batch-1 runs and the further batched runs, round by round across the students
+        that made their scored pass; the timings of each."""
+        batch1: dict[str, list[float]] = {name: [] for name in self.translators}
+        for round_ in range(max(self.settings.runs, self.settings.batched_runs - 1)):
+            for name, translate in self.translators.items():
+                if round_ < self.settings.runs:
+                    seconds = sum(timed(partial(translate, [line]))
+                                  for line in self.sample)
+                    batch1[name].append(1000 * seconds / len(self.sample))
+                if round_ < self.settings.batched_runs - 1:
+                    seconds = timed(partial(translate, self.lines))
+                    self.batched[name].append(len(self.lines) / seconds)
+        return {name: Timing(trimmed_mean(batch1[name]), trimmed_mean(self.batched[name]),
+                             self.peak[name]) for name in self.translators}
