@@ -797,3 +797,48 @@ def test_the_length_penalty_is_chosen_on_validation_and_scored_on_test(tiny_mode
     commands = again.with_suffix(".md").read_text().split("```bash\n")[1]
     assert commands.count("length_penalty.py") == 2 and "--keep" in commands  # every run's
 
+
+
+def test_the_long_default_is_planned_as_the_continuation_of_its_capped_twin(tmp_path):
+    _, steps = tiny_steps(tmp_path, systems=["aiokd"], preset="narrow", seeds=(2,))
+    keys = [s.key for s in steps]
+    order = ["train:aiokd-capped-seed2", "evaluate:aiokd-capped-seed2", "continue:aiokd-seed2",
+             "train:aiokd-seed2", "evaluate:aiokd-seed2"]
+    assert [k for k in keys if k in order] == order
+    _, steps = tiny_steps(tmp_path, systems=["aiokd"])  # tiny: stage 2 is not long
+    assert not [s for s in steps if s.key.startswith(("continue:", "train:aiokd-capped"))]
+
+
+@pytest.mark.slow
+def test_the_continued_run_is_the_long_run_and_pays_for_its_twin(tmp_path, monkeypatch):
+    """The driver trains the capped twin, copies it less its model and evaluations, and goes on:
+    the continued run's model is byte for byte that of the long command run at once; its
+    record counts the twin's training in its cost and the twin keeps its own row."""
+    import continuation
+    import run
+
+    quick = plan.load_preset("quick")
+    quick.long_stage2 = ["aiokd"]
+    monkeypatch.setattr(run, "load_preset", lambda name: quick)
+    work, results = tmp_path / "work", tmp_path / "results"
+    argv = ["--quick", "--out", str(work), "--results-dir", str(results), "--systems", "aiokd"]
+    assert run.main(argv) == 0
+    runs = work / "runs"
+    assert continuation.continued_run(runs / "aiokd") == "aiokd-capped"
+    assert not continuation.continued_run(runs / "aiokd-capped")
+    long_command = plan.Work(work, quick).steps([("aiokd", ["2-2", "6-6"])])
+    args = next(s.args for s in long_command if s.key == "train:aiokd")
+    at_once = tmp_path / "at-once"
+    args[args.index("--out") + 1] = str(at_once)
+    done = run_aiokd(*args)
+    assert done.returncode == 0, done.stderr
+    assert (runs / "aiokd" / "model.safetensors").read_bytes() == (
+        at_once / "model.safetensors").read_bytes()
+    found = json.loads((results / "multi30k-quick.json").read_text())["runs"]
+    timings = json.loads((work / "timings.json").read_text())
+    assert found["aiokd"]["continues"] == "aiokd-capped"
+    assert found["aiokd"]["updates"] == 6 and found["aiokd-capped"]["updates"] == 4
+    assert found["aiokd"]["extra_minutes"] == pytest.approx(
+        (timings["cpu:train:aiokd-capped"] + timings.get("cpu:continue:aiokd", 0.0)) / 60, abs=0.01)
+    assert found["aiokd"]["commands"][0].startswith("aiokd train") and "aiokd-capped" in found[
+        "aiokd"]["commands"][0]

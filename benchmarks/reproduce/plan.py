@@ -17,10 +17,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import yaml
+from continuation import copy_to_continue
 from report import FROM_TEACHER, ORDER, SEPARATE, TEACHER, TEACHER_RUN
 
 from aiokd.config import Config, load_config
@@ -200,13 +202,15 @@ def selection(preset: Preset, systems: list[str] | None, groups: list[str],
 
 @dataclass
 class Step:
-    """One ``aiokd`` command; ``done()`` tells whether its output is already there."""
+    """One ``aiokd`` command (or, with ``action``, work done by the driver itself: ``title``
+    says what); ``done()`` tells whether its output is already there."""
 
     key: str
     title: str
     args: list[str]
     done: Callable[[], bool]
     run: str | None = None
+    action: Callable[[], None] | None = None
 
 
 @dataclass
@@ -337,6 +341,18 @@ class Work:
                 Step(self.test.step_key(name), f"evaluate {name}", evaluate,
                      lambda: evaluated_all(results, evaluated), run=name)]
 
+    def continues(self, system: str) -> str | None:
+        """The capped twin that ``system``'s runs continue (:mod:`continuation`): ``aiokd``'s
+        where its stage 2 is long, else None."""
+        return "aiokd-capped" if system == "aiokd" and system in self.preset.long_stage2 else None
+
+    def continuation(self, name: str, twin: str) -> Step:
+        """The copy of the finished run ``twin`` as the start of the run ``name``."""
+        source, target = self.run_dir(twin), self.run_dir(name)
+        return Step(f"continue:{name}", f"copy {source} to {target} to continue it", [],
+                    target.exists, run=name,
+                    action=partial(copy_to_continue, source, target, twin))
+
     def teacher_run(self, system: str, seed: int) -> str | None:
         """The from-scratch 6-6 run of ``seed`` if ``system``'s run of that seed needs it, else
         None: :data:`FROM_TEACHER` systems learn from it; an AIO-KD system whose settings ask for
@@ -358,7 +374,8 @@ class Work:
               seeds: Sequence[int] = (1,)) -> list[Step]:
         """Every step of ``chosen`` for each of ``seeds`` (seed by seed), dependencies first,
         each once.  The KD systems of each seed learn from (or start from) the from-scratch
-        6-6 of that seed."""
+        6-6 of that seed; a system with a capped twin (:meth:`continues`) goes on from a copy
+        of the twin's run."""
         steps = self.prepare()
         for seed in seeds:
             for system, students in sorted(chosen, key=lambda item: ORDER.index(item[0])):
@@ -367,9 +384,14 @@ class Work:
                     steps += self.train_steps("scratch", students, TEACHER, seed)
                 if system == "aiokd-seqkd":
                     steps.append(self.distill(seed))
+                twin = self.continues(system)
                 if system in SEPARATE:
                     for student in students:
                         steps += self.train_steps(system, students, student, seed)
+                elif twin:
+                    steps += self.train_steps(twin, students, None, seed)
+                    steps.append(self.continuation(run_name(system, seed), run_name(twin, seed)))
+                    steps += self.train_steps(system, students, None, seed)
                 else:
                     steps += self.train_steps(system, students, None, seed)
         unique: dict[str, Step] = {}

@@ -37,6 +37,7 @@ from typing import Any
 import figure
 import report
 import significance
+from continuation import continued_run
 from locks import locked, step_locked
 from plan import (
     CANDIDATES,
@@ -141,7 +142,7 @@ def write_subset(preset: Preset, work: Work) -> None:
 
 
 def command_line(step: Step) -> str:
-    return "aiokd " + shlex.join(step.args)
+    return step.title if step.action else "aiokd " + shlex.join(step.args)
 
 
 def code_version() -> str:
@@ -223,6 +224,13 @@ def execute(step: Step, log: Path, timings: Timings, threads: int | None) -> int
     """Run one step to its end, its output appended to ``log``; its time is recorded as it
     runs, and also when it fails or is interrupted."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    if step.action:
+        started = time.perf_counter()
+        with open(log, "a", encoding="utf-8") as out:
+            out.write(f"$ {command_line(step)}\n")
+        step.action()
+        timings.add(step.key, time.perf_counter() - started)
+        return 0
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -294,7 +302,8 @@ def run_record(run: Run, steps: list[Step], timings: Timings,
     results = json.loads(path.read_text())
     gpu = on_gpu(results)
     entries = {entry["student"]: entry for entry in results["students"]}
-    mine = [s for s in steps if s.run == run.name]
+    twin = continued_run(run.path)
+    mine = [s for s in steps if s.run == run.name or (twin and s.key == f"train:{twin}")]
     train, evaluation = own = (f"train:{run.name}", work.test.step_key(run.name))
     record = {
         "run": run.name, "system": run.system, "seed": run.seed,
@@ -312,6 +321,8 @@ def run_record(run: Run, steps: list[Step], timings: Timings,
         "commands": [command_line(s) for s in mine],
         "code": code_versions(step_log(work, train)),
     }
+    if twin:
+        record["continues"] = twin
     if results.get("translations"):
         record["translations"] = str(path.parent / results["translations"])
     ratios = {s: entries[s].get("length_ratio") for s in run.students}
