@@ -77,6 +77,8 @@ def test_every_student_has_every_figure(results, tiny_model_dir):
     assert results["signatures"]["bleu"].startswith("nrefs:1")
     assert "chrf" in results["signatures"] and "tok_bleu" in results["signatures"]
     assert "Moses" in results["tok_bleu"] and results["latency"]["runs"] == 1
+    assert "1 run in rounds across the students" in summary(results)
+    assert "batched, the scored pass" in summary(results)
     assert results["threads"] >= 1 and results["device"] == "cpu" and results["beam"] == 2
 
 

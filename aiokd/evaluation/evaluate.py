@@ -306,6 +306,10 @@ def write_outputs(evaluation: Evaluation, out: str | os.PathLike) -> list[Path]:
     return list(paths.values())
 
 
+def _runs(count: int) -> str:
+    return f"{count} run" + ("" if count == 1 else "s")
+
+
 def summary(results: dict[str, Any]) -> str:
     """The Markdown table of every student, and how the figures were obtained."""
     entries = results["students"]
@@ -328,9 +332,12 @@ def summary(results: dict[str, Any]) -> str:
             lines.append(f"{setting}: {results[setting]}, {results[f'{setting}_reason']}")
     latency = results["latency"]
     if latency:
+        batched = latency["batched_runs"]
         lines.append(f"latency: {device}; ms/sent = {latency['batch1_sample_sentences']} "
-                     f"sentences one at a time, sent/s = all {results['test_set']['sentences']} "
-                     f"batched; {latency['runs']} runs each, {latency['statistic']}")
+                     f"sentences one at a time, {_runs(latency['runs'])} {latency['order']}; "
+                     f"sent/s = all {results['test_set']['sentences']} batched, "
+                     + ("the scored pass" if batched == 1 else _runs(batched))
+                     + f"; {latency['statistic']}")
         lines.append(f"memory: {latency['memory']}")
     else:
         lines.append(f"latency: not measured (--no-latency); {device}")

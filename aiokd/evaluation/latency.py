@@ -33,8 +33,7 @@ import torch
 
 Translate = Callable[[list[str]], list[str]]
 
-ORDER = ("in rounds: run r of every student before run r + 1; the scored batched pass first, "
-         "student by student")
+ORDER = "in rounds across the students (run r of every student before run r + 1)"
 STATISTIC = "trimmed mean: the mean of the runs left after dropping the fastest and the slowest"
 
 
