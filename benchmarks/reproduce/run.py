@@ -319,7 +319,8 @@ def run_record(run: Run, steps: list[Step], timings: Timings,
         "signatures": results["signatures"],
         "test_set": test_set_name(results["test_set"], work),
         "commands": [command_line(s) for s in mine],
-        "code": code_versions(step_log(work, train)),
+        "code": sorted({v for s in mine if s.key.startswith("train:")
+                        for v in code_versions(step_log(work, s.key))}),
     }
     if twin:
         record["continues"] = twin
