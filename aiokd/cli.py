@@ -362,8 +362,8 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as error:
         print(f"aiokd: error: {error}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("aiokd: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        print(f"aiokd: interrupted{f': {interrupt}' if str(interrupt) else ''}", file=sys.stderr)
         sys.exit(130)
     except OSError as error:
         if error.errno not in CANNOT_WRITE:

@@ -1,10 +1,13 @@
-"""Run ``aiokd train`` and kill the process with SIGKILL at one chosen point, as a power cut would.
+"""Run ``aiokd train`` and kill the process with SIGKILL at one chosen point, as a power cut would
+(or send it SIGINT or SIGTERM there).
 
     python tests/crash_at.py POINT STAGE UPDATE -- TRAIN_ARGS...
 
 ``POINT`` is where the process dies, at stage ``STAGE``:
 
 * ``step``: after the forward and backward pass of update ``UPDATE``, before Adam's step;
+* ``sigint``, ``sigterm``: there the process gets that signal instead, and lives on (Ctrl-C or
+  a scheduler's stop: the run saves its checkpoint after the update and ends);
 * ``validate``: during the validation after update ``UPDATE``, once its first batch is done;
 * ``save``: while writing the ``last`` checkpoint of update ``UPDATE``: half of the file is on
   disk under its temporary name when the process dies;
@@ -22,6 +25,7 @@ import sys
 from pathlib import Path
 
 import aiokd.train.loop
+import aiokd.train.validation
 from aiokd.cli import main
 
 
@@ -44,17 +48,19 @@ def install(point: str, stage: int, update: int) -> None:
 
     os.replace = replace_half_written
 
-    if point == "step":
+    if point in ("step", "sigint", "sigterm"):
         real_step = Stage.step
 
         def step(self, total_tokens):
             if self.stage == stage and self.state.update + 1 == update:
-                die()
+                if point == "step":
+                    die()
+                os.kill(os.getpid(), signal.SIGINT if point == "sigint" else signal.SIGTERM)
             real_step(self, total_tokens)
 
         Stage.step = step
     elif point == "validate":
-        real_validate, real_nll = Stage._validate, aiokd.train.loop.validation_nll
+        real_validate, real_nll = Stage._validate, aiokd.train.validation.validation_nll
 
         def _validate(self):
             armed["validation"] = self.stage == stage and self.state.update == update
@@ -67,7 +73,7 @@ def install(point: str, stage: int, update: int) -> None:
             return result
 
         Stage._validate = _validate
-        aiokd.train.loop.validation_nll = validation_nll
+        aiokd.train.validation.validation_nll = validation_nll
     elif point == "save":
         real_save = Stage.save
 

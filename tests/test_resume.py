@@ -155,6 +155,27 @@ def run_until(args: list, condition, after: tuple[int, int], run: Path,
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("signal_name, stage, update", [("sigint", 1, 5), ("sigterm", 2, 7)])
+def test_stopped_by_a_signal_saves_where_it_is_and_resumes_bit_for_bit(
+        tmp_path, tiny_data_dir, reference_run, signal_name, stage, update):
+    """Ctrl-C or SIGTERM during an update: the run finishes that update, saves its checkpoint
+    there (not at the last ``save_every``), says so and exits 130; the same command goes on
+    from that update to the uninterrupted run's files."""
+    out = tmp_path / "run"
+    stopped = crash_at(signal_name, stage, update, tiny_data_dir, out)
+    assert stopped.returncode == 130, stopped.stderr[-2000:]
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        f"aiokd: interrupted: stage {stage} stopped at update {update}, its checkpoint saved: "
+        "run the same command to go on")
+    last = read_checkpoint(out / "checkpoints" / f"stage{stage}-last.safetensors")
+    assert last.meta["state"]["update"] == update  # update % save_every != 0
+    done = run_aiokd(*train_args(tiny_data_dir, out))
+    assert done.returncode == 0, done.stderr
+    assert f"resuming stage {stage} at update {update}" in done.stdout
+    assert_same_results(out, reference_run)
+
+
+@pytest.mark.slow
 def test_killed_while_polled_resumes_bit_for_bit(tmp_path, tiny_data_dir, reference_run):
     """The real command killed from outside when the run directory shows a checkpoint being
     written, a validation starting, or an update under way, and restarted each time."""

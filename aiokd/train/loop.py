@@ -8,6 +8,7 @@
             step Adam on grad / target_tokens
             every validate_every: mean valid CE over all candidates -> keep best, patience
             every save_every: resumable checkpoint (atomic)
+            on SIGINT / SIGTERM: checkpoint here, then stop  # aiokd.train.interrupt
 
 Everything random in an update (students, dropout) is a function of (seed, stage, update, rank) and
 the data order a function of (seed, epoch), so a checkpoint holds only weights, Adam's moments, the
@@ -35,9 +36,8 @@ from tqdm import tqdm
 
 from aiokd import __version__
 from aiokd.config import Config
-from aiokd.data.batching import token_batches
 from aiokd.data.corpus import ParallelSplit
-from aiokd.distill.objective import Objective, validation_nll
+from aiokd.distill.objective import Objective
 from aiokd.errors import UserError
 from aiokd.io import remove_temporaries
 from aiokd.model.checkpoint import (
@@ -48,10 +48,11 @@ from aiokd.model.checkpoint import (
     save_model_dir,
 )
 from aiokd.model.transformer import Transformer
-from aiokd.students import Student, sample_students, student_name
+from aiokd.students import Student, sample_students
 from aiokd.train.budget import TimeBudget, stage_work
 from aiokd.train.distributed import Distributed, setup_distributed
 from aiokd.train.init_from import start_from_model
+from aiokd.train.interrupt import StopRequest, TrainingInterrupted
 from aiokd.train.optimizer import learning_rate, make_optimizer, scale_and_clip_gradients
 from aiokd.train.precision import amp_dtype, precision_record, resolve_precision
 from aiokd.train.report import (
@@ -60,38 +61,10 @@ from aiokd.train.report import (
     detached_line,
     format_losses,
     student_statistics,
-    with_spread,
 )
 from aiokd.train.run_dir import Logger, Run, locked_run, open_run
-from aiokd.train.stream import BatchStream, check_lengths, make_batch
-
-# ----------------------------------------------------------------------------------------------
-# Validation
-
-
-def validate(model: Transformer, split: ParallelSplit, students: list[Student], cfg: Config,
-             dist_: Distributed) -> dict[str, float]:
-    """Per-token validation cross-entropy (nats) of every student, and their ``mean``."""
-    was_training = model.training
-    model.eval()
-    max_tokens = cfg.train.valid_max_tokens or cfg.train.max_tokens
-    batches = token_batches(split.src_lengths, split.tgt_lengths, max_tokens, shuffle=False)
-    sums = torch.zeros(len(students) + 1, dtype=torch.float64, device=dist_.device)
-    dtype = amp_dtype(cfg)
-    for indices in batches[dist_.rank::dist_.world]:
-        batch = make_batch(split, indices, dist_.device)
-        with torch.autocast(dist_.device.type, dtype=dtype, enabled=dtype is not None):
-            nll = validation_nll(model, batch.src, batch.prev_tgt, batch.target, students,
-                                 cfg.distill.reuse_prefix)
-        sums[:-1] += nll.double()
-        sums[-1] += batch.tokens
-    sums = dist_.all_sum(sums).tolist()
-    model.train(was_training)
-    totals, tokens = sums[:-1], sums[-1]
-    losses = {student_name(s): t / tokens for s, t in zip(students, totals, strict=True)}
-    losses["mean"] = sum(totals) / tokens / len(students)
-    return with_spread(losses, students)
-
+from aiokd.train.stream import BatchStream, check_lengths
+from aiokd.train.validation import validate
 
 # ----------------------------------------------------------------------------------------------
 # One stage
@@ -154,9 +127,10 @@ class Stage:
     """Trains one stage to its end, resuming from its ``last`` checkpoint if there is one."""
 
     def __init__(self, run: Run, stage: int, dist_: Distributed, train_split: ParallelSplit,
-                 valid_split: ParallelSplit, logger: Logger, budget: TimeBudget):
+                 valid_split: ParallelSplit, logger: Logger, budget: TimeBudget,
+                 stop: StopRequest):
         self.run, self.stage, self.dist, self.logger = run, stage, dist_, logger
-        self.budget, self.deadline = budget, None
+        self.budget, self.deadline, self.stop = budget, None, stop
         self.label = stage_label(stage)
         self.cfg = cfg = stage_config(run.cfg, stage)
         self.from_teacher = stage >= 1 and run.from_teacher
@@ -247,12 +221,17 @@ class Stage:
                             f" (train.max_minutes={self.cfg.train.max_minutes:g})")
             self.logger.record("budget", self.stage, self.state.update, {"minutes": share})
 
-    def _out_of_time(self) -> bool:
-        """Whether the stage's deadline has passed (on any process: all stop together)."""
-        if self.deadline is None:
-            return False
-        late = torch.tensor([float(self.budget.expired(self.deadline))], device=self.dist.device)
-        return bool(self.dist.all_sum(late).item())
+    def _stop_reason(self) -> str:
+        """Why every process stops before the next update: ``max_minutes`` once the stage's
+        deadline has passed, ``interrupted`` once a signal asked to (:mod:`.interrupt`), on any
+        process; else ``""``.  Processes without a deadline agree on it at logged updates only,
+        not to wait for each other at every update."""
+        flags = [float(self.budget.expired(self.deadline)), float(self.stop.asked)]
+        if self.dist.world > 1:
+            if self.deadline is None and self.state.update % self.cfg.train.log_every:
+                return ""
+            flags = self.dist.all_sum(torch.tensor(flags, device=self.dist.device)).tolist()
+        return "max_minutes" if flags[0] else "interrupted" if flags[1] else ""
 
     def save(self, path: Path, with_optimizer: bool = True) -> None:
         if not self.dist.main:
@@ -351,7 +330,12 @@ class Stage:
         s, t = self.state, self.cfg.train
         started, tokens_done = time.perf_counter(), 0.0
         while s.update < max_updates and not s.finished:
-            if self._out_of_time():
+            stop = self._stop_reason()
+            if stop == "interrupted":
+                self.save(self.run.last(self.stage))
+                raise TrainingInterrupted(f"{self.label} stopped at update {s.update}, its "
+                                          "checkpoint saved: run the same command to go on")
+            if stop:
                 s.finished = "max_minutes"
                 self.logger.say(f"{self.label}: its share of train.max_minutes is spent at "
                                 f"update {s.update} of {max_updates}")
@@ -433,7 +417,8 @@ def run_training(data_dir: str | Path, out: str | Path, cfg: Config,
         try:
             run = open_run(root, cfg, Path(data_dir), dist_.main,
                            None if init_from is None else Path(init_from).resolve())
-            return _train_stages(run, dist_, train_split, valid_split)
+            with StopRequest().installed() as stop:
+                return _train_stages(run, dist_, train_split, valid_split, stop)
         except (UserError, OSError):
             checkpoints = root / "checkpoints"
             if fresh and dist_.main and not (checkpoints.is_dir() and any(checkpoints.iterdir())):
@@ -442,9 +427,9 @@ def run_training(data_dir: str | Path, out: str | Path, cfg: Config,
 
 
 def _train_stages(run: Run, dist_: Distributed, train_split: ParallelSplit,
-                  valid_split: ParallelSplit) -> dict[str, Any]:
-    """The stages of :func:`run_training` in the opened ``run``, then the best model written
-    beside them; returns its validation losses."""
+                  valid_split: ParallelSplit, stop: StopRequest) -> dict[str, Any]:
+    """The stages of :func:`run_training` in the opened ``run`` (until ``stop`` is asked),
+    then the best model written beside them; returns its validation losses."""
     cfg = run.cfg
     if dist_.main:
         run.checkpoints.mkdir(parents=True, exist_ok=True)
@@ -457,7 +442,8 @@ def _train_stages(run: Run, dist_: Distributed, train_split: ParallelSplit,
     logger.say(f"precision: {precision_record(cfg, precision)['precision']}")
     try:
         for position, stage_number in enumerate(run.stages):
-            stage = Stage(run, stage_number, dist_, train_split, valid_split, logger, budget)
+            stage = Stage(run, stage_number, dist_, train_split, valid_split, logger, budget,
+                          stop)
             stage.start()
             stage.share_budget(sum(stage_work(stage_config(cfg, later))
                                    for later in run.stages[position + 1:]))
