@@ -14,6 +14,7 @@ import pytest
 from aiokd.cli import build_parser
 from aiokd.config import Config, load_config
 from aiokd.data.prepare import prepare
+from aiokd.model.checkpoint import read_checkpoint
 from aiokd.train.api import build_config
 from aiokd.train.loop import stage_config
 from tests.conftest import TINY_VOCAB, make_corpus, run_aiokd, subprocess_env, train_argv
@@ -842,3 +843,30 @@ def test_the_continued_run_is_the_long_run_and_pays_for_its_twin(tmp_path, monke
         (timings["cpu:train:aiokd-capped"] + timings.get("cpu:continue:aiokd", 0.0)) / 60, abs=0.01)
     assert found["aiokd"]["commands"][0].startswith("aiokd train") and "aiokd-capped" in found[
         "aiokd"]["commands"][0]
+
+
+@pytest.mark.slow
+def test_a_stopped_driver_stops_its_step_and_the_step_keeps_its_work(tmp_path):
+    """SIGTERM to the driver (as a scheduler stops a job) reaches the running ``aiokd train``,
+    which saves its checkpoint where it is; the driver says how to go on and exits 130."""
+    import signal
+
+    work = tmp_path / "work"
+    driver = subprocess.Popen(
+        [sys.executable, str(DRIVER / "run.py"), "--quick", "--out", str(work), "--results-dir",
+         str(tmp_path / "results"), "--systems", "scratch:2-2", "--max-updates", "5000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
+    log = work / "logs" / "train-scratch-2-2.log"
+    deadline = time.monotonic() + 300
+    while not (log.is_file() and "stage 1:" in log.read_text(errors="replace")):
+        assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGTERM)
+    out, err = driver.communicate(timeout=120)
+    assert driver.returncode == 130, out + err
+    assert "interrupted; run the same command again to continue" in err
+    stopped = log.read_text().strip().splitlines()[-1]
+    assert stopped.startswith("aiokd: interrupted: stage 1 stopped at update "), stopped
+    update = int(stopped.split("update ")[1].split(",")[0])
+    checkpoint = work / "runs" / "scratch-2-2" / "checkpoints" / "stage1-last.safetensors"
+    assert read_checkpoint(checkpoint).meta["state"]["update"] == update

@@ -28,6 +28,7 @@ import os
 import resource
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -478,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the step as Ctrl-C does
     try:
         sys.exit(main())
     except KeyboardInterrupt:
