@@ -870,3 +870,29 @@ def test_a_stopped_driver_stops_its_step_and_the_step_keeps_its_work(tmp_path):
     update = int(stopped.split("update ")[1].split(",")[0])
     checkpoint = work / "runs" / "scratch-2-2" / "checkpoints" / "stage1-last.safetensors"
     assert read_checkpoint(checkpoint).meta["state"]["update"] == update
+
+
+def test_status_says_what_is_done_running_and_to_come(tmp_path):
+    import status
+
+    p, steps = tiny_steps(tmp_path, systems=["scratch:2-2"], preset="narrow")
+    work = plan.Work(tmp_path, p)
+    run = tmp_path / "runs" / "scratch-2-2"
+    run.mkdir(parents=True)
+    (run / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in [
+        {"kind": "valid", "stage": 1, "update": 250, "2-2": 3.5, "mean": 3.5},
+        {"kind": "valid", "stage": 1, "update": 500, "2-2": 3.25, "mean": 3.25},
+        {"kind": "train", "stage": 1, "update": 550, "loss": 3.0}]))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "manifest.json").write_text("{}")
+    minutes = {"train:scratch-2-2": 12.34}.get
+    with locks.step_locked(tmp_path, "train:scratch-2-2", "test"):
+        lines = status.status_lines(steps, work, lambda key: minutes(key, 0.0))
+    by_title = {line.split("] ", 1)[1].split(":")[0]: line for line in lines}
+    assert by_title["prepare Multi30k"].endswith(": done")
+    assert by_title["train scratch-2-2"].endswith(
+        ": running; stage 1, update 550 of 12,000, best mean valid CE 3.2500 at update 500; "
+        "12.3 min (wall clock)")
+    assert by_title["evaluate scratch-2-2"].endswith(": to come")
+    assert len(lines) == len(steps) == 3
+    assert not locks.held(tmp_path, "train:scratch-2-2")

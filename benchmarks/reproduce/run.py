@@ -53,6 +53,7 @@ from plan import (
     selection,
     sort_students,
 )
+from status import status_lines
 from training_log import observe
 
 from aiokd.data.prepare import MULTI30K_DIR
@@ -103,6 +104,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--report-only", action="store_true",
                    help="train and evaluate nothing: merge the chosen runs that are finished "
                    "and evaluated into the results files (e.g. while other drivers still train)")
+    p.add_argument("--status", action="store_true",
+                   help="run nothing: say which steps of the chosen runs are done, running (and "
+                   "how far) or to come")
     p.add_argument("--name", help="the benchmark's name, the stem of its results files "
                    "(default: multi30k, or the --data directory's name); a test set other than "
                    "the test split is always added to it, so that its scores never replace "
@@ -440,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     data, test, name = data_and_test(args)
     work = Work(Path(args.out), preset, data, test)
     steps = work.steps(chosen, seeds)
+    if args.status:
+        print("\n".join(status_lines(steps, work, Timings(work.root / "timings.json").minutes)))
+        return 0
     work.root.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(work.root / ".gitignore", b"*\n")
     timings = Timings(work.root / "timings.json")
