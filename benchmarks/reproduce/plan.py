@@ -349,7 +349,7 @@ class Work:
     def continuation(self, name: str, twin: str) -> Step:
         """The copy of the finished run ``twin`` as the start of the run ``name``."""
         source, target = self.run_dir(twin), self.run_dir(name)
-        return Step(f"continue:{name}", f"copy {source} to {target} to continue it", [],
+        return Step(f"continue:{name}", f"copy runs/{twin} to runs/{name} to continue it", [],
                     target.exists, run=name,
                     action=partial(copy_to_continue, source, target, twin))
 
