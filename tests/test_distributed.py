@@ -1,11 +1,12 @@
 """Multi-process training through ``torchrun`` on CPU (gloo): the processes agree on the students
 of every update and on the parameters, two processes equal one process accumulating the same
-global batch, and a killed multi-process run resumes."""
+global batch, a killed multi-process run resumes, and a stopped one keeps its update."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -204,6 +205,41 @@ def test_killed_two_process_run_resumes(tmp_path, tiny_data_dir, two_process_run
                  "checkpoints/stage2-best.safetensors", "checkpoints/stage2-last.safetensors"):
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
 
+
+
+@pytest.mark.slow
+def test_sigterm_stops_both_processes_at_one_update_and_keeps_it(tmp_path, tiny_data_dir,
+                                                                 two_process_run):
+    """SIGTERM to ``torchrun`` reaches both workers; they agree on one logged update (every
+    third here), the checkpoint of that update is written, and the same command goes on from it
+    to the uninterrupted run's files."""
+    reference, _ = two_process_run
+    out = tmp_path / "run"
+    command = torchrun("-m", "aiokd", *train_args(tiny_data_dir, out, "model.dropout=0.1",
+                                                  "train.log_every=3"))
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env=subprocess_env())
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        record = last_record(out)
+        if record and record["stage"] == 1 and record["update"] >= 3:
+            process.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.005)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode != 0 and "best model written" not in output, output[-3000:]
+    stops = {line.split("aiokd: interrupted: ")[1] for line in output.splitlines()
+             if "aiokd: interrupted: " in line}
+    assert len(stops) == 1, output[-3000:]  # both processes, the same words
+    stage, update = map(int, re.match(r"stage (\d) stopped at update (\d+),", stops.pop()).groups())
+    assert update % 3 == 0
+    last = read_checkpoint(out / "checkpoints" / f"stage{stage}-last.safetensors")
+    assert last.meta["state"]["update"] == update
+    done = run(torchrun("-m", "aiokd", *train_args(tiny_data_dir, out, "model.dropout=0.1")))
+    assert f"resuming stage {stage} at update {update}" in done.stdout + done.stderr
+    for name in ("model.safetensors", "checkpoints/stage2-best.safetensors",
+                 "checkpoints/stage2-last.safetensors"):
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
 
 
 @pytest.mark.slow
