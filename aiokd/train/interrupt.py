@@ -5,7 +5,8 @@ at the update just made and the command ends (exit status 130), so that running 
 from there, bit for bit as if never stopped.  Checkpoints are otherwise written every
 ``train.save_every`` updates, which on a CPU can be an hour of work.  A second Ctrl-C stops at
 once, losing the updates since the last checkpoint.  Under ``torchrun`` every process stops at
-the same update (the request is summed over the processes before each update).
+the same update: the requests are summed over the processes before every logged update
+(``train.log_every``; before every update when a time budget is checked too).
 """
 
 from __future__ import annotations
