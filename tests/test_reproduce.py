@@ -882,7 +882,10 @@ def test_status_says_what_is_done_running_and_to_come(tmp_path):
     (run / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in [
         {"kind": "valid", "stage": 1, "update": 250, "2-2": 3.5, "mean": 3.5},
         {"kind": "valid", "stage": 1, "update": 500, "2-2": 3.25, "mean": 3.25},
-        {"kind": "train", "stage": 1, "update": 550, "loss": 3.0}]))
+        {"kind": "train", "stage": 1, "update": 450, "time": 1000.0},
+        {"kind": "train", "stage": 1, "update": 500, "time": 1100.0},
+        {"kind": "train", "stage": 1, "update": 550, "time": 9000.0},  # after a pause
+        {"kind": "train", "stage": 1, "update": 600, "time": 9100.0}]))
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "manifest.json").write_text("{}")
     minutes = {"train:scratch-2-2": 12.34}.get
@@ -891,8 +894,8 @@ def test_status_says_what_is_done_running_and_to_come(tmp_path):
     by_title = {line.split("] ", 1)[1].split(":")[0]: line for line in lines}
     assert by_title["prepare Multi30k"].endswith(": done")
     assert by_title["train scratch-2-2"].endswith(
-        ": running; stage 1, update 550 of 12,000, best mean valid CE 3.2500 at update 500; "
-        "12.3 min (wall clock)")
+        ": running; stage 1, update 600 of 12,000, best mean valid CE 3.2500 at update 500, "
+        "2.00 s per update: 6.3 h to the cap; 12.3 min (wall clock)")
     assert by_title["evaluate scratch-2-2"].endswith(": to come")
     assert len(lines) == len(steps) == 3
     assert not locks.held(tmp_path, "train:scratch-2-2")

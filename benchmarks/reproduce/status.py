@@ -1,11 +1,15 @@
 """Where a comparison stands (``run.py --status``): each step of the plan done, running (a
 driver holds its lock) or to come, and for a training step its stage, update and cap, its best
-validation so far and the minutes spent on it.  Reads the work directory, changes nothing."""
+validation so far, its recent speed and the minutes spent on it.  Reads the work directory,
+changes nothing."""
 
 from __future__ import annotations
 
+import itertools
+import statistics
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from locks import held
 from plan import Step, Work
@@ -14,6 +18,9 @@ from training_log import best_validation, read_entries, validations
 from aiokd.cli import build_parser
 from aiokd.train.api import build_config
 from aiokd.train.loop import stage_config
+
+RECENT = 10
+"""Logged training updates the rate of a running stage is read over."""
 
 
 def stage_caps(step: Step) -> dict[int, int]:
@@ -26,17 +33,32 @@ def stage_caps(step: Step) -> dict[int, int]:
 
 def training_line(step: Step, run_dir: Path) -> str | None:
     """Where the run of a training step is: its last logged stage and update, against that
-    stage's cap, and the stage's best mean validation CE so far (None: nothing logged yet)."""
+    stage's cap, the stage's best mean validation CE so far, and its recent seconds per update
+    with the hours they leave to the cap (None: nothing logged yet)."""
     entries = read_entries(run_dir)
     if not entries:
         return None
     last = entries[-1]
-    stage, update = last["stage"], last["update"]
-    line = f"stage {stage}, update {update:,} of {stage_caps(step)[stage]:,}"
+    stage, update, cap = last["stage"], last["update"], stage_caps(step)[last["stage"]]
+    line = f"stage {stage}, update {update:,} of {cap:,}"
     best = best_validation(validations(entries, stage))
     if best:
         line += f", best mean valid CE {best['mean']:.4f} at update {best['update']:,}"
+    seconds = seconds_per_update(entries, stage)
+    if seconds:
+        line += f", {seconds:.2f} s per update: {(cap - update) * seconds / 3600:.1f} h to the cap"
     return line
+
+
+def seconds_per_update(entries: list[dict[str, Any]], stage: int,
+                       recent: int = RECENT) -> float | None:
+    """Wall seconds per update of ``stage``: the median over its last ``recent`` logged training
+    updates of the time from one to the next per update (a pause or a resume between two is one
+    outlier the median passes over); None with fewer than two."""
+    logged = [e for e in entries if e["kind"] == "train" and e["stage"] == stage][-recent:]
+    rates = [(b["time"] - a["time"]) / (b["update"] - a["update"])
+             for a, b in itertools.pairwise(logged)]
+    return statistics.median(rates) if rates else None
 
 
 def status_lines(steps: list[Step], work: Work,
