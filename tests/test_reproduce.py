@@ -11,11 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from aiokd.cli import build_parser
 from aiokd.config import Config, load_config
 from aiokd.data.prepare import prepare
 from aiokd.model.checkpoint import read_checkpoint
-from aiokd.train.api import build_config
 from aiokd.train.loop import stage_config
 from tests.conftest import TINY_VOCAB, make_corpus, run_aiokd, subprocess_env, train_argv
 
@@ -29,6 +27,7 @@ import locks  # noqa: E402
 import plan  # noqa: E402
 import report  # noqa: E402
 import significance  # noqa: E402
+import status  # noqa: E402
 import training_log  # noqa: E402
 
 SYSTEMS = ("scratch", "word-kd", "aiokd", "aiokd-separate", "aiokd-sandwich",
@@ -44,9 +43,7 @@ def tiny_steps(tmp_path, systems=None, groups=(), preset="tiny", seeds=(1,)):
 
 def config_of(argv: list[str]) -> Config:
     """The config that ``aiokd ARGV`` (a train command) trains with."""
-    a = build_parser().parse_args(argv)
-    return build_config(a.preset, a.config, a.overrides, a.max_updates, a.stage, a.method,
-                        a.student, a.teacher)
+    return status.train_config(argv)
 
 
 def test_the_default_systems_leave_out_a_row_equal_to_the_default():
@@ -873,8 +870,6 @@ def test_a_stopped_driver_stops_its_step_and_the_step_keeps_its_work(tmp_path):
 
 
 def test_status_says_what_is_done_running_and_to_come(tmp_path):
-    import status
-
     p, steps = tiny_steps(tmp_path, systems=["scratch:2-2"], preset="narrow")
     work = plan.Work(tmp_path, p)
     run = tmp_path / "runs" / "scratch-2-2"

@@ -16,6 +16,7 @@ from plan import Step, Work
 from training_log import best_validation, read_entries, validations
 
 from aiokd.cli import build_parser
+from aiokd.config import Config
 from aiokd.train.api import build_config
 from aiokd.train.loop import stage_config
 
@@ -23,11 +24,16 @@ RECENT = 10
 """Logged training updates the rate of a running stage is read over."""
 
 
+def train_config(args: list[str]) -> Config:
+    """The config that ``aiokd ARGS`` (a train command) trains with."""
+    a = build_parser().parse_args(args)
+    return build_config(a.preset, a.config, a.overrides, a.max_updates, a.stage, a.method,
+                        a.student, a.teacher)
+
+
 def stage_caps(step: Step) -> dict[int, int]:
     """The cap of every stage that the ``aiokd train`` command of ``step`` trains."""
-    a = build_parser().parse_args(step.args)
-    cfg = build_config(a.preset, a.config, a.overrides, a.max_updates, a.stage, a.method,
-                       a.student, a.teacher)
+    cfg = train_config(step.args)
     return {stage: stage_config(cfg, stage).train.max_updates for stage in (0, 1, 2)}
 
 
