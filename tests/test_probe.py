@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -163,3 +164,13 @@ def test_evaluate_records_the_settings_and_why(tiny_model_dir, tiny_data_dir, tm
     results = json.loads(out.read_text())
     assert status == 0 and results["dtype"] in ("float32", "bfloat16")
     assert results["dtype_reason"] and f"dtype: {results['dtype']}, " in stdout
+
+
+def test_the_cpu_is_described_in_one_line_that_tells_models_apart():
+    """The model name, then (on x86 Linux) family, model and the widest vector extension, and
+    the cores this process may use."""
+    text = probe.cpu_description()
+    assert text.startswith(probe.cpu_model()) and text.endswith(" cores")
+    assert "\n" not in text
+    if Path("/proc/cpuinfo").is_file() and "avx2" in Path("/proc/cpuinfo").read_text():
+        assert "family " in text and any(name in text for _, name in probe.VECTOR_LEVELS)

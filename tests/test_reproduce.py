@@ -24,10 +24,12 @@ import curves  # noqa: E402
 import figure  # noqa: E402
 import length_penalty  # noqa: E402
 import locks  # noqa: E402
+import machines  # noqa: E402
 import plan  # noqa: E402
 import report  # noqa: E402
 import significance  # noqa: E402
 import status  # noqa: E402
+import timings as timings_module  # noqa: E402
 import training_log  # noqa: E402
 
 SYSTEMS = ("scratch", "word-kd", "aiokd", "aiokd-separate", "aiokd-sandwich",
@@ -362,6 +364,15 @@ def test_quick_benchmark_end_to_end(tmp_path):
     assert found["runs"]["scratch-2-2"]["training"]["best"]["mean"] > 0
     assert found["premise"]["met"] in (True, False)
     assert "| Premise: from-scratch 6-6 above" in (results / "multi30k-quick.md").read_text()
+    here = timings_module.this_machine()
+    for name, record in found["runs"].items():  # every run trained here: its cost, by machine
+        assert record["machines"] == {here: pytest.approx(
+            record["train_minutes"] + record.get("extra_minutes", 0.0), abs=0.02)}, name
+    on_one = found["cost_by_machine"]["aiokd"]
+    assert [c["machine"] for c in on_one] == [here] and on_one[0]["seeds"] == [1]
+    assert on_one[0]["cost_minutes"] == pytest.approx(found["systems"]["aiokd"]["cost_minutes"],
+                                                      abs=0.02)
+    assert "## Machines" in (results / "multi30k-quick.md").read_text()
 
     again = run_driver(work, results)
     assert again.returncode == 0, again.stdout + again.stderr
@@ -411,6 +422,42 @@ def _record(run, system, seed, bleu, minutes, training=None):
     if training:
         record["training"] = training
     return record
+
+
+def test_the_cost_target_on_one_machine_leaves_the_others_out():
+    """Seed 1 of the default and its teacher trained on machine A, seed 2 on B; Word-KD's
+    students trained on A (2-2) and on a mix of A and B (6-6), their teacher on A: on A the
+    target sets seed 1 (its run and teacher) against the one Word-KD student trained there,
+    extrapolated to 15, plus the teacher; on B Word-KD has nothing, so no comparison."""
+    def on(machine, minutes):
+        return {"machines": {machine: minutes}}
+
+    runs = {
+        "scratch-6-6": _record("scratch-6-6", "scratch", 1, {"6-6": 40.0}, 30.0)
+        | {"student": "6-6"} | on("A", 30.0),
+        "scratch-6-6-seed2": _record("scratch-6-6-seed2", "scratch", 2, {"6-6": 40.0}, 90.0)
+        | {"student": "6-6"} | on("B", 90.0),
+        "aiokd": _record("aiokd", "aiokd", 1, {"6-6": 42.0}, 50.0)
+        | {"teacher_run": "scratch-6-6"} | on("A", 50.0),
+        "aiokd-seed2": _record("aiokd-seed2", "aiokd", 2, {"6-6": 42.0}, 150.0)
+        | {"teacher_run": "scratch-6-6-seed2"} | on("B", 150.0),
+        "word-kd-2-2": _record("word-kd-2-2", "word-kd", 1, {"2-2": 39.0}, 8.0)
+        | {"student": "2-2", "teacher_run": "scratch-6-6"} | on("A", 8.0),
+        "word-kd-6-6": _record("word-kd-6-6", "word-kd", 1, {"6-6": 40.0}, 20.0)
+        | {"student": "6-6", "teacher_run": "scratch-6-6",
+           "machines": {"A": 5.0, "B": 15.0}},
+    }
+    found = machines.cost_on_machines(runs, plan.CANDIDATES)
+    fifteen = report.extrapolate_15({"2-2": 8.0}, plan.CANDIDATES)
+    assert found == {"aiokd": [{
+        "machine": "A", "seeds": [1], "cost_minutes": 80.0,
+        "word_kd_15_minutes": round(fifteen + 30.0, 2), "word_kd_students": ["2-2"],
+        "teacher_runs": ["scratch-6-6"], "ratio": round(80.0 / (fifteen + 30.0), 3),
+        "met": 80.0 <= (fifteen + 30.0) / 2}]}
+    assert machines.machine_of(runs["word-kd-6-6"]) is None
+    assert machines.machine_of({"machines": {timings_module.NOT_RECORDED: 3.0}}) is None
+    text = machines.section({"runs": runs, "cost_by_machine": found})
+    assert "| `word-kd-6-6` | A: 5.0; B: 15.0 |" in text and "| `aiokd` | A | 1 |" in text
 
 
 def _observed(detached, ce):
@@ -720,7 +767,7 @@ def test_a_step_cost_is_recorded_while_it_runs(tmp_path, monkeypatch, busy):
     fake_python.write_text(f"#!{sys.executable}\nimport time\n{work}\n")
     fake_python.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(fake_python))
-    monkeypatch.setattr(run, "TIMING_FLUSH_SECONDS", 0.1)
+    monkeypatch.setattr(run, "FLUSH_SECONDS", 0.1)
     step = plan.Step("train:scratch-2-2", "train scratch-2-2", ["train"], lambda: False)
     path = tmp_path / "timings.json"
     timings = run.Timings(path)
@@ -740,6 +787,25 @@ def test_a_step_cost_is_recorded_while_it_runs(tmp_path, monkeypatch, busy):
         assert running["cpu:train:scratch-2-2"] < cpu and 1.4 < cpu < wall + 0.5
     else:
         assert wall > 1.9 and cpu < 0.5
+    machines = finished["machine:train:scratch-2-2"]
+    assert list(machines) == [timings_module.this_machine()]
+    assert machines[timings_module.this_machine()] == pytest.approx(cpu)
+
+
+def test_a_step_cost_is_kept_by_machine(tmp_path):
+    """A step resumed on another machine keeps each machine's CPU-minutes apart, and the cost
+    counted before machines were recorded is named so; on a GPU the cost is wall-clock."""
+    path = tmp_path / "timings.json"
+    path.write_text(json.dumps({"train:a": 900.0, "cpu:train:a": 600.0}))  # an older driver's
+    timings = timings_module.Timings(path)
+    timings.add("train:a", 300.0, 120.0)
+    timings.seconds["machine:train:a"]["CPU: another"] = 60.0
+    timings.seconds["cpu:train:a"] += 60.0
+    assert timings.machine_minutes("train:a", gpu=False) == {
+        timings_module.this_machine(): 2.0, "CPU: another": 1.0,
+        timings_module.NOT_RECORDED: 10.0}
+    assert timings.cost_minutes("train:a", gpu=False) == 13.0
+    assert sum(timings.machine_minutes("train:a", gpu=True).values()) == pytest.approx(20.0)
 
 
 def test_a_step_two_drivers_need_runs_once(tmp_path, capsys):

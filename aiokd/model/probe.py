@@ -71,15 +71,40 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _cpu_flags() -> list[str]:
+def _cpuinfo(field: str) -> str | None:
+    """The value of ``field`` for the first processor in ``/proc/cpuinfo`` (None elsewhere)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return sorted(f for f in line.split(":", 1)[1].split()
-                              if "bf16" in f or f.startswith("amx") or f == "avx512f")
+            name, sep, value = line.partition(":")
+            if sep and name.strip() == field:
+                return value.strip()
     except OSError:
         pass
-    return []
+    return None
+
+
+def _cpu_flags() -> list[str]:
+    flags = (_cpuinfo("flags") or "").split()
+    return sorted(f for f in flags if "bf16" in f or f.startswith("amx") or f == "avx512f")
+
+
+VECTOR_LEVELS = (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 BF16"), ("avx512f", "AVX-512"),
+                 ("avx2", "AVX2"))
+"""The widest matrix or vector extension a CPU has, by its ``/proc/cpuinfo`` flag, widest first:
+what decides how fast it trains (and whether in bf16)."""
+
+
+def cpu_description() -> str:
+    """This CPU as one line that tells machines of one model name apart, e.g. ``AMD EPYC
+    (family 25 model 1, AVX2), 2 cores``: the model name, on x86 the family and model numbers
+    and the widest extension (:data:`VECTOR_LEVELS`), and the cores this process may use."""
+    flags = set((_cpuinfo("flags") or "").split())
+    details = [f"family {_cpuinfo('cpu family')} model {_cpuinfo('model')}"
+               if _cpuinfo("cpu family") else None,
+               next((name for flag, name in VECTOR_LEVELS if flag in flags), None)]
+    shown = ", ".join(d for d in details if d)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpu_model()}{f' ({shown})' if shown else ''}, {cores} cores"
 
 
 def machine_key(device: torch.device) -> str:

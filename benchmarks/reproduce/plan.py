@@ -9,7 +9,8 @@ Work directory layout (``--out W``)::
     W/runs/NAME/               one aiokd train run each: model.safetensors, results.json, ...
                                (seed s != 1: W/runs/NAME-seedS/, trained with train.seed=S)
     W/logs/STEP.log            output of each step
-    W/timings.json             wall and CPU seconds of every step, summed over its attempts
+    W/timings.json             wall and CPU seconds of every step, summed over its attempts,
+                               and its cost by machine (timings.py)
 """
 
 from __future__ import annotations

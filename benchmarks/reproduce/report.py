@@ -95,7 +95,7 @@ def _average(values: dict[str, float], students: list[str]) -> float | None:
     return round(mean(chosen), 2) if chosen else None
 
 
-def _minutes(record: dict[str, Any]) -> float:
+def run_minutes(record: dict[str, Any]) -> float:
     """The training minutes of one run, with what it needed besides (e.g. Seq-KD data)."""
     return record["train_minutes"] + record.get("extra_minutes", 0.0)
 
@@ -110,7 +110,7 @@ def _sum_of_means(records: list[dict[str, Any]], value: Callable[[dict], float])
     return sum(mean(values) for values in groups.values())
 
 
-def _seeds(records: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+def runs_by_seed(records: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
     """``records`` by seed."""
     found: dict[int, list[dict[str, Any]]] = {}
     for record in records:
@@ -195,7 +195,7 @@ def summarize(runs: dict[str, dict[str, Any]], students: list[str],
         mine = [r for r in runs.values() if r["system"] == system]
         if not mine:
             continue
-        by_seed = _seeds(mine)
+        by_seed = runs_by_seed(mine)
         bleu = _over_seeds({seed: _scores(rs, "bleu") for seed, rs in by_seed.items()}, students)
         chrf = _over_seeds({seed: _scores(rs, "chrf") for seed, rs in by_seed.items()}, students)
         entry = {"seeds": list(by_seed), "bleu": bleu["mean"], "chrf": chrf["mean"],
@@ -213,9 +213,9 @@ def summarize(runs: dict[str, dict[str, Any]], students: list[str],
             entry["bleu_all_students"] = scored
         teachers = {seed: _teacher_minutes(runs, rs, system) for seed, rs in by_seed.items()}
         extra = mean(teachers.values())
-        costs = {seed: sum(_minutes(r) for r in rs) + teachers[seed]
+        costs = {seed: sum(run_minutes(r) for r in rs) + teachers[seed]
                  for seed, rs in by_seed.items()}
-        entry["cost_minutes"] = round(_sum_of_means(mine, _minutes) + extra, 2)
+        entry["cost_minutes"] = round(_sum_of_means(mine, run_minutes) + extra, 2)
         entry["cost_minutes_by_seed"] = {str(seed): round(c, 2) for seed, c in costs.items()}
         entry["cost_includes_teacher"] = bool(extra)
         if system in SEPARATE:
@@ -374,7 +374,7 @@ def _cell(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["--:"] * (len(header)
                                                                             - 1)) + "|"]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
@@ -412,7 +412,7 @@ def _score_table(results: dict[str, Any], metric: str) -> str:
         rows.append(["teacher: from-scratch 6-6 (`scratch-6-6`)", "1",
                      *(_cell(teacher[metric]) if s == TEACHER else "" for s in students), "",
                      str(teacher["updates"]), _cell(teacher["cost_minutes"], 1), ""])
-    return _table(header, rows)
+    return table(header, rows)
 
 
 def _all_students_table(results: dict[str, Any]) -> str:
@@ -425,7 +425,7 @@ def _all_students_table(results: dict[str, Any]) -> str:
     students = list(next(iter(scored.values())))
     rows = [[f"`{name}`", *(_cell(bleu.get(s)) for s in students),
              _cell(sum(bleu.values()) / len(bleu))] for name, bleu in scored.items()]
-    return ("\n\n## BLEU of every student\n\n" + _table(["system", *students, "avg"], rows))
+    return ("\n\n## BLEU of every student\n\n" + table(["system", *students, "avg"], rows))
 
 
 def _training_table(results: dict[str, Any]) -> str:
@@ -453,7 +453,7 @@ def _training_table(results: dict[str, Any]) -> str:
             "per update); at the best validation of the last stage (the evaluated checkpoint), "
             "the validation CE (nats/token) averaged over the students, the spread across "
             "students (highest - lowest CE), the lowest and highest student; why each stage "
-            "stopped.\n\n" + _table(header, rows))
+            "stopped.\n\n" + table(header, rows))
 
 
 def _validation_table(results: dict[str, Any]) -> str:
@@ -468,7 +468,7 @@ def _validation_table(results: dict[str, Any]) -> str:
         return ""
     return ("\n\n## Validation CE\n\nAt the checkpoint each run was evaluated with (its best by "
             "validation CE), in nats per token, the mean over the seeds whose records have it: "
-            "the number choices are made on.\n\n" + _table(["system", *students], rows))
+            "the number choices are made on.\n\n" + table(["system", *students], rows))
 
 
 def _p_values(tests: list[dict[str, Any]], system: str, student: str) -> str:
@@ -507,7 +507,7 @@ def _targets_table(found: dict[str, dict[str, Any]], tests: list[dict[str, Any]]
             rows.append([entry["text"], f"BLEU minus Word-KD's: {margins}", "", met])
         else:
             rows.append([entry["text"], _cell(entry["value"]), _cell(entry["threshold"]), met])
-    return _table(["target", "value", "needed", "met"], rows)
+    return table(["target", "value", "needed", "met"], rows)
 
 
 def _significance_section(results: dict[str, Any]) -> str:
@@ -523,7 +523,7 @@ def _significance_section(results: dict[str, Any]) -> str:
             "on its own, on the same test sentences: sacreBLEU's paired bootstrap resampling "
             f"(`{found[0]['signature']}`). p is the estimated chance of a difference at least "
             "this large between two equally good systems on this test set; it does not measure "
-            "seed-to-seed variation.\n\n" + _table(header, rows))
+            "seed-to-seed variation.\n\n" + table(header, rows))
 
 
 def _challengers_section(results: dict[str, Any]) -> str:
@@ -537,7 +537,7 @@ def _challengers_section(results: dict[str, Any]) -> str:
              "**yes**" if c["replaces_default"] else "no"] for c in found]
     header = ["system", "against", "seeds", "avg BLEU", "its avg BLEU", "2-2 BLEU", "its 2-2",
               "replaces the default"]
-    return "\n\n## Choosing the default\n\n" + DEFAULT_RULE + "\n\n" + _table(header, rows)
+    return "\n\n## Choosing the default\n\n" + DEFAULT_RULE + "\n\n" + table(header, rows)
 
 
 def summary(results: dict[str, Any]) -> str:
@@ -562,8 +562,9 @@ def _teachers_sentence(runs: dict[str, dict[str, Any]]) -> str:
     return sentence
 
 
-def markdown(results: dict[str, Any]) -> str:
-    """The report: BLEU and chrF tables, targets, and how the numbers were obtained."""
+def markdown(results: dict[str, Any], machines: str = "") -> str:
+    """The report: BLEU and chrF tables, targets (then ``machines``, the section on the
+    machines the runs trained on), and how the numbers were obtained."""
     signatures = "\n".join(f"  - {metric}: `{signature}`"
                            for metric, signature in results["sacrebleu_signature"].items())
     commands = "\n".join(f"# {name}{_code(record)}\n" + "\n".join(record["commands"])
@@ -572,7 +573,7 @@ def markdown(results: dict[str, Any]) -> str:
     teachers = _teachers_sentence(results["runs"])
     targets = (_targets_table(results["targets"], results.get("significance", []),
                               results.get("premise"))
-               + _significance_section(results) + _challengers_section(results))
+               + _significance_section(results) + _challengers_section(results) + machines)
     return f"""# AIO-KD vs separately trained students on {results['title']} ({results['preset']})
 
 - Test set: {results['test_set']}; beam 5; sacreBLEU BLEU and chrF.

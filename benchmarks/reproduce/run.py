@@ -25,7 +25,6 @@ import gzip
 import itertools
 import json
 import os
-import resource
 import shlex
 import shutil
 import signal
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import figure
+import machines
 import report
 import significance
 from continuation import continued_run
@@ -54,6 +54,7 @@ from plan import (
     sort_students,
 )
 from status import status_lines
+from timings import FLUSH_SECONDS, Timings, children_cpu_seconds, cpu_seconds
 from training_log import observe
 
 from aiokd.data.prepare import MULTI30K_DIR
@@ -172,59 +173,6 @@ def code_versions(log: Path) -> list[str]:
     return sorted({line[len(CODE_LINE):] for line in lines if line.startswith(CODE_LINE)})
 
 
-class Timings:
-    """Wall seconds of every step, and under ``cpu:KEY`` its CPU seconds, summed over attempts,
-    in ``W/timings.json`` (re-read before each change, under :func:`locked`, so that concurrent
-    drivers add up)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.seconds: dict[str, float] = {}
-        self.reload()
-
-    def reload(self) -> None:
-        self.seconds = json.loads(self.path.read_text()) if self.path.is_file() else {}
-
-    def add(self, key: str, wall: float, cpu: float = 0.0) -> None:
-        with locked(self.path.parent):
-            self.reload()
-            for name, seconds in ((key, wall), (CPU + key, cpu)):
-                self.seconds[name] = self.seconds.get(name, 0.0) + seconds
-            atomic_write_json(self.path, self.seconds)
-
-    def minutes(self, key: str) -> float:
-        return round(self.seconds.get(key, 0.0) / 60, 2)
-
-    def cost_minutes(self, key: str, gpu: bool) -> float:
-        """The cost of a step: device-minutes on a GPU, CPU-minutes on a CPU."""
-        return self.minutes(key if gpu or CPU + key not in self.seconds else CPU + key)
-
-
-CPU = "cpu:"
-"""Prefix of the ``timings.json`` keys that hold a step's CPU seconds."""
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of the running process ``pid`` so far (Linux ``/proc``; 0.0
-    where unknown: the time is then counted when the process ends)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def children_cpu_seconds() -> float:
-    """User + system CPU seconds of this process's ended and waited-for children."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-TIMING_FLUSH_SECONDS = 30
-"""How often a running step's time is added to ``timings.json``: a driver killed without
-warning (a machine shut down) loses at most this much of the step's cost."""
-
-
 def execute(step: Step, log: Path, timings: Timings, threads: int | None) -> int:
     """Run one step to its end, its output appended to ``log``; its time is recorded as it
     runs, and also when it fails or is interrupted."""
@@ -248,7 +196,7 @@ def execute(step: Step, log: Path, timings: Timings, threads: int | None) -> int
         try:
             while True:
                 try:
-                    return process.wait(timeout=TIMING_FLUSH_SECONDS)
+                    return process.wait(timeout=FLUSH_SECONDS)
                 except subprocess.TimeoutExpired:
                     now, cpu = time.perf_counter(), max(cpu_seconds(process.pid), cpu_counted)
                     timings.add(step.key, now - counted, cpu - cpu_counted)
@@ -329,6 +277,11 @@ def run_record(run: Run, steps: list[Step], timings: Timings,
     }
     if twin:
         record["continues"] = twin
+    cost_keys = [train, *(s.key for s in mine if s.key not in own)]
+    record["machines"] = {}
+    for key in cost_keys:
+        for machine, minutes in timings.machine_minutes(key, gpu).items():
+            record["machines"][machine] = round(record["machines"].get(machine, 0.0) + minutes, 2)
     if results.get("translations"):
         record["translations"] = str(path.parent / results["translations"])
     ratios = {s: entries[s].get("length_ratio") for s in run.students}
@@ -391,6 +344,7 @@ def build_results(preset: Preset, runs: dict[str, dict[str, Any]], drivers: list
                                 "cost_minutes": teacher["train_minutes"]},
         "premise": report.premise(systems),
         "targets": report.targets(systems),
+        "cost_by_machine": machines.cost_on_machines(runs, CANDIDATES),
         "challengers": report.challengers(systems) if work.test.key == "valid" else [],
         "significance": significance.tests(runs, tgt, base=results_dir, recorded=tested),
         "driver_commands": drivers,
@@ -424,7 +378,7 @@ def _write_results(preset: Preset, work: Work, steps: list[Step], timings: Timin
                             old.get("significance", []))
     results_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(json_path, results)
-    atomic_write_bytes(md_path, report.markdown(results).encode())
+    atomic_write_bytes(md_path, report.markdown(results, machines.section(results)).encode())
     if results["systems"]:
         atomic_write_bytes(png_path, figure.bleu_by_student(results, CANDIDATES))
     return results
