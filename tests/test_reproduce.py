@@ -908,6 +908,55 @@ def test_the_continued_run_is_the_long_run_and_pays_for_its_twin(tmp_path, monke
         "aiokd"]["commands"][0]
 
 
+def test_an_ablation_of_stage_2_alone_is_planned_from_the_default_s_stage_1(tmp_path):
+    """Without mutual learning (which starts in stage 2) stage 1 is the default's: on `narrow`
+    the run starts from a copy of that stage of `aiokd-capped` (the default at the ablations'
+    budget); an ablation that changes stage 1 (no DGD) trains both stages."""
+    preset, steps = tiny_steps(tmp_path, systems=["aiokd-no-ml", "aiokd-no-dgd"], preset="narrow")
+    work = plan.Work(tmp_path, preset)
+    keys = [s.key for s in steps]
+    order = ["train:aiokd-capped", "stage1:aiokd-no-ml", "train:aiokd-no-ml"]
+    assert [k for k in keys if k in order] == order
+    assert not [k for k in keys if k.startswith("stage1:aiokd-no-dgd")]
+    assert {s: work.shares_stage1(s) for s in plan.ABLATIONS if work.shares_stage1(s)} == {
+        "aiokd-no-ml": "aiokd-capped"}
+
+
+@pytest.mark.slow
+def test_the_stage_1_copy_is_the_run_trained_at_once_and_pays_its_share(tmp_path, monkeypatch):
+    """The driver trains the default, copies its stage 1 and trains the no-mutual-learning
+    stage 2 from it: the model is byte for byte that of the ablation's own command run at once;
+    its record counts the default's training in the share of stage-1 updates (half at U + U)."""
+    import continuation
+    import run
+
+    work, results = tmp_path / "work", tmp_path / "results"
+    argv = ["--quick", "--out", str(work), "--results-dir", str(results), "--systems",
+            "aiokd-no-ml"]
+    assert run.main(argv) == 0
+    runs = work / "runs"
+    assert continuation.continued_run(runs / "aiokd-no-ml") == "aiokd"
+    assert (runs / "aiokd-no-ml" / "model.safetensors").read_bytes() != (
+        runs / "aiokd" / "model.safetensors").read_bytes()
+    command = plan.Work(work, plan.load_preset("quick")).steps([("aiokd-no-ml", ["2-2"])])
+    args = next(s.args for s in command if s.key == "train:aiokd-no-ml")
+    at_once = tmp_path / "at-once"
+    args[args.index("--out") + 1] = str(at_once)
+    done = run_aiokd(*args)
+    assert done.returncode == 0, done.stderr
+    assert (runs / "aiokd-no-ml" / "model.safetensors").read_bytes() == (
+        at_once / "model.safetensors").read_bytes()
+    found = json.loads((results / "multi30k-quick.json").read_text())["runs"]
+    timings = json.loads((work / "timings.json").read_text())
+    mine = found["aiokd-no-ml"]
+    assert mine["continues"] == "aiokd" and mine["twin_share"] == 0.5 and mine["updates"] == 4
+    assert mine["extra_minutes"] == pytest.approx(
+        0.5 * timings["cpu:train:aiokd"] / 60 + timings.get("cpu:stage1:aiokd-no-ml", 0) / 60,
+        abs=0.01)
+    assert sum(mine["machines"].values()) == pytest.approx(
+        mine["train_minutes"] + mine["extra_minutes"], abs=0.02)
+
+
 @pytest.mark.slow
 def test_a_stopped_driver_stops_its_step_and_the_step_keeps_its_work(tmp_path):
     """SIGTERM to the driver (as a scheduler stops a job) reaches the running ``aiokd train``,

@@ -15,6 +15,7 @@ Work directory layout (``--out W``)::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from continuation import copy_to_continue
+from continuation import copy_stage1, copy_to_continue
 from report import FROM_TEACHER, ORDER, SEPARATE, TEACHER, TEACHER_RUN
 
 from aiokd.config import Config, load_config
 from aiokd.errors import UserError
 from aiokd.students import CandidateSpace, parse_student, student_name
+from aiokd.train.loop import stage_config
 
 HERE = Path(__file__).resolve().parent
 CANDIDATES = [student_name(s) for s in CandidateSpace().candidates]
@@ -52,6 +54,8 @@ ABLATIONS = {
     "aiokd-seqkd": [],
 }
 """Overrides of each AIO-KD system."""
+STAGE2_ONLY = ("beta", "ml_mode")
+"""``distill`` settings that stage 1 does not read where mutual learning starts in stage 2."""
 
 
 @dataclass
@@ -342,6 +346,27 @@ class Work:
                 Step(self.test.step_key(name), f"evaluate {name}", evaluate,
                      lambda: evaluated_all(results, evaluated), run=name)]
 
+    def shares_stage1(self, system: str) -> str | None:
+        """The AIO-KD run whose stage 1 is ``system``'s, so that ``system`` starts from a copy of
+        it (:func:`continuation.copy_stage1`): the default at the same budget (``aiokd-capped``
+        where the default's stage 2 is long, else ``aiokd``), where ``system`` differs from it
+        only in :data:`STAGE2_ONLY` settings with mutual learning from stage 2 on; else None."""
+        p = self.preset
+        twin = "aiokd-capped" if "aiokd" in p.long_stage2 else "aiokd"
+        if system in (twin, "aiokd", "aiokd-capped", "aiokd-seqkd", *SEPARATE, *p.long_stage2) or (
+                p.last_stage_cap(system) != p.last_stage_cap(twin)
+                or p.train_config(system) == p.train_config(twin)):
+            return None
+        mine, theirs = (_stage1_settings(p.train_config(name)) for name in (system, twin))
+        return twin if mine == theirs else None
+
+    def stage1_copy(self, name: str, twin: str) -> Step:
+        """The copy of the finished run ``twin``'s stage 1 as the start of the run ``name``."""
+        source, target = self.run_dir(twin), self.run_dir(name)
+        return Step(f"stage1:{name}", f"copy stage 1 of runs/{twin} to runs/{name}", [],
+                    target.exists, run=name,
+                    action=partial(copy_stage1, source, target, twin))
+
     def continues(self, system: str) -> str | None:
         """The capped twin that ``system``'s runs continue (:mod:`continuation`): ``aiokd``'s
         where its stage 2 is long, else None."""
@@ -376,7 +401,8 @@ class Work:
         """Every step of ``chosen`` for each of ``seeds`` (seed by seed), dependencies first,
         each once.  The KD systems of each seed learn from (or start from) the from-scratch
         6-6 of that seed; a system with a capped twin (:meth:`continues`) goes on from a copy
-        of the twin's run."""
+        of the twin's run, and one that shares the default's stage 1 (:meth:`shares_stage1`)
+        from a copy of that stage."""
         steps = self.prepare()
         for seed in seeds:
             for system, students in sorted(chosen, key=lambda item: ORDER.index(item[0])):
@@ -385,13 +411,14 @@ class Work:
                     steps += self.train_steps("scratch", students, TEACHER, seed)
                 if system == "aiokd-seqkd":
                     steps.append(self.distill(seed))
-                twin = self.continues(system)
+                twin, stage1 = self.continues(system), self.shares_stage1(system)
                 if system in SEPARATE:
                     for student in students:
                         steps += self.train_steps(system, students, student, seed)
-                elif twin:
-                    steps += self.train_steps(twin, students, None, seed)
-                    steps.append(self.continuation(run_name(system, seed), run_name(twin, seed)))
+                elif twin or stage1:
+                    copy = self.continuation if twin else self.stage1_copy
+                    steps += self.train_steps(twin or stage1, students, None, seed)
+                    steps.append(copy(run_name(system, seed), run_name(twin or stage1, seed)))
                     steps += self.train_steps(system, students, None, seed)
                 else:
                     steps += self.train_steps(system, students, None, seed)
@@ -399,6 +426,16 @@ class Work:
         for step in steps:
             unique.setdefault(step.key, step)
         return list(unique.values())
+
+
+def _stage1_settings(cfg: Config) -> Config:
+    """The settings stage 1 of ``cfg`` trains with, :data:`STAGE2_ONLY` set to their defaults
+    where mutual learning starts in stage 2."""
+    if cfg.distill.ml_stage == 2:
+        defaults = type(cfg.distill)()
+        cfg = dataclasses.replace(cfg, distill=dataclasses.replace(
+            cfg.distill, **{key: getattr(defaults, key) for key in STAGE2_ONLY}))
+    return stage_config(cfg, 1)
 
 
 def run_name(name: str, seed: int) -> str:

@@ -38,7 +38,7 @@ import figure
 import machines
 import report
 import significance
-from continuation import continued_run
+from continuation import continued_run, shared_share
 from locks import locked, step_locked
 from plan import (
     CANDIDATES,
@@ -258,6 +258,9 @@ def run_record(run: Run, steps: list[Step], timings: Timings,
     twin = continued_run(run.path)
     mine = [s for s in steps if s.run == run.name or (twin and s.key == f"train:{twin}")]
     train, evaluation = own = (f"train:{run.name}", work.test.step_key(run.name))
+    taken_over = shared_share(run.path, work.run_dir(twin)) if twin else 1.0
+    shares = {train: 1.0} | {s.key: taken_over if s.key == f"train:{twin}" else 1.0
+                             for s in mine if s.key not in own}
     record = {
         "run": run.name, "system": run.system, "seed": run.seed,
         "bleu": {s: entries[s]["bleu"] for s in run.students},
@@ -265,8 +268,8 @@ def run_record(run: Run, steps: list[Step], timings: Timings,
         "compared": run.compared, "teacher_run": run.teacher_run,
         "train_minutes": timings.cost_minutes(train, gpu),
         "train_wall_minutes": timings.minutes(train),
-        "extra_minutes": sum((timings.cost_minutes(s.key, gpu) for s in mine if s.key not in own),
-                             0.0),
+        "extra_minutes": round(sum(timings.cost_minutes(key, gpu) * share
+                                   for key, share in shares.items() if key != train), 2),
         "evaluate_minutes": timings.minutes(evaluation),
         "updates": updates_done(run.path), "device": device_name(results),
         "signatures": results["signatures"],
@@ -277,11 +280,12 @@ def run_record(run: Run, steps: list[Step], timings: Timings,
     }
     if twin:
         record["continues"] = twin
-    cost_keys = [train, *(s.key for s in mine if s.key not in own)]
+        record["twin_share"] = round(taken_over, 4)
     record["machines"] = {}
-    for key in cost_keys:
+    for key, share in shares.items():
         for machine, minutes in timings.machine_minutes(key, gpu).items():
-            record["machines"][machine] = round(record["machines"].get(machine, 0.0) + minutes, 2)
+            record["machines"][machine] = round(
+                record["machines"].get(machine, 0.0) + minutes * share, 2)
     if results.get("translations"):
         record["translations"] = str(path.parent / results["translations"])
     ratios = {s: entries[s].get("length_ratio") for s in run.students}
