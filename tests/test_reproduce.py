@@ -25,6 +25,7 @@ import figure  # noqa: E402
 import length_penalty  # noqa: E402
 import locks  # noqa: E402
 import machines  # noqa: E402
+import merge  # noqa: E402
 import plan  # noqa: E402
 import report  # noqa: E402
 import significance  # noqa: E402
@@ -458,6 +459,38 @@ def test_the_cost_target_on_one_machine_leaves_the_others_out():
     assert machines.machine_of({"machines": {timings_module.NOT_RECORDED: 3.0}}) is None
     text = machines.section({"runs": runs, "cost_by_machine": found})
     assert "| `word-kd-6-6` | A: 5.0; B: 15.0 |" in text and "| `aiokd` | A | 1 |" in text
+
+
+def test_a_run_trained_again_keeps_the_training_it_replaces(tmp_path):
+    """The seed-1 teacher trained again (another start): its earlier record stays as
+    ``scratch-6-6@earlier``, in no table, with its translations; the Word-KD student distilled
+    from it keeps its cost; the new training is the system's 6-6.  Evaluated again (the same
+    start), a record is simply replaced."""
+    kept = tmp_path / "m.translations" / "scratch-6-6"
+    kept.mkdir(parents=True)
+    (kept / "6-6.txt").write_text("old\n")
+    runs = {
+        "scratch-6-6": _record("scratch-6-6", "scratch", 1, {"6-6": 41.0}, 120.0)
+        | {"student": "6-6", "translations": "m.translations/scratch-6-6"},
+        "word-kd-2-2": _record("word-kd-2-2", "word-kd", 1, {"2-2": 39.0}, 100.0)
+        | {"student": "2-2", "teacher_run": "scratch-6-6"},
+    }
+    again = _record("scratch-6-6", "scratch", 1, {"6-6": 40.0}, 360.0) | {
+        "student": "6-6", "started": "2026-11-27T23:46:05Z"}
+    merge.merge(runs, [again], tmp_path)
+    assert runs["scratch-6-6"] is again
+    earlier = runs["scratch-6-6@earlier"]
+    assert earlier["superseded_by"] == "scratch-6-6" and earlier["run"] == "scratch-6-6@earlier"
+    assert (tmp_path / earlier["translations"] / "6-6.txt").read_text() == "old\n"
+    assert runs["word-kd-2-2"]["teacher_run"] == "scratch-6-6@earlier"
+    systems = report.summarize(runs, ["2-2", "6-6"], plan.CANDIDATES)
+    assert systems["scratch"]["bleu"] == {"6-6": 40.0} and systems["scratch"]["runs"] == [
+        "scratch-6-6"]
+    assert systems["word-kd"]["cost_minutes"] == 220.0  # its own teacher's 120, not 360
+    evaluated_again = again | {"bleu": {"6-6": 40.5}}
+    merge.merge(runs, [evaluated_again], tmp_path)
+    assert runs["scratch-6-6"] is evaluated_again and len(runs) == 3
+    assert "trained again as scratch-6-6" in report._code(earlier)
 
 
 def _observed(detached, ce):

@@ -36,7 +36,7 @@ def _system_costs(runs: dict[str, dict[str, Any]], system: str,
     """Seed -> cost of ``system``'s runs of that seed and their teacher, for the seeds whose
     runs all trained on ``machine``."""
     costs = {}
-    mine = [r for r in runs.values() if r["system"] == system]
+    mine = [r for r in report.current(runs).values() if r["system"] == system]
     for seed, records in report.runs_by_seed(mine).items():
         teachers = {r["teacher_run"] for r in records if r.get("teacher_run")}
         if not teachers <= set(runs):
@@ -51,10 +51,10 @@ def _word_kd_15(runs: dict[str, dict[str, Any]], machine: str,
                 candidates: list[str]) -> dict[str, Any] | None:
     """:data:`word_kd_15_M` with the students and teachers behind it, or None."""
     students: dict[str, list[float]] = {}
-    for r in runs.values():
+    for r in report.current(runs).values():
         if r["system"] == "word-kd" and machine_of(r) == machine:
             students.setdefault(r["student"], []).append(r["train_minutes"])
-    teachers = {name: r["train_minutes"] for name, r in runs.items()
+    teachers = {name: r["train_minutes"] for name, r in report.current(runs).items()
                 if r["system"] == "scratch" and r.get("student") == report.TEACHER
                 and machine_of(r) == machine}
     if not (students and teachers):

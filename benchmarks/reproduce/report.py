@@ -95,6 +95,11 @@ def _average(values: dict[str, float], students: list[str]) -> float | None:
     return round(mean(chosen), 2) if chosen else None
 
 
+def current(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The records of ``runs`` that no later training of their run superseded (:mod:`merge`)."""
+    return {name: r for name, r in runs.items() if not r.get("superseded_by")}
+
+
 def run_minutes(record: dict[str, Any]) -> float:
     """The training minutes of one run, with what it needed besides (e.g. Seq-KD data)."""
     return record["train_minutes"] + record.get("extra_minutes", 0.0)
@@ -192,7 +197,7 @@ def summarize(runs: dict[str, dict[str, Any]], students: list[str],
     seed's sum over its runs); AIO-KD systems: what their training logs say."""
     systems: dict[str, dict[str, Any]] = {}
     for system in ORDER:
-        mine = [r for r in runs.values() if r["system"] == system]
+        mine = [r for r in current(runs).values() if r["system"] == system]
         if not mine:
             continue
         by_seed = runs_by_seed(mine)
@@ -547,9 +552,13 @@ def summary(results: dict[str, Any]) -> str:
 
 
 def _code(record: dict[str, Any]) -> str:
-    """`` (code COMMIT)`` for a record that says which code trained it."""
+    """`` (code COMMIT)`` for a record that says which code trained it, and whether a later
+    training of its run superseded it (:mod:`merge`)."""
     versions = record.get("code") or []
-    return f" (code {', '.join(versions)})" if versions else ""
+    code = f" (code {', '.join(versions)})" if versions else ""
+    if record.get("superseded_by"):
+        code += f"; trained again as {record['superseded_by']}, in no table"
+    return code
 
 
 def _teachers_sentence(runs: dict[str, dict[str, Any]]) -> str:

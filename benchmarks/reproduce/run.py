@@ -36,6 +36,7 @@ from typing import Any
 
 import figure
 import machines
+import merge
 import report
 import significance
 from continuation import continued_run, shared_share
@@ -278,6 +279,7 @@ def run_record(run: Run, steps: list[Step], timings: Timings,
         "code": sorted({v for s in mine if s.key.startswith("train:")
                         for v in code_versions(step_log(work, s.key))}),
     }
+    record["started"] = merge.started(run.path)
     if twin:
         record["continues"] = twin
         record["twin_share"] = round(taken_over, 4)
@@ -326,20 +328,22 @@ def build_results(preset: Preset, runs: dict[str, dict[str, Any]], drivers: list
                   tested: list[dict[str, Any]]) -> dict[str, Any]:
     """The results file: systems, teacher, premise, targets and how they were obtained;
     ``tested``: the paired tests recorded before, kept where the translations are gone."""
+    current = report.current(runs)
     students = [s for s in CANDIDATES
-                if any(s in r.get("compared", r["bleu"]) for r in runs.values())]
+                if any(s in r.get("compared", r["bleu"]) for r in current.values())]
     systems = report.summarize(runs, students, CANDIDATES)
-    teacher = runs.get(report.TEACHER_RUN)
-    signatures = sorted({json.dumps(r["signatures"], sort_keys=True) for r in runs.values()})
+    teacher = current.get(report.TEACHER_RUN)
+    signatures = sorted({json.dumps(r["signatures"], sort_keys=True) for r in current.values()})
     src, tgt = languages(work)
     return {
         "benchmark": f"{name}-{src}-{tgt}", "preset": preset.name,
         "title": f"{'Multi30k' if name == 'multi30k' else name} "
                  f"{src.capitalize()}->{tgt.capitalize()}",
-        "device": "; ".join(sorted({r["device"] for r in runs.values()})),
-        "test_set": "; ".join(sorted({r["test_set"] for r in runs.values()})),
+        "device": "; ".join(sorted({r["device"] for r in current.values()})),
+        "test_set": "; ".join(sorted({r["test_set"] for r in current.values()})),
         "sacrebleu_signature": json.loads(signatures[-1]) if signatures else {},
-        "seeds": sorted({r.get("seed", 1) for r in runs.values()}), "threads": preset.threads,
+        "seeds": sorted({r.get("seed", 1) for r in current.values()}),
+        "threads": preset.threads,
         "budget": preset.budget(),
         "cost_rule": COST_RULE, "students": students, "systems": systems,
         "teacher": teacher and {"bleu": teacher["bleu"][report.TEACHER],
@@ -372,10 +376,10 @@ def _write_results(preset: Preset, work: Work, steps: list[Step], timings: Timin
                                     for kind in ("json", "md", "png"))
     old = json.loads(json_path.read_text()) if json_path.is_file() else {}
     runs = dict(old.get("runs", {}))
-    for run in work.runs.values():
-        record = run_record(run, steps, timings, work)
-        if record:
-            runs[run.name] = keep_translations(record, results_dir, json_path.stem)
+    records = [run_record(run, steps, timings, work) for run in work.runs.values()]
+    merge.merge(runs, [r for r in records if r], results_dir)
+    for run_name in [r["run"] for r in records if r]:
+        runs[run_name] = keep_translations(runs[run_name], results_dir, json_path.stem)
     drivers = [d for d in old.get("driver_commands", []) if d != driver] + (
         [driver] if driver else [])
     results = build_results(preset, runs, drivers, name, work, results_dir,

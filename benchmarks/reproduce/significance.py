@@ -82,7 +82,7 @@ def tests(runs: dict[str, dict[str, Any]], tgt_lang: str = "", samples: int = SA
     earlier = {(t["run"], t["baseline_run"], t["student"]): t for t in recorded}
 
     def of(system: str) -> list[dict[str, Any]]:
-        return [r for r in runs.values() if r["system"] == system]
+        return [r for r in runs.values() if r["system"] == system and not r.get("superseded_by")]
 
     found = []
     for system, baseline in itertools.product(systems, BASELINES):
