@@ -353,7 +353,7 @@ class Work:
         only in :data:`STAGE2_ONLY` settings with mutual learning from stage 2 on; else None."""
         p = self.preset
         twin = "aiokd-capped" if "aiokd" in p.long_stage2 else "aiokd"
-        if system in (twin, "aiokd", "aiokd-capped", "aiokd-seqkd", *SEPARATE, *p.long_stage2) or (
+        if system in ("aiokd", "aiokd-capped", "aiokd-seqkd", *SEPARATE, *p.long_stage2) or (
                 p.last_stage_cap(system) != p.last_stage_cap(twin)
                 or p.train_config(system) == p.train_config(twin)):
             return None
