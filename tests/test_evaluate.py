@@ -31,6 +31,7 @@ from aiokd.evaluation.scoring import sacrebleu_scores
 from aiokd.evaluation.select import select_student
 from aiokd.inference.api import load
 from aiokd.model.checkpoint import load_model_files
+from aiokd.model.probe import cpu_description
 from tests.conftest import make_corpus, run_aiokd
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -80,6 +81,7 @@ def test_every_student_has_every_figure(results, tiny_model_dir):
     assert "1 run in rounds across the students" in summary(results)
     assert "batched, the scored pass" in summary(results)
     assert results["threads"] >= 1 and results["device"] == "cpu" and results["beam"] == 2
+    assert results["hardware"] == cpu_description()  # latency is this CPU's: named in full
 
 
 def test_size_is_that_of_the_extracted_student(results, tiny_model_dir, tmp_path):

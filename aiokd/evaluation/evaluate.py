@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ from aiokd.evaluation.results import (
 from aiokd.evaluation.scoring import Score, TokenizedBleu, sacrebleu_scores
 from aiokd.inference.api import Translator, load, set_threads
 from aiokd.io import atomic_directory, atomic_write_bytes, atomic_write_json
+from aiokd.model.probe import cpu_description
 from aiokd.students import parse_student
 
 DEFAULT_LATENCY = LatencySettings()
@@ -134,15 +134,11 @@ def _resolve_device(engine: str, device: str | None) -> str:
 
 
 def _hardware(device: str) -> str:
-    """The name of the GPU, or of the CPU."""
+    """The name of the GPU, or the CPU as :func:`aiokd.model.probe.cpu_description` tells it
+    (model name, family and model, widest vector extension, cores): latency depends on them."""
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    return cpu_description()
 
 
 def _work_per_student(count: int, latency: LatencySettings | None) -> int:

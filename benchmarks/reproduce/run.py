@@ -228,7 +228,9 @@ def on_gpu(results: dict[str, Any]) -> bool:
 def device_name(results: dict[str, Any]) -> str:
     if on_gpu(results):
         return f"1 GPU: {results['hardware']}"
-    return f"CPU: {results['hardware']}, {os.cpu_count()} cores"
+    hardware = results["hardware"]  # names its cores since probe.cpu_description
+    cores = "" if hardware.endswith(" cores") else f", {os.cpu_count()} cores"
+    return f"CPU: {hardware}{cores}"
 
 
 def test_set_name(test: dict[str, Any], work: Work) -> str:
