@@ -31,7 +31,7 @@ from aiokd.config import Config, ModelConfig, load_config
 from aiokd.data.batching import Batch, token_batches
 from aiokd.data.corpus import ParallelSplit, load_manifest
 from aiokd.evaluation.latency import timed
-from aiokd.model.probe import cpu_model
+from aiokd.model.probe import cpu_description
 from aiokd.students import Student
 from aiokd.train.stream import make_batch
 
@@ -47,10 +47,11 @@ RUNS = 3
 
 
 def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU's model name."""
+    """The GPU's name, or the CPU as :func:`aiokd.model.probe.cpu_description` tells it (model
+    name, family and model, widest vector extension, cores)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return cpu_model()
+    return cpu_description()
 
 
 def load_average() -> list[float] | None:
