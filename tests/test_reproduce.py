@@ -906,6 +906,17 @@ def test_the_long_default_is_planned_as_the_continuation_of_its_capped_twin(tmp_
     assert not [s for s in steps if s.key.startswith(("continue:", "train:aiokd-capped"))]
 
 
+def trained_at_once(work: plan.Work, system: str, out: Path) -> bytes:
+    """The model that ``system``'s own train command, as the driver plans it in ``work``,
+    trains into ``out`` in one go."""
+    steps = work.steps([(system, ["2-2", "6-6"])])
+    args = next(s.args for s in steps if s.key == f"train:{system}")
+    args[args.index("--out") + 1] = str(out)
+    done = run_aiokd(*args)
+    assert done.returncode == 0, done.stderr
+    return (out / "model.safetensors").read_bytes()
+
+
 @pytest.mark.slow
 def test_the_continued_run_is_the_long_run_and_pays_for_its_twin(tmp_path, monkeypatch):
     """The driver trains the capped twin, copies it less its model and evaluations, and goes on:
@@ -923,14 +934,8 @@ def test_the_continued_run_is_the_long_run_and_pays_for_its_twin(tmp_path, monke
     runs = work / "runs"
     assert continuation.continued_run(runs / "aiokd") == "aiokd-capped"
     assert not continuation.continued_run(runs / "aiokd-capped")
-    long_command = plan.Work(work, quick).steps([("aiokd", ["2-2", "6-6"])])
-    args = next(s.args for s in long_command if s.key == "train:aiokd")
-    at_once = tmp_path / "at-once"
-    args[args.index("--out") + 1] = str(at_once)
-    done = run_aiokd(*args)
-    assert done.returncode == 0, done.stderr
-    assert (runs / "aiokd" / "model.safetensors").read_bytes() == (
-        at_once / "model.safetensors").read_bytes()
+    assert (runs / "aiokd" / "model.safetensors").read_bytes() == trained_at_once(
+        plan.Work(work, quick), "aiokd", tmp_path / "at-once")
     found = json.loads((results / "multi30k-quick.json").read_text())["runs"]
     timings = json.loads((work / "timings.json").read_text())
     assert found["aiokd"]["continues"] == "aiokd-capped"
@@ -971,14 +976,8 @@ def test_the_stage_1_copy_is_the_run_trained_at_once_and_pays_its_share(tmp_path
     assert continuation.continued_run(runs / "aiokd-no-ml") == "aiokd"
     assert (runs / "aiokd-no-ml" / "model.safetensors").read_bytes() != (
         runs / "aiokd" / "model.safetensors").read_bytes()
-    command = plan.Work(work, plan.load_preset("quick")).steps([("aiokd-no-ml", ["2-2"])])
-    args = next(s.args for s in command if s.key == "train:aiokd-no-ml")
-    at_once = tmp_path / "at-once"
-    args[args.index("--out") + 1] = str(at_once)
-    done = run_aiokd(*args)
-    assert done.returncode == 0, done.stderr
-    assert (runs / "aiokd-no-ml" / "model.safetensors").read_bytes() == (
-        at_once / "model.safetensors").read_bytes()
+    assert (runs / "aiokd-no-ml" / "model.safetensors").read_bytes() == trained_at_once(
+        plan.Work(work, plan.load_preset("quick")), "aiokd-no-ml", tmp_path / "at-once")
     found = json.loads((results / "multi30k-quick.json").read_text())["runs"]
     timings = json.loads((work / "timings.json").read_text())
     mine = found["aiokd-no-ml"]
