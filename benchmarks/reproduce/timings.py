@@ -27,9 +27,9 @@ from aiokd.model.probe import cpu_description
 CPU = "cpu:"
 """Prefix of the keys that hold a step's CPU seconds."""
 MACHINE = "machine:"
-"""Prefix of the keys that hold a step's CPU seconds by machine."""
+"""Prefix of the keys that hold a step's cost by machine."""
 NOT_RECORDED = "not recorded"
-"""The machine of CPU seconds counted before machines were recorded."""
+"""The machine of the cost counted before machines were recorded."""
 FLUSH_SECONDS = 30
 """How often a running step's time is added: a driver killed without warning (a machine shut
 down) loses at most this much of the step's cost."""
