@@ -28,6 +28,7 @@ import machines  # noqa: E402
 import merge  # noqa: E402
 import plan  # noqa: E402
 import report  # noqa: E402
+import report_markdown  # noqa: E402
 import significance  # noqa: E402
 import status  # noqa: E402
 import timings as timings_module  # noqa: E402
@@ -169,9 +170,9 @@ def test_each_seed_of_a_teacher_stage_system_has_its_own_teacher(tmp_path):
     aiokd = report.summarize(runs, ["6-6"], plan.CANDIDATES)["aiokd"]
     assert aiokd["cost_minutes_by_seed"] == {"1": 400.0, "2": 430.0}
     assert aiokd["cost_minutes"] == 415.0
-    assert "its teacher stage" in report._teachers_sentence(runs)
+    assert "its teacher stage" in report_markdown._teachers_sentence(runs)
     runs = {name: r for name, r in runs.items() if not name.startswith("aiokd")}
-    assert "teacher stage" not in report._teachers_sentence(runs)
+    assert "teacher stage" not in report_markdown._teachers_sentence(runs)
 
 
 def test_a_teacher_stage_other_than_the_teachers_cap_is_refused(tmp_path):
@@ -290,9 +291,9 @@ def test_the_rule_that_chooses_the_default(sandwich_2_2, sandwich_6_6, replaces)
     assert [c["system"] for c in found] == ["aiokd-sandwich"]  # the paper row: no common seed
     assert found[0]["seeds"] == [2] and found[0]["students"] == ["2-2", "6-6"]
     assert found[0]["default_avg"] == 41.0 and found[0]["replaces_default"] is replaces
-    section = report._challengers_section({"challengers": found})
+    section = report_markdown._challengers_section({"challengers": found})
     assert ("**yes**" if replaces else "| no |") in section
-    assert report._challengers_section({"challengers": []}) == ""
+    assert report_markdown._challengers_section({"challengers": []}) == ""
 
 
 def test_variants_are_judged_against_the_default_at_their_budget():
@@ -490,7 +491,7 @@ def test_a_run_trained_again_keeps_the_training_it_replaces(tmp_path):
     evaluated_again = again | {"bleu": {"6-6": 40.5}}
     merge.merge(runs, [evaluated_again], tmp_path)
     assert runs["scratch-6-6"] is evaluated_again and len(runs) == 3
-    assert "trained again as scratch-6-6" in report._code(earlier)
+    assert "trained again as scratch-6-6" in report_markdown._code(earlier)
 
 
 def _observed(detached, ce):
@@ -534,7 +535,7 @@ def test_seeds_are_averaged_with_their_spread():
                "seeds": [1, 2], "students": ["2-2", "6-6"], "systems": systems, "teacher": None,
                "targets": report.targets(systems), "budget": "", "cost_rule": "",
                "sacrebleu_signature": {}, "driver_commands": [], "runs": {}}
-    text = report.markdown(results)
+    text = report_markdown.markdown(results)
     assert "| 30.50 ± 1.00 | 31.50 ± 1.00 | 31.00 ± 0.00 |" in text
     assert "| 29.00 | 28.00 | 28.50 |" in text  # one seed: no spread
     assert "## BLEU of every student" in text and "37.5% / 0.0%" in text
@@ -590,15 +591,15 @@ def test_each_aiokd_student_is_tested_against_the_same_student_alone(tmp_path):
                "seeds": [1], "students": ["2-2"], "systems": {}, "teacher": None,
                "targets": {}, "budget": "", "cost_rule": "", "sacrebleu_signature": {},
                "driver_commands": [], "runs": {}, "significance": [found]}
-    text = report.markdown(results)
+    text = report_markdown.markdown(results)
     assert "## Paired significance" in text and "| 2-2 | `aiokd` | `word-kd-2-2` |" in text
     systems = report.summarize(runs, ["2-2"], plan.CANDIDATES)
     every = report.targets(systems)["every_student_vs_word_kd"]
     assert every["system"] == "aiokd" and every["margins"] == {"2-2": 10.0}
-    line = next(row for row in report.markdown({**results, "targets": {"every": every}})
+    line = next(row for row in report_markdown.markdown({**results, "targets": {"every": every}})
                 .splitlines() if "every student" in row)
     assert f"2-2 +10.00 (p {found['p_value']:.3f})" in line
-    assert "## Paired significance" not in report.markdown({**results, "significance": []})
+    assert "## Paired significance" not in report_markdown.markdown({**results, "significance": []})
 
 
 
@@ -638,9 +639,9 @@ def test_the_premise_needs_the_teacher_above_its_smallest_student(ce_2_2, met):
     assert systems["scratch"]["valid_ce_by_seed"] == {"2": {"2-2": ce_2_2, "6-6": 1.52}}
     found = report.premise(systems)
     assert found["bleu"] == {"2-2": 39.25, "6-6": 41.25} and found["met"] is met
-    table = report._validation_table({"students": ["2-2", "6-6"], "systems": systems})
+    table = report_markdown._validation_table({"students": ["2-2", "6-6"], "systems": systems})
     assert f"| `scratch` | {ce_2_2:.3f} | 1.520 |" in table
-    row = report._targets_table({}, [], found)
+    row = report_markdown._targets_table({}, [], found)
     assert "| BLEU 41.25; seed 2: CE 1.520 | BLEU > 39.25; CE < " in row
     assert report.premise(report.summarize({"scratch-6-6": runs[1]}, ["6-6"],
                                            plan.CANDIDATES))["met"] is None

@@ -21,6 +21,7 @@ from statistics import mean
 from typing import Any
 
 import report
+import report_markdown
 from timings import NOT_RECORDED
 
 
@@ -96,7 +97,7 @@ def section(results: dict[str, Any]) -> str:
             for name, r in runs.items()]
     text = ("\n\n## Machines\n\nCPU-minutes compare on one machine only. Each run's training "
             "cost by the machine it trained on (runs without a line trained before machines "
-            "were recorded):\n\n" + report.table(["run", "minutes by machine"], rows))
+            "were recorded):\n\n" + report_markdown.table(["run", "minutes by machine"], rows))
     comparisons = [[f"`{system}`", c["machine"], ", ".join(map(str, c["seeds"])),
                     f"{c['cost_minutes']:.1f}", f"{c['word_kd_15_minutes']:.1f}",
                     ", ".join(c["word_kd_students"]), f"{c['ratio']:.3f}",
@@ -109,5 +110,5 @@ def section(results: dict[str, Any]) -> str:
         text += ("\n\nThe cost target on one machine: the system's seeds whose runs and teacher "
                  "all trained there, against 15 Word-KD students extrapolated from those "
                  "trained there plus the mean of the teachers trained there.\n\n"
-                 + report.table(header, comparisons))
+                 + report_markdown.table(header, comparisons))
     return text

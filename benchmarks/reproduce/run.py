@@ -38,6 +38,7 @@ import figure
 import machines
 import merge
 import report
+import report_markdown
 import significance
 from continuation import continued_run, shared_share
 from locks import locked, step_locked
@@ -388,7 +389,8 @@ def _write_results(preset: Preset, work: Work, steps: list[Step], timings: Timin
                             old.get("significance", []))
     results_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(json_path, results)
-    atomic_write_bytes(md_path, report.markdown(results, machines.section(results)).encode())
+    text = report_markdown.markdown(results, machines.section(results))
+    atomic_write_bytes(md_path, text.encode())
     if results["systems"]:
         atomic_write_bytes(png_path, figure.bleu_by_student(results, CANDIDATES))
     return results
@@ -419,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     results_dir = Path(args.results_dir)
     if args.report_only:
         results = write_results(preset, work, steps, timings, results_dir, None, name)
-        print(report.summary(results))
+        print(report_markdown.summary(results))
         return 0
     if preset.subset is not None and data is None:
         write_subset(preset, work)
@@ -444,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         if step.run and step.key == work.test.step_key(step.run):
             write_results(preset, work, steps, timings, results_dir, driver, name)
     results = write_results(preset, work, steps, timings, results_dir, driver, name)
-    print("\n" + report.summary(results))
+    print("\n" + report_markdown.summary(results))
     print(f"\nwrote {results_dir / f'{name}-{preset.name}'}.json, .md and .png")
     return 0
 
