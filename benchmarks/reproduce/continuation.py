@@ -21,6 +21,8 @@ import json
 import shutil
 from pathlib import Path
 
+from training_log import updates_by_stage
+
 from aiokd.io import atomic_directory
 
 MARKER = "continues.json"
@@ -68,8 +70,5 @@ def shared_share(run_dir: Path, twin_dir: Path) -> float:
     stages = json.loads((run_dir / MARKER).read_text()).get("stages")
     if not stages:
         return 1.0
-    last: dict[int, int] = {}
-    for line in (twin_dir / "log.jsonl").read_text().splitlines():
-        entry = json.loads(line)
-        last[entry["stage"]] = max(last.get(entry["stage"], 0), entry["update"])
+    last = updates_by_stage(twin_dir)
     return sum(last.get(stage, 0) for stage in stages) / max(sum(last.values()), 1)

@@ -57,7 +57,7 @@ from plan import (
 )
 from status import status_lines
 from timings import FLUSH_SECONDS, Timings, children_cpu_seconds, cpu_seconds
-from training_log import observe
+from training_log import observe, updates_by_stage
 
 from aiokd.data.prepare import MULTI30K_DIR
 from aiokd.io import atomic_directory, atomic_write_bytes, atomic_write_json
@@ -213,12 +213,7 @@ def execute(step: Step, log: Path, timings: Timings, threads: int | None) -> int
 
 def updates_done(run_dir: Path) -> int:
     """Updates trained, summed over stages, from the run's ``log.jsonl``."""
-    last: dict[int, int] = {}
-    log = run_dir / "log.jsonl"
-    for line in log.read_text().splitlines() if log.is_file() else []:
-        entry = json.loads(line)
-        last[entry["stage"]] = max(last.get(entry["stage"], 0), entry["update"])
-    return sum(last.values())
+    return sum(updates_by_stage(run_dir).values())
 
 
 def on_gpu(results: dict[str, Any]) -> bool:

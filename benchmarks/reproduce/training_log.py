@@ -47,6 +47,11 @@ def read_entries(run_dir: Path) -> list[dict[str, Any]]:
     return sorted(kept.values(), key=lambda e: (e["stage"], e["update"]))
 
 
+def updates_by_stage(run_dir: Path) -> dict[int, int]:
+    """Stage -> the last update it logged."""
+    return {entry["stage"]: entry["update"] for entry in read_entries(run_dir)}
+
+
 def validations(entries: list[dict[str, Any]], stage: int) -> list[dict[str, Any]]:
     """``{"update", "ce": {student: CE}, "mean"}`` for each validation of ``stage``."""
     return [{"update": e["update"], "mean": e["mean"],
