@@ -226,6 +226,11 @@ class TrainConfig:
     """Tokens per validation batch (0: same as max_tokens)."""
     threads: int = 0
     """CPU threads for PyTorch (0: leave PyTorch's default)."""
+    keep_freed_memory: bool = True
+    """On a CPU with glibc, keep freed memory for the next tensors instead of returning it to the
+    system (:mod:`aiokd.allocator`): a step's largest tensors then reuse pages already mapped
+    instead of new ones the kernel must zero (``benchmarks/freed_memory.py`` measures the steps
+    both ways).  The process keeps its peak memory until it ends."""
     compile: bool = False
     """Compile every encoder and decoder layer with ``torch.compile`` (dynamic shapes) for
     training and validation.  Whether it pays depends on the machine: ``benchmarks/speed.py

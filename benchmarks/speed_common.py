@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from aiokd.allocator import freed_memory_is_kept, keep_freed_memory
 from aiokd.config import Config, ModelConfig, load_config
 from aiokd.data.batching import Batch, token_batches
 from aiokd.data.corpus import ParallelSplit, load_manifest
@@ -69,6 +70,16 @@ def _high_water_rss() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def minor_page_faults() -> int | None:
+    """Minor page faults of this process so far, all threads (``None`` where the platform does
+    not count them): each one a page the kernel mapped, zeroed if fresh, on first touch."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def _reset_high_water_rss() -> int | None:
@@ -300,10 +311,16 @@ def add_warmup_argument(p: argparse.ArgumentParser) -> None:
 
 
 def chosen_device(args: argparse.Namespace) -> torch.device:
-    """Apply ``--threads``; the device of ``--device`` (default: CUDA if available)."""
+    """Apply ``--threads``, and on a CPU keep freed memory as ``aiokd train`` does
+    (``train.keep_freed_memory``; ``--set train.keep_freed_memory=false`` to measure without);
+    the device of ``--device`` (default: CUDA if available)."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cpu" and load_config(args.preset,
+                                            overrides=args.overrides).train.keep_freed_memory:
+        keep_freed_memory()
+    return device
 
 
 def new_report(device: torch.device, script: str, argv: list[str] | None,
@@ -313,6 +330,7 @@ def new_report(device: torch.device, script: str, argv: list[str] | None,
                           *(sys.argv[1:] if argv is None else argv)])
     return {"device": device.type, "device_name": device_name(device),
             "threads": torch.get_num_threads(), "torch_version": torch.__version__,
+            "freed_memory_kept": freed_memory_is_kept(),
             "command": command, **settings,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "load_average": load_average()}
@@ -333,7 +351,8 @@ def fmt(value: float | None, spec: str) -> str:
 def format_head(report: dict[str, Any]) -> list[str]:
     """The machine and GEMM ceiling lines of a report."""
     lines = [f"device: {report['device']} ({report['device_name']}), threads {report['threads']}, "
-             f"torch {report['torch_version']}, runs {report['runs']}"]
+             f"torch {report['torch_version']}, runs {report['runs']}"
+             + (", freed memory kept" if report.get("freed_memory_kept") else "")]
     for precision, gemm in report.get("gemm", {}).items():
         shapes = ", ".join(f"{s['m']}x{s['k']}x{s['n']}: {s['flops_per_s'] / 1e9:.3g}"
                            for s in gemm["shapes"])

@@ -39,6 +39,7 @@ from speed_common import (
     gemm_ceilings,
     int_list,
     mib,
+    minor_page_faults,
     new_report,
     prepared_data,
     training_batches,
@@ -166,7 +167,8 @@ def bench_training(variants: list[tuple[Variant, Config]], batches: list[Batch],
 
     Returns, per variant name: the median step time, the warm-up time, target tokens per second
     over the timed steps, the analytic FLOPs per step (mean), the achieved FLOP/s and its
-    fraction of ``gemm_ceiling``, and the peak memory in MiB.
+    fraction of ``gemm_ceiling``, the peak memory in MiB, and the minor page faults of each
+    timed step.
     """
     runs = len(batches)
     trainers, students, memory, warmup_s = {}, {}, {}, {}
@@ -181,10 +183,14 @@ def bench_training(variants: list[tuple[Variant, Config]], batches: list[Batch],
         trainers[variant], students[variant], memory[variant] = trainer, chosen, added.peak
         warmup_s[variant] = time.perf_counter() - started
     times: dict[Variant, list[float]] = {variant: [] for variant, _ in variants}
+    faults: dict[Variant, list[int | None]] = {variant: [] for variant, _ in variants}
     for i, batch in enumerate(batches):
         for variant, _ in variants:
             step = partial(trainers[variant].step, batch, students[variant][i], variant.stage)
+            before = minor_page_faults()
             times[variant].append(timed(step, device))
+            after = minor_page_faults()
+            faults[variant].append(None if before is None else after - before)
     found = {}
     tokens = sum(batch.tokens for batch in batches)
     for variant, cfg in variants:
@@ -203,6 +209,7 @@ def bench_training(variants: list[tuple[Variant, Config]], batches: list[Batch],
             "flops_per_step": sum(flops) / runs, "achieved_flops_per_s": achieved,
             "fraction_of_gemm_ceiling": achieved / gemm_ceiling if gemm_ceiling else None,
             "peak_memory_mb": mib(memory[variant]),
+            "minor_page_faults": faults[variant],
         }
     return found
 

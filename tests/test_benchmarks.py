@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from aiokd.model.transformer import Transformer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import auto_settings  # noqa: E402
+import freed_memory  # noqa: E402
 import speed  # noqa: E402
 import speed_decoding  # noqa: E402
 import speed_scaling  # noqa: E402
@@ -128,6 +130,20 @@ def test_training_section_on_its_own(tiny_data_dir, tmp_path, one_thread):
     figures = report["presets"]["tiny"]["precisions"]["float32"]
     assert set(figures["training"]) == {"teacher", "stage1_k2", "stage2_k2", "stage1_k2_no_reuse"}
     assert all(_positive(ratio) for ratio in figures["ratios"].values())
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+def test_freed_memory_times_both_sides_in_processes_of_their_own(tiny_data_dir, tmp_path):
+    out = tmp_path / "freed-memory.json"
+    report = freed_memory.main(["--preset", "tiny", "--data", str(tiny_data_dir), "--runs", "1",
+                                "--rounds", "1", "--set", *TINY, "--json", str(out)])
+    assert json.loads(out.read_text())["variants"] == report["variants"]
+    assert set(report["variants"]) == {"teacher", "stage1_k2", "stage2_k2", "stage1_k2_no_reuse"}
+    for figures in report["variants"].values():
+        assert len(figures["step_s_kept"]) == len(figures["step_s_returned"]) == 1
+        assert _positive(figures["ratio_returned_vs_kept"])
+    gemm = report["gemm_flops_per_s_median"]
+    assert set(gemm["kept"]) == set(gemm["returned"]) and gemm["kept"]
 
 
 def test_exp_kernels_times_every_variant_with_both_kernels(tiny_data_dir, tmp_path, monkeypatch,

@@ -35,6 +35,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from aiokd import __version__
+from aiokd.allocator import keep_freed_memory
 from aiokd.config import Config
 from aiokd.data.corpus import ParallelSplit
 from aiokd.distill.objective import Objective
@@ -440,6 +441,8 @@ def _train_stages(run: Run, dist_: Distributed, train_split: ParallelSplit,
     run.cfg, precision = resolve_precision(run.cfg, dist_)
     cfg = run.cfg
     logger.say(f"precision: {precision_record(cfg, precision)['precision']}")
+    if cfg.train.keep_freed_memory and dist_.device.type == "cpu" and keep_freed_memory():
+        logger.say("memory: freed memory kept for the next tensors (train.keep_freed_memory)")
     try:
         for position, stage_number in enumerate(run.stages):
             stage = Stage(run, stage_number, dist_, train_split, valid_split, logger, budget,

@@ -34,7 +34,7 @@ from aiokd.lock import exclusive_lock
 
 RESUMABLE_CHANGES = {"max_updates", "stage1_updates", "max_epochs", "max_minutes", "patience",
                      "validate_every", "save_every", "log_every", "threads", "max_bad_steps",
-                     "compile"}
+                     "compile", "keep_freed_memory"}
 """Training options that may differ when a run is resumed; any other change needs a new run,
 except a baseline's ``distill`` settings that only AIO-KD reads (``DistillConfig.AIOKD_ONLY``)."""
 
