@@ -40,8 +40,9 @@ def page_faults_of_late_steps(side: str) -> int:
 def test_kept_freed_memory_serves_the_next_steps_without_new_pages():
     returned = page_faults_of_late_steps("return")
     kept = page_faults_of_late_steps("keep")
-    # Returned, each step maps its logits and their gradient afresh: 16,000 pages per 64 MB.
-    assert returned > 3 * 16_000
+    # Returned, each step maps its logits and their gradient afresh: 16,000 pages of 4 KiB per
+    # 64 MB (32 where transparent huge pages back every mapping).
+    assert returned >= 3 * 2 * 32
     assert kept < returned / 10
 
 
