@@ -1,4 +1,4 @@
-"""Freed memory kept in the process for the next tensors of its size, on a CPU with glibc.
+"""Freed memory kept in the process for its next tensors, on a CPU with glibc.
 
 glibc's ``malloc`` serves a block above its mmap threshold (128 KiB, rising to at most 32 MiB as
 blocks are freed) with a mapping of its own and unmaps it when the block is freed.  A training
