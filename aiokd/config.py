@@ -228,7 +228,7 @@ class TrainConfig:
     """CPU threads for PyTorch (0: leave PyTorch's default)."""
     keep_freed_memory: bool = True
     """On a CPU with glibc, keep freed memory for the next tensors instead of returning it to the
-    system (:mod:`aiokd.allocator`): a step's largest tensors then reuse pages already mapped
+    system (:mod:`aiokd.train.allocator`): a step's largest tensors then reuse pages already mapped
     instead of new ones the kernel must zero (``benchmarks/freed_memory.py`` measures the steps
     both ways).  The process keeps its peak memory until it ends."""
     compile: bool = False

@@ -1,5 +1,5 @@
 """Training steps on a CPU with freed memory kept for reuse (``train.keep_freed_memory=true``,
-the default, :mod:`aiokd.allocator`) and returned to the system (``false``), side by side.
+the default, :mod:`aiokd.train.allocator`) and returned to the system (``false``), side by side.
 
 The allocator's setting holds for a whole process, so each side is a process of its own: the
 training section of the speed benchmark (``speed_training.py``: the teacher step and AIO-KD's

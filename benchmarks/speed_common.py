@@ -27,13 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from aiokd.allocator import freed_memory_is_kept, keep_freed_memory
 from aiokd.config import Config, ModelConfig, load_config
 from aiokd.data.batching import Batch, token_batches
 from aiokd.data.corpus import ParallelSplit, load_manifest
 from aiokd.evaluation.latency import timed
 from aiokd.model.probe import cpu_description
 from aiokd.students import Student
+from aiokd.train.allocator import freed_memory_is_kept, keep_freed_memory
 from aiokd.train.stream import make_batch
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}

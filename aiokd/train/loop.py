@@ -35,7 +35,6 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from aiokd import __version__
-from aiokd.allocator import keep_freed_memory
 from aiokd.config import Config
 from aiokd.data.corpus import ParallelSplit
 from aiokd.distill.objective import Objective
@@ -50,6 +49,7 @@ from aiokd.model.checkpoint import (
 )
 from aiokd.model.transformer import Transformer
 from aiokd.students import Student, sample_students
+from aiokd.train.allocator import keep_freed_memory
 from aiokd.train.budget import TimeBudget, stage_work
 from aiokd.train.distributed import Distributed, setup_distributed
 from aiokd.train.init_from import start_from_model

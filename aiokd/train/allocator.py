@@ -10,8 +10,10 @@ at 49 GFLOP/s against 85 into reused memory (``benchmarks/results/freed-memory-c
 
 With ``M_MMAP_MAX = 0`` every block comes from the heap, and with ``M_TRIM_THRESHOLD`` at its
 largest the heap is not given back: once it has grown to a step's peak, the next steps' blocks
-come from freed ones, whose pages are already mapped.  The price is that the process keeps its
-peak memory until it ends.  ``benchmarks/freed_memory.py`` measures training steps both ways.
+come from freed ones, whose pages are already mapped (not every time: an aligned request is
+padded, so a block freed alone may be too small for the next of its size, and a step maps a
+fresh one now and then).  The price is that the process keeps its peak memory until it ends.
+``benchmarks/freed_memory.py`` measures training steps both ways.
 """
 
 from __future__ import annotations
