@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from speed_common import device_name, load_average
+from speed_common import device_name, finish
 
 SIDES = {"kept": "true", "returned": "false"}
 """Each side's ``train.keep_freed_memory``."""
@@ -66,6 +66,27 @@ def one_round(args: argparse.Namespace, keep: str, out: Path) -> tuple[dict[str,
     return report["presets"][args.preset]["precisions"]["float32"]["training"], gemm
 
 
+def format_report(report: dict[str, Any]) -> str:
+    """The table of step times, page faults and peak memory, and the GEMM line."""
+    gemm = report["gemm_flops_per_s_median"]
+    lines = [f"{report['device_name']}, {report['threads']} thread(s), preset {report['preset']}, "
+             f"float32, {report['rounds']} rounds x {report['runs']} steps per side",
+             f"{'variant':22s} {'kept ms':>9s} {'returned ms':>12s} {'ratio':>7s} "
+             f"{'page faults kept':>17s} {'returned':>9s} {'peak MiB kept':>14s} {'returned':>9s}"]
+    for name, v in report["variants"].items():
+        lines.append(f"{name:22s} {v['step_s_median_kept'] * 1e3:9.0f} "
+                     f"{v['step_s_median_returned'] * 1e3:12.0f} "
+                     f"{v['ratio_returned_vs_kept']:7.3f} "
+                     f"{v['minor_page_faults_median_kept']:17.0f} "
+                     f"{v['minor_page_faults_median_returned']:9.0f} "
+                     f"{v['peak_memory_mb_kept']:14.0f} {v['peak_memory_mb_returned']:9.0f}")
+    lines.append("float32 GEMM into a new tensor, GFLOP/s (median over the rounds), "
+                 "kept / returned: "
+                 + ", ".join(f"{shape} {gemm['kept'][shape] / 1e9:.1f} / "
+                             f"{gemm['returned'][shape] / 1e9:.1f}" for shape in gemm["kept"]))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     started = time.perf_counter()
@@ -104,30 +125,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "runs": args.runs, "torch_version": torch.__version__,
               "command": " ".join(["python", "benchmarks/freed_memory.py",
                                    *(sys.argv[1:] if argv is None else argv)]),
-              "elapsed_s": time.perf_counter() - started, "load_average_end": load_average(),
               "variants": variants,
               "gemm_flops_per_s_median": {side: {shape: statistics.median(values)
                                                  for shape, values in found.items()}
                                           for side, found in gemms.items()}}
-    print(f"{report['device_name']}, {args.threads} thread(s), preset {args.preset}, float32, "
-          f"{args.rounds} rounds x {args.runs} steps per side")
-    print(f"{'variant':22s} {'kept ms':>9s} {'returned ms':>12s} {'ratio':>7s} "
-          f"{'page faults kept':>17s} {'returned':>9s} {'peak MiB kept':>14s} {'returned':>9s}")
-    for name, v in variants.items():
-        print(f"{name:22s} {v['step_s_median_kept'] * 1e3:9.0f} "
-              f"{v['step_s_median_returned'] * 1e3:12.0f} {v['ratio_returned_vs_kept']:7.3f} "
-              f"{v['minor_page_faults_median_kept']:17.0f} "
-              f"{v['minor_page_faults_median_returned']:9.0f} "
-              f"{v['peak_memory_mb_kept']:14.0f} {v['peak_memory_mb_returned']:9.0f}")
-    print("float32 GEMM into a new tensor, GFLOP/s (median over the rounds), kept / returned: "
-          + ", ".join(f"{shape} {report['gemm_flops_per_s_median']['kept'][shape] / 1e9:.1f} / "
-                      f"{report['gemm_flops_per_s_median']['returned'][shape] / 1e9:.1f}"
-                      for shape in report["gemm_flops_per_s_median"]["kept"]))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        print(f"figures written to {args.json}", file=sys.stderr)
-    return report
+    return finish(report, started, format_report, args.json)
 
 
 if __name__ == "__main__":
