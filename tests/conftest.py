@@ -39,6 +39,15 @@ def exp_kernel(request, monkeypatch) -> str:
     return request.param
 
 
+def pytest_configure(config):
+    """Under ``pytest -n N`` each of the N test processes computes on its share of the cores."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
+
+
 def make_corpus(pairs: int, seed: int = 0) -> tuple[list[str], list[str]]:
     """``pairs`` word-for-word translated sentences of 3 to 10 words."""
     rng = random.Random(seed)
