@@ -195,6 +195,12 @@ def _add_lenpen(p: argparse.ArgumentParser) -> None:
                    help="length penalty: hypotheses score log p / length^lenpen (default 1)")
 
 
+def _add_engine(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=["torch", "ctranslate2"], default="torch",
+                   help="torch, or ctranslate2: a CTranslate2 export as it is, any other model "
+                   "exported student by student on the fly (default: torch)")
+
+
 def _add_threads(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads of PyTorch and CTranslate2 (default: PyTorch's, one per "
@@ -206,8 +212,8 @@ def _add_translate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True,
                    help="run directory, checkpoint, extracted student or exported model")
     p.add_argument("--student", default=None, help="l_e-l_d (default: the full model)")
-    p.add_argument("--beam", type=int, default=5)
-    p.add_argument("--engine", choices=["torch", "ctranslate2"], default="torch")
+    p.add_argument("--beam", type=int, default=5, help="beam size (default: 5)")
+    _add_engine(p)
     p.add_argument("-i", "--input", default="-", help="input file (default: stdin)")
     p.add_argument("-o", "--output", default="-", help="output file (default: stdout)")
     p.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch")
@@ -220,15 +226,16 @@ def _add_translate(sub: argparse._SubParsersAction) -> None:
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="BLEU, chrF, size and latency of every student")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True,
+                   help="run directory, checkpoint, extracted student or exported model")
     p.add_argument("--data", help="prepared data directory")
     p.add_argument("--split", default="test", help="split of --data (default: test)")
     p.add_argument("--src", help="raw source file (instead of --data)")
     p.add_argument("--ref", help="raw reference file (with --src)")
     p.add_argument("--students", default="all", help="all, or a list like 6-2,4-4")
-    p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--beam", type=int, default=5, help="beam size (default: 5)")
     _add_lenpen(p)
-    p.add_argument("--engine", choices=["torch", "ctranslate2"], default="torch")
+    _add_engine(p)
     p.add_argument("--tok-bleu", action="store_true",
                    help="also report the paper's tokenized BLEU")
     p.add_argument("--no-latency", action="store_true", help="skip latency measurement")
@@ -242,7 +249,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                    "scored; from 3 on, the fastest and the slowest are dropped from the mean "
                    "(default: 1)")
     p.add_argument("--out", required=True, help="results.json (CSV and PNGs are written beside)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     _add_dtype(p)
     _add_threads(p)
     p.set_defaults(run=_evaluate)
@@ -280,44 +287,48 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
 def _add_select(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("select", help="pick the best student that meets a device budget")
     p.add_argument("--results", required=True, help="results.json from `aiokd evaluate`")
-    p.add_argument("--max-latency-ms", type=float)
-    p.add_argument("--max-params", type=float)
-    p.add_argument("--max-size-mb", type=float)
-    p.add_argument("--min-bleu", type=float)
+    p.add_argument("--max-latency-ms", type=float,
+                   help="at most this many ms per sentence at batch 1, as evaluated")
+    p.add_argument("--max-params", type=float, help="at most this many parameters")
+    p.add_argument("--max-size-mb", type=float, help="at most this many MB (10^6 bytes) on disk")
+    p.add_argument("--min-bleu", type=float, help="at least this BLEU, as evaluated")
     p.set_defaults(run=_select)
 
 
 def _add_extract(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("extract", help="save one student as a standalone small model")
-    p.add_argument("--model", required=True)
-    p.add_argument("--student", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--model", required=True, help="run directory, checkpoint or model directory")
+    p.add_argument("--student", required=True, help="l_e-l_d, e.g. 6-2")
+    p.add_argument("--out", required=True, help="the model directory to write (new)")
     p.set_defaults(run=_extract)
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export",
                        help="export one student for deployment (CTranslate2, Hugging Face)")
-    p.add_argument("--model", required=True)
-    p.add_argument("--student", default=None)
+    p.add_argument("--model", required=True,
+                   help="run directory, checkpoint, model directory or extracted student")
+    p.add_argument("--student", default=None, help="l_e-l_d (default: the full model)")
     p.add_argument("--format", choices=["ctranslate2", "hf"], default="ctranslate2",
                    help="ctranslate2, or hf: a Marian directory for transformers' MarianMTModel "
                    "(post-norm models with model.positions=marian)")
     p.add_argument("--quantization", choices=["none", "int8", "int8_float32", "float16"],
                    default="none", help="ctranslate2 only")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the directory to write (new)")
     p.set_defaults(run=_export)
 
 
 def _add_distill_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("distill-data",
                        help="translate the training source to make sequence-level KD data")
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--student", default=None)
-    p.add_argument("--beam", type=int, default=5)
-    p.add_argument("--device", default=None)
+    p.add_argument("--model", required=True,
+                   help="the teacher: run directory, checkpoint or model directory")
+    p.add_argument("--data", required=True, help="prepared data directory to translate")
+    p.add_argument("--out", required=True, help="the data directory to write")
+    p.add_argument("--student", default=None,
+                   help="l_e-l_d that translates (default: the full model)")
+    p.add_argument("--beam", type=int, default=5, help="beam size (default: 5)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     _add_dtype(p)
     _add_threads(p)
     p.add_argument("--force", action="store_true", help="overwrite an existing --out directory")

@@ -3,6 +3,7 @@ model options, and outputs that the file system refuses, each reported in one li
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import shutil
@@ -19,6 +20,15 @@ from tests.conftest import (
     run_cli,
     train_argv,
 )
+
+
+def test_every_option_of_every_command_says_what_it_is():
+    commands = next(action for action in build_parser()._actions
+                    if isinstance(action, argparse._SubParsersAction)).choices
+    silent = [f"{name} {action.option_strings[-1] if action.option_strings else action.dest}"
+              for name, parser in commands.items() for action in parser._actions
+              if not action.help]
+    assert not silent
 
 
 def test_overrides_may_stand_among_the_options():
