@@ -45,7 +45,9 @@ def pytest_configure(config):
     if workers:
         import torch
 
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+        torch.set_num_threads(max(1, cores // int(workers)))
 
 
 def make_corpus(pairs: int, seed: int = 0) -> tuple[list[str], list[str]]:
