@@ -195,6 +195,14 @@ def _add_lenpen(p: argparse.ArgumentParser) -> None:
                    help="length penalty: hypotheses score log p / length^lenpen (default 1)")
 
 
+def _add_beam(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--beam", type=int, default=5, help="beam size (default: 5)")
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+
+
 def _add_engine(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=["torch", "ctranslate2"], default="torch",
                    help="torch, or ctranslate2: a CTranslate2 export as it is, any other model "
@@ -212,13 +220,13 @@ def _add_translate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True,
                    help="run directory, checkpoint, extracted student or exported model")
     p.add_argument("--student", default=None, help="l_e-l_d (default: the full model)")
-    p.add_argument("--beam", type=int, default=5, help="beam size (default: 5)")
+    _add_beam(p)
     _add_engine(p)
     p.add_argument("-i", "--input", default="-", help="input file (default: stdin)")
     p.add_argument("-o", "--output", default="-", help="output file (default: stdout)")
     p.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch")
     _add_lenpen(p)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    _add_device(p)
     _add_dtype(p)
     _add_threads(p)
     p.set_defaults(run=_translate)
@@ -233,7 +241,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--src", help="raw source file (instead of --data)")
     p.add_argument("--ref", help="raw reference file (with --src)")
     p.add_argument("--students", default="all", help="all, or a list like 6-2,4-4")
-    p.add_argument("--beam", type=int, default=5, help="beam size (default: 5)")
+    _add_beam(p)
     _add_lenpen(p)
     _add_engine(p)
     p.add_argument("--tok-bleu", action="store_true",
@@ -249,7 +257,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                    "scored; from 3 on, the fastest and the slowest are dropped from the mean "
                    "(default: 1)")
     p.add_argument("--out", required=True, help="results.json (CSV and PNGs are written beside)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    _add_device(p)
     _add_dtype(p)
     _add_threads(p)
     p.set_defaults(run=_evaluate)
@@ -327,8 +335,8 @@ def _add_distill_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="the data directory to write")
     p.add_argument("--student", default=None,
                    help="l_e-l_d that translates (default: the full model)")
-    p.add_argument("--beam", type=int, default=5, help="beam size (default: 5)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    _add_beam(p)
+    _add_device(p)
     _add_dtype(p)
     _add_threads(p)
     p.add_argument("--force", action="store_true", help="overwrite an existing --out directory")
