@@ -29,6 +29,7 @@ import merge  # noqa: E402
 import plan  # noqa: E402
 import report  # noqa: E402
 import report_markdown  # noqa: E402
+import run as driver  # noqa: E402
 import significance  # noqa: E402
 import status  # noqa: E402
 import timings as timings_module  # noqa: E402
@@ -492,6 +493,55 @@ def test_a_run_trained_again_keeps_the_training_it_replaces(tmp_path):
     merge.merge(runs, [evaluated_again], tmp_path)
     assert runs["scratch-6-6"] is evaluated_again and len(runs) == 3
     assert "trained again as scratch-6-6" in report_markdown._code(earlier)
+
+
+def test_a_run_trained_again_leaves_its_run_directory_translations_to_the_new_training(
+        tmp_path):
+    """An earlier record names its run directory's own translations (an absolute path, from
+    before the copies were kept): once the run is trained and evaluated again, they are the new
+    training's, so they stay where they are, are kept under the new record, and the earlier
+    record has none.  Translations neither in the run directory nor kept are named by no
+    record (no empty directory either)."""
+    own = tmp_path / "runs" / "scratch-6-6" / "results.translations"
+    own.mkdir(parents=True)
+    (own / "6-6.txt").write_text("new\n")
+    results = tmp_path / "results"
+    runs = {"scratch-6-6": _record("scratch-6-6", "scratch", 1, {"6-6": 41.0}, 120.0)
+            | {"student": "6-6", "translations": str(own)}}
+    again = _record("scratch-6-6", "scratch", 1, {"6-6": 40.0}, 360.0) | {
+        "student": "6-6", "started": "2026-11-27T23:46:05Z", "translations": str(own)}
+    merge.merge(runs, [again], results)
+    assert "translations" not in runs["scratch-6-6@earlier"]
+    runs["scratch-6-6"] = driver.keep_translations(runs["scratch-6-6"], results, "m")
+    kept = results / runs["scratch-6-6"]["translations"]
+    assert kept == results / "m.translations" / "scratch-6-6"
+    assert (kept / "6-6.txt").read_text() == (own / "6-6.txt").read_text() == "new\n"
+    gone = _record("word-kd-2-2", "word-kd", 1, {"2-2": 39.0}, 10.0) | {
+        "translations": str(tmp_path / "elsewhere")}
+    assert "translations" not in driver.keep_translations(gone, results, "m")
+    assert not (results / "m.translations" / "word-kd-2-2").exists()
+
+
+def test_the_test_set_is_named_once_where_records_name_it_two_ways(tmp_path):
+    """Older records name the data directory's split, newer ones the corpus: where their kept
+    references are the same file, the header names the test set once, as the newest record
+    does, records without kept references but of an old name included; other references stay
+    a test set of their own."""
+    def scored(run, name, references=None, started=None):
+        record = _record(run, "scratch", 1, {"2-2": 30.0}, 1.0) | {"test_set": name}
+        if references is not None:
+            record["translations"] = write_translations(tmp_path / run, references,
+                                                        **{"2-2": references})
+        return record | ({"started": started} if started else {})
+
+    records = [scored("old", "data/test (60 sentences)", REFERENCES),
+               scored("old-no-copy", "data/test (60 sentences)"),
+               scored("new", "Multi30k test_2016_flickr (60 sentences)", REFERENCES,
+                       "2026-11-27T23:46:05Z")]
+    assert driver.test_sets(records, tmp_path) == "Multi30k test_2016_flickr (60 sentences)"
+    other = scored("other", "other/test (60 sentences)", ["a", "b", "c"])
+    assert driver.test_sets([*records, other], tmp_path) == (
+        "Multi30k test_2016_flickr (60 sentences); other/test (60 sentences)")
 
 
 def _observed(detached, ce):

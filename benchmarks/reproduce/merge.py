@@ -69,9 +69,15 @@ def _free_name(runs: dict[str, Any], name: str, when: str | None) -> str:
 
 
 def _moved(record: dict[str, Any], kept: str, results_dir: Path) -> dict[str, Any]:
-    """``record`` renamed ``kept``, its kept translations moved to the directory of that name."""
+    """``record`` renamed ``kept``, its kept translations moved to the directory of that name.
+
+    Translations named by an absolute path are a run directory's own (records from before the
+    copies were kept in the results directory): the new training's run directory holds its own
+    translations there now, so the earlier record has none left."""
     moved = {**record, "run": kept}
-    if record.get("translations"):
+    if Path(record.get("translations") or "").is_absolute():
+        del moved["translations"]
+    elif record.get("translations"):
         source = Path(record["translations"])
         target = source.with_name(kept)
         if (results_dir / source).is_dir() and not (results_dir / target).exists():

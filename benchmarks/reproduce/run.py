@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import itertools
 import json
 import os
@@ -241,6 +242,30 @@ def test_set_name(test: dict[str, Any], work: Work) -> str:
     return f"{Path(test['data']).name}/{test['split']} ({test['sentences']} sentences)"
 
 
+def test_sets(records: list[dict[str, Any]], results_dir: Path) -> str:
+    """The test sets ``records`` were scored on, in words, each once.  Records whose kept
+    references (their translations' ``reference.txt``) are identical were scored on one test
+    set, and so were the records named as one of them (where every record of that name with
+    kept references has these): older records name the split of the data directory they were
+    evaluated through (``data/test``) where newer ones name the corpus, so each such test set
+    takes the name of its most recently trained record."""
+    newest: dict[str, dict[str, Any]] = {}  # references' digest -> its newest record
+    digests: dict[str, set[str]] = {}  # name -> the digests of its records' references
+    for record in records:
+        references = results_dir / record.get("translations", "") / "reference.txt"
+        if record.get("translations") and references.is_file():
+            digest = hashlib.sha256(references.read_bytes()).hexdigest()
+            if (record.get("started") or "") >= (newest.get(digest, {}).get("started") or ""):
+                newest[digest] = record
+            digests.setdefault(record["test_set"], set()).add(digest)
+
+    def named(name: str) -> str:
+        found = digests.get(name, set())
+        return newest[next(iter(found))]["test_set"] if len(found) == 1 else name
+
+    return "; ".join(sorted({named(record["test_set"]) for record in records}))
+
+
 def step_log(work: Work, key: str) -> Path:
     return work.root / "logs" / f"{key.replace(':', '-')}.log"
 
@@ -300,15 +325,19 @@ def run_record(run: Run, steps: list[Step], timings: Timings,
 def keep_translations(record: dict[str, Any], results_dir: Path, stem: str) -> dict[str, Any]:
     """The record with its translations copied to ``results_dir/STEM.translations/RUN/`` (the
     directory replaced as a whole, unless already copied since the evaluation wrote them) and
-    named relative to ``results_dir``."""
+    named relative to ``results_dir``; without ``translations`` where they are neither in the
+    run directory nor kept."""
     if not record.get("translations"):
         return record
     source, kept = Path(record["translations"]), Path(f"{stem}.translations", record["run"])
     target = results_dir / kept
-    if not target.is_dir() or target.stat().st_mtime < source.stat().st_mtime:
+    if source.is_dir() and (not any(target.glob("*.txt"))
+                            or target.stat().st_mtime < source.stat().st_mtime):
         with atomic_directory(target, overwrite=True) as building:
             for path in sorted(source.glob("*.txt")):
                 shutil.copyfile(path, building / path.name)
+    if not any(target.glob("*.txt")):
+        return {key: value for key, value in record.items() if key != "translations"}
     return {**record, "translations": str(kept)}
 
 
@@ -338,7 +367,7 @@ def build_results(preset: Preset, runs: dict[str, dict[str, Any]], drivers: list
         "title": f"{'Multi30k' if name == 'multi30k' else name} "
                  f"{src.capitalize()}->{tgt.capitalize()}",
         "device": "; ".join(sorted({r["device"] for r in current.values()})),
-        "test_set": "; ".join(sorted({r["test_set"] for r in current.values()})),
+        "test_set": test_sets(list(current.values()), results_dir),
         "sacrebleu_signature": json.loads(signatures[-1]) if signatures else {},
         "seeds": sorted({r.get("seed", 1) for r in current.values()}),
         "threads": preset.threads,
