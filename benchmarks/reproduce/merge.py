@@ -74,11 +74,11 @@ def _moved(record: dict[str, Any], kept: str, results_dir: Path) -> dict[str, An
     Translations named by an absolute path are a run directory's own (records from before the
     copies were kept in the results directory): the new training's run directory holds its own
     translations there now, so the earlier record has none left."""
-    moved = {**record, "run": kept}
-    if Path(record.get("translations") or "").is_absolute():
+    moved, directory = {**record, "run": kept}, record.get("translations")
+    if directory and Path(directory).is_absolute():
         del moved["translations"]
-    elif record.get("translations"):
-        source = Path(record["translations"])
+    elif directory:
+        source = Path(directory)
         target = source.with_name(kept)
         if (results_dir / source).is_dir() and not (results_dir / target).exists():
             (results_dir / source).rename(results_dir / target)
