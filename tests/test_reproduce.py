@@ -100,14 +100,14 @@ def test_every_train_command_is_a_valid_aiokd_train(tmp_path):
 
 def test_a_long_stage_2_is_capped_like_a_separate_student_after_a_stage_1_of_u(tmp_path):
     p, steps = tiny_steps(tmp_path, systems=["aiokd", "aiokd-capped", "aiokd-no-ml",
-                                             "scratch:2-2"], preset="narrow")
+                                             "aiokd-one-stage", "scratch:2-2"], preset="narrow")
     u = p.updates_per_stage
     cfg = {s.key: config_of(s.args) for s in steps if s.key.startswith("train:")}
     caps = {key: (stage_config(c, 1).train.max_updates, stage_config(c, 2).train.max_updates)
             for key, c in cfg.items()}
     assert caps["train:aiokd"] == (u, 2 * u)
     assert caps["train:aiokd-capped"] == caps["train:aiokd-no-ml"] == (u, u)
-    assert caps["train:scratch-2-2"][0] == 2 * u
+    assert caps["train:scratch-2-2"][0] == caps["train:aiokd-one-stage"][0] == 2 * u
     assert cfg["train:aiokd-capped"].distill == cfg["train:aiokd"].distill
     assert "up to 12000" in p.budget()
     assert "aiokd-capped" in plan.default_systems(p)

@@ -50,7 +50,7 @@ ABLATIONS = {
     "aiokd-sandwich-kd1": ["distill.sandwich=true", "distill.alpha=1.0"],
     "aiokd-no-dgd": ["distill.detach=false"],
     "aiokd-no-ml": ["distill.ml_mode=none"],
-    "aiokd-one-stage": ["train.stages=1", "distill.ml_stage=1"],
+    "aiokd-one-stage": ["train.stages=1", "train.stage1_updates=0", "distill.ml_stage=1"],
     "aiokd-seqkd": [],
 }
 """Overrides of each AIO-KD system."""
