@@ -576,6 +576,9 @@ def test_seeds_are_averaged_with_their_spread():
                                                                                "2": 14.0}
     assert len(aiokd["bleu_all_students"]) == 15 and "bleu_all_students" not in systems[
         "scratch"]
+    every_average = round((13 * 30.0 + 30.0 + 32.0) / 15, 2)  # seed 2: 31.0 + 31.0 likewise
+    assert aiokd["avg_bleu_all_students_by_seed"] == {"1": every_average, "2": every_average}
+    assert "avg_bleu_all_students_by_seed" not in systems["scratch"]
     training = aiokd["training"]
     assert training["detached_fraction"] == {"1": 0.375, "2": 0.0}
     assert training["valid_ce"] == {"2-2": 3.1, "6-6": 2.7}
@@ -588,6 +591,7 @@ def test_seeds_are_averaged_with_their_spread():
     text = report_markdown.markdown(results)
     assert "| 30.50 ± 1.00 | 31.50 ± 1.00 | 31.00 ± 0.00 |" in text
     assert "| 29.00 | 28.00 | 28.50 |" in text  # one seed: no spread
+    assert "| 30.13 | 1: 30.13 / 2: 30.13 |" in text  # every student: average, then by seed
     assert "## BLEU of every student" in text and "37.5% / 0.0%" in text
     assert "## Validation CE" in text and "| `aiokd` | 3.100 | 2.700 |" in text
     assert figure.bleu_by_student(results, plan.CANDIDATES).startswith(b"\x89PNG")

@@ -216,10 +216,11 @@ def summarize(runs: dict[str, dict[str, Any]], students: list[str],
                  "avg_bleu_spread": bleu["avg_spread"], "students": len(bleu["mean"]),
                  "updates": round(_sum_of_means(mine, lambda r: r["updates"])),
                  "runs": sorted(r["run"] for r in mine)}
-        scored = _over_seeds({seed: _scores(rs, "bleu") for seed, rs in by_seed.items()},
-                             candidates)["mean"]
-        if set(scored) - set(students):
-            entry["bleu_all_students"] = scored
+        every = _over_seeds({seed: _scores(rs, "bleu") for seed, rs in by_seed.items()},
+                            candidates)
+        if set(every["mean"]) - set(students):
+            entry["bleu_all_students"] = every["mean"]
+            entry["avg_bleu_all_students_by_seed"] = every["avg_by_seed"]
         teachers = {seed: _teacher_minutes(runs, rs, system) for seed, rs in by_seed.items()}
         extra = mean(teachers.values())
         costs = {seed: sum(run_minutes(r) for r in rs) + teachers[seed]

@@ -54,15 +54,21 @@ def _score_table(results: dict[str, Any], metric: str) -> str:
 
 def _all_students_table(results: dict[str, Any]) -> str:
     """BLEU of every student of the systems whose evaluation scored more than the compared
-    ones (mean over seeds); empty if none did."""
-    scored = {name: entry["bleu_all_students"] for name, entry in results["systems"].items()
+    ones (mean over seeds), their average, and that average seed by seed; empty if none did."""
+    scored = {name: entry for name, entry in results["systems"].items()
               if "bleu_all_students" in entry}
     if not scored:
         return ""
-    students = list(next(iter(scored.values())))
-    rows = [[f"`{name}`", *(_cell(bleu.get(s)) for s in students),
-             _cell(sum(bleu.values()) / len(bleu))] for name, bleu in scored.items()]
-    return ("\n\n## BLEU of every student\n\n" + table(["system", *students, "avg"], rows))
+    students = list(next(iter(scored.values()))["bleu_all_students"])
+    rows = []
+    for name, entry in scored.items():
+        bleu = entry["bleu_all_students"]
+        by_seed = entry.get("avg_bleu_all_students_by_seed", {})
+        rows.append([f"`{name}`", *(_cell(bleu.get(s)) for s in students),
+                     _cell(sum(bleu.values()) / len(bleu)),
+                     " / ".join(f"{seed}: {_cell(avg)}" for seed, avg in by_seed.items())])
+    return ("\n\n## BLEU of every student\n\n"
+            + table(["system", *students, "avg", "avg by seed"], rows))
 
 
 def _training_table(results: dict[str, Any]) -> str:
