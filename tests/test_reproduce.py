@@ -489,6 +489,11 @@ def test_a_run_trained_again_keeps_the_training_it_replaces(tmp_path):
     assert systems["scratch"]["bleu"] == {"6-6": 40.0} and systems["scratch"]["runs"] == [
         "scratch-6-6"]
     assert systems["word-kd"]["cost_minutes"] == 220.0  # its own teacher's 120, not 360
+    later_student = _record("word-kd-4-2", "word-kd", 1, {"4-2": 39.5}, 110.0) | {
+        "student": "4-2", "teacher_run": "scratch-6-6"}
+    two_teachers = report.summarize(runs | {"word-kd-4-2": later_student}, ["2-2", "4-2", "6-6"],
+                                    plan.CANDIDATES)["word-kd"]
+    assert two_teachers["cost_minutes"] == 100.0 + 110.0 + (120.0 + 360.0) / 2  # one teacher
     evaluated_again = again | {"bleu": {"6-6": 40.5}}
     merge.merge(runs, [evaluated_again], tmp_path)
     assert runs["scratch-6-6"] is evaluated_again and len(runs) == 3

@@ -187,11 +187,14 @@ def _teacher_minutes(runs: dict[str, dict[str, Any]], records: list[dict[str, An
                      system: str) -> float:
     """The training minutes of the teacher the runs of one seed of ``system`` started from or
     distilled from (``teacher_run`` of their records; for a :data:`FROM_TEACHER` record without
-    it, the from-scratch 6-6 of seed 1), 0 if none or not trained yet."""
+    it, the from-scratch 6-6 of seed 1), 0 if none or not trained yet. A seed has one teacher:
+    where its runs learned from several trainings of it (one trained again, :mod:`merge`), the
+    mean of their minutes."""
     names = {r["teacher_run"] for r in records if r.get("teacher_run")}
     if not names and system in FROM_TEACHER:
         names = {TEACHER_RUN}
-    return sum(runs[name]["train_minutes"] for name in names if name in runs)
+    minutes = [runs[name]["train_minutes"] for name in sorted(names) if name in runs]
+    return mean(minutes) if minutes else 0.0
 
 
 def summarize(runs: dict[str, dict[str, Any]], students: list[str],
