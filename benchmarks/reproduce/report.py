@@ -208,19 +208,19 @@ def summarize(runs: dict[str, dict[str, Any]], students: list[str],
         if not mine:
             continue
         by_seed = runs_by_seed(mine)
-        bleu = _over_seeds({seed: _scores(rs, "bleu") for seed, rs in by_seed.items()}, students)
+        bleu_scores = {seed: _scores(rs, "bleu") for seed, rs in by_seed.items()}
+        bleu = _over_seeds(bleu_scores, students)
         chrf = _over_seeds({seed: _scores(rs, "chrf") for seed, rs in by_seed.items()}, students)
         entry = {"seeds": list(by_seed), "bleu": bleu["mean"], "chrf": chrf["mean"],
                  "avg_bleu": _average(bleu["mean"], students),
                  "avg_chrf": _average(chrf["mean"], students),
-                 "bleu_by_seed": {str(seed): {s: v for s, v in _scores(rs, "bleu").items()
-                                              if s in students} for seed, rs in by_seed.items()},
+                 "bleu_by_seed": {str(seed): {s: v for s, v in scores.items() if s in students}
+                                  for seed, scores in bleu_scores.items()},
                  "spread": bleu["spread"], "avg_bleu_by_seed": bleu["avg_by_seed"],
                  "avg_bleu_spread": bleu["avg_spread"], "students": len(bleu["mean"]),
                  "updates": round(_sum_of_means(mine, lambda r: r["updates"])),
                  "runs": sorted(r["run"] for r in mine)}
-        every = _over_seeds({seed: _scores(rs, "bleu") for seed, rs in by_seed.items()},
-                            candidates)
+        every = _over_seeds(bleu_scores, candidates)
         if set(every["mean"]) - set(students):
             entry["bleu_all_students"] = every["mean"]
             entry["avg_bleu_all_students_by_seed"] = every["avg_by_seed"]
